@@ -1,0 +1,17 @@
+"""Pure filter engine: payload fields, operators, filters compiled once at apply time.
+
+No Redis, no Flask, no I/O: plain data in, booleans out.
+"""
+from filters.compiled import Filter, FilterError, compile_filter, compile_filters, matches_all
+from filters.fields import EVENT_KINDS, FIELDS, extract_fields
+
+__all__ = [
+    "EVENT_KINDS",
+    "FIELDS",
+    "Filter",
+    "FilterError",
+    "compile_filter",
+    "compile_filters",
+    "extract_fields",
+    "matches_all",
+]

@@ -1,0 +1,121 @@
+"""Compile filter specs once (at apply time) into predicates over extracted fields."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from filters.fields import BOOL, FIELDS, LIST
+from filters.operators import OPERATORS, compile_regex
+
+_KEYS = {"field", "op", "value", "ignore_case", "negate"}
+
+
+class FilterError(ValueError):
+    """A filter spec that cannot be compiled; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class Filter:
+    field: str
+    spec: dict[str, Any]
+    predicate: Callable[[Any], bool]
+
+    def matches(self, fields: dict[str, Any]) -> bool:
+        return self.predicate(fields[self.field])
+
+
+def _fail(msg: str) -> FilterError:
+    return FilterError(msg)
+
+
+def _string_list(value: Any, op: str) -> list[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _fail(f"op {op} takes a non-empty list of strings as value, got {value!r}")
+    return value
+
+
+def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
+    """Compile one filter that must make sense for every event kind in `kinds`.
+
+    Raises FilterError naming the unknown field/operator, wrong value type or bad pattern.
+    """
+    if not isinstance(spec, dict):
+        raise _fail(f"a filter is a mapping like {{field: title, op: equals, value: x}}, got {spec!r}")
+    unknown = set(spec) - _KEYS
+    if unknown:
+        raise _fail(f"unknown key(s) {sorted(unknown)}; a filter takes {sorted(_KEYS)}")
+    field, op = spec.get("field"), spec.get("op")
+    kinds = sorted(kinds)
+    types = set()
+    for kind in kinds:
+        if field not in FIELDS[kind]:
+            raise _fail(f"field {field!r} is unknown for {kind} events; known: {', '.join(FIELDS[kind])}")
+        types.add(FIELDS[kind][field][0])
+    if op not in OPERATORS:
+        raise _fail(f"op {op!r} is unknown; known: {', '.join(OPERATORS)}")
+    if "value" not in spec:
+        raise _fail("value is missing")
+    ignore_case, negate = spec.get("ignore_case", False), spec.get("negate", False)
+    for flag, name in ((ignore_case, "ignore_case"), (negate, "negate")):
+        if not isinstance(flag, bool):
+            raise _fail(f"{name} takes true or false, got {flag!r}")
+    value = spec["value"]
+    field_type = types.pop()  # a field has one type in every kind that has it
+
+    if field_type == BOOL:
+        if op != "equals" or not isinstance(value, bool):
+            raise _fail(f"field {field} is a boolean: use op equals with value true or false")
+        if ignore_case:
+            raise _fail(f"ignore_case does not apply to the boolean field {field}")
+        want = value
+        test: Callable[[Any], bool] = lambda v: v is want
+    else:
+        test = _string_test(op, value, ignore_case)
+        if field_type == LIST:
+            one = test
+            test = lambda labels: any(one(label) for label in labels)
+    predicate = (lambda v: not test(v)) if negate else test
+    return Filter(field=field, spec=dict(spec), predicate=predicate)
+
+
+def _string_test(op: str, value: Any, ignore_case: bool) -> Callable[[str], bool]:
+    fn, shape = OPERATORS[op]
+    fold: Callable[[str], str] = str.casefold if ignore_case else (lambda s: s)
+    if shape == "string":
+        if not isinstance(value, str):
+            raise _fail(f"op {op} takes a string value, got {value!r}")
+        operand: Any = fold(value)
+    elif shape == "list":
+        operand = frozenset(fold(v) for v in _string_list(value, op))
+    else:
+        if not isinstance(value, str):
+            raise _fail(f"op matches_regex takes a pattern string, got {value!r}")
+        try:
+            operand = compile_regex(value, ignore_case)
+        except ValueError as exc:
+            raise _fail(str(exc)) from None
+        return lambda v: fn(v, operand)  # RE2 folds case itself
+    if ignore_case:
+        return lambda v: fn(v.casefold(), operand)
+    return lambda v: fn(v, operand)
+
+
+def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:
+    """Compile a list of filters; FilterError messages are prefixed with the filter's 1-based index."""
+    if specs is None:
+        return ()
+    if not isinstance(specs, list):
+        raise FilterError(f"filters must be a list, got {type(specs).__name__}")
+    kinds = list(kinds)
+    compiled = []
+    for index, spec in enumerate(specs, start=1):
+        try:
+            compiled.append(compile_filter(spec, kinds))
+        except FilterError as exc:
+            raise FilterError(f"filter {index}: {exc}") from None
+    return tuple(compiled)
+
+
+def matches_all(filters: Iterable[Filter], fields: dict[str, Any]) -> bool:
+    """True when every filter holds (AND); an empty list holds."""
+    return all(f.matches(fields) for f in filters)

@@ -1,0 +1,139 @@
+"""The applied configuration, compiled and indexed, and the one place it is stored.
+
+Each process keeps one compiled Catalog and rebuilds it only when the stored version
+moves; the version travels with every firing into the start script, which refuses a
+stale one, so a delivery is never routed by an outdated configuration.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import orjson
+import redis
+
+from filters import extract_fields, matches_all
+from routinely import keys
+from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
+
+
+class Catalog:
+    """Accounts, connectors and routines of one stored version, indexed for routing."""
+
+    def __init__(self, config: dict[str, Any], version: int) -> None:
+        self.version = version
+        self.config = config
+        self.connectors: dict[str, dict[str, Any]] = config["connectors"]
+        self.accounts: dict[str, Account] = {n: build_account(a) for n, a in config["accounts"].items()}
+        self.routines: dict[str, Routine] = {}
+        # (lower(owner/repo), "kind" or "kind.action") -> routines with a github trigger on it
+        self._github: dict[tuple[str, str], list[Routine]] = {}
+        for spec in config["routines"]:
+            routine = build_routine(spec, self.accounts[spec["account"]].timezone)
+            self.routines[routine.key] = routine
+            wanted = {event for trig in routine.github for event in trig.events}
+            for repo in routine.repositories:
+                for event in wanted:
+                    self._github.setdefault((repo.lower(), event), []).append(routine)
+
+    @classmethod
+    def empty(cls) -> "Catalog":
+        return cls({"accounts": {}, "connectors": {}, "routines": []}, 0)
+
+    def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any]) -> list[Routine]:
+        """Routines with a github trigger matching this event (paused ones included).
+
+        Cost depends on the routines indexed for this repository and event, not on the
+        size of the store; fields are read from the payload only when a filter needs them.
+        """
+        repo = repo.lower()
+        candidates = list(self._github.get((repo, kind), ()))
+        if action:
+            for routine in self._github.get((repo, f"{kind}.{action}"), ()):
+                if routine not in candidates:
+                    candidates.append(routine)
+        if not candidates:
+            return []
+        event = f"{kind}.{action}" if action else kind
+        fields: dict[str, Any] | None = None
+        matched = []
+        for routine in candidates:
+            for trig in routine.github:
+                if kind not in trig.events and event not in trig.events:
+                    continue
+                if trig.filters and fields is None:
+                    fields = extract_fields(kind, payload)
+                if matches_all(trig.filters, fields or {}):
+                    matched.append(routine)
+                    break
+        return matched
+
+    def find(self, ref: str) -> Routine:
+        """A routine by `account/name`, or by name when only one account has it.
+
+        Raises LookupError with the line to show.
+        """
+        if ref in self.routines:
+            return self.routines[ref]
+        named = [r for r in self.routines.values() if r.name == ref]
+        if len(named) == 1:
+            return named[0]
+        if named:
+            raise LookupError(f"routine {ref!r} exists in several accounts; name it as ACCOUNT/{ref}")
+        raise LookupError(f"no routine named {ref!r}; `routinely list` shows the applied routines")
+
+
+def save(conn: redis.Redis, config: dict[str, Any]) -> int:
+    """Store a validated configuration whole (one MULTI) and return its new version."""
+    pipe = conn.pipeline(transaction=True)
+    pipe.set(keys.ROUTINES, orjson.dumps(config))
+    pipe.incr(keys.ROUTINES_VERSION)
+    return int(pipe.execute()[1])
+
+
+def apply(conn: redis.Redis, data: dict[str, Any], now: float) -> tuple[Catalog, dict[str, list[str]]]:
+    """Validate a routine file and store it all-or-nothing. Raises ApplyError; nothing is stored then.
+
+    Returns the new catalog and which routine keys were added, changed and removed.
+    """
+    config = parse_config(data, now)
+    before = load(conn)
+    version = save(conn, config)
+    after = Catalog(config, version)
+    old = {k: r.spec for k, r in before.routines.items()}
+    new = {k: r.spec for k, r in after.routines.items()}
+    diff = {
+        "added": sorted(set(new) - set(old)),
+        "changed": sorted(k for k in set(new) & set(old) if new[k] != old[k]),
+        "removed": sorted(set(old) - set(new)),
+    }
+    return after, diff
+
+
+def load(conn: redis.Redis) -> Catalog:
+    pipe = conn.pipeline(transaction=True)
+    pipe.get(keys.ROUTINES)
+    pipe.get(keys.ROUTINES_VERSION)
+    raw, version = pipe.execute()
+    if raw is None:
+        return Catalog.empty()
+    return Catalog(orjson.loads(raw), int(version or 0))
+
+
+class CatalogCache:
+    """One compiled catalog per process, replaced when a firing finds it stale."""
+
+    def __init__(self) -> None:
+        self._catalog: Catalog | None = None
+        self._lock = threading.Lock()
+
+    def get(self, conn: redis.Redis) -> Catalog:
+        catalog = self._catalog
+        if catalog is None:
+            catalog = self.reload(conn)
+        return catalog
+
+    def reload(self, conn: redis.Redis) -> Catalog:
+        with self._lock:
+            self._catalog = load(conn)
+            return self._catalog

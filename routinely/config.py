@@ -1,0 +1,124 @@
+"""Configuration: the environment comes in here, once, and is checked before anything starts.
+
+A setting that is present but wrong raises ConfigError with one line saying which and why.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Mapping
+from urllib.parse import urlparse
+
+DEFAULT_BETAS = ("experimental-cc-routine-2026-04-01",)
+
+
+class ConfigError(Exception):
+    """A setting that is present but wrong; str() is the one line to show."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str
+    data_dir: Path
+    public_url: str = "http://127.0.0.1:8000"
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_secret_previous: str | None = field(default=None, repr=False)
+    github_app_id: str | None = None
+    github_private_key: str | None = field(default=None, repr=False)
+    github_api_url: str = "https://api.github.com"
+    github_git_url: str = "https://github.com"
+    agent: str = "claude"
+    agent_env: tuple[str, ...] = ()
+    admin_token: str | None = field(default=None, repr=False)
+    keep_workspaces: bool = False
+    api_betas: tuple[str, ...] = DEFAULT_BETAS
+    queue_name: str = "routinely"
+    clock: Callable[[], float] = time.time
+
+    @property
+    def github_app(self) -> bool:
+        return bool(self.github_app_id and self.github_private_key)
+
+    def with_(self, **changes: object) -> "Settings":
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        get = lambda name: (env.get(name) or "").strip() or None  # noqa: E731
+        data_dir = Path(get("ROUTINELY_DATA_DIR") or default_data_dir()).expanduser()
+        redis_url = get("REDIS_URL") or embedded_redis_url(data_dir)
+        if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+        public_url = (get("PUBLIC_URL") or cls.public_url).rstrip("/")
+        _check_http_url("PUBLIC_URL", public_url)
+        api_url = (get("GITHUB_API_URL") or cls.github_api_url).rstrip("/")
+        _check_http_url("GITHUB_API_URL", api_url)
+        git_url = (get("GITHUB_GIT_URL") or cls.github_git_url).rstrip("/")
+        if urlparse(git_url).scheme not in ("http", "https", "file"):
+            raise ConfigError(f"GITHUB_GIT_URL must be an http(s):// or file:// URL, got {git_url!r}")
+        app_id = get("GITHUB_APP_ID")
+        if app_id is not None and not app_id.isdigit():
+            raise ConfigError("GITHUB_APP_ID must be the App's numeric id (see the App's settings page)")
+        private_key = _private_key(get("GITHUB_PRIVATE_KEY"), get("GITHUB_PRIVATE_KEY_PATH"))
+        if bool(app_id) != bool(private_key):
+            raise ConfigError("set both GITHUB_APP_ID and GITHUB_PRIVATE_KEY (or _PATH), or neither")
+        betas = tuple(b.strip() for b in (get("ROUTINELY_API_BETAS") or ",".join(DEFAULT_BETAS)).split(",") if b.strip())
+        if not 1 <= len(betas) <= 3:
+            raise ConfigError("ROUTINELY_API_BETAS lists the current beta and at most two earlier ones")
+        agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
+        return cls(
+            redis_url=redis_url,
+            data_dir=data_dir,
+            public_url=public_url,
+            webhook_secret=get("GITHUB_WEBHOOK_SECRET"),
+            webhook_secret_previous=get("GITHUB_WEBHOOK_SECRET_PREVIOUS"),
+            github_app_id=app_id,
+            github_private_key=private_key,
+            github_api_url=api_url,
+            github_git_url=git_url,
+            agent=get("ROUTINELY_AGENT") or cls.agent,
+            agent_env=agent_env,
+            admin_token=get("ROUTINELY_ADMIN_TOKEN"),
+            keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
+            api_betas=betas,
+        )
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "routinely")
+
+
+def embedded_redis_url(data_dir: Path) -> str:
+    """The socket of the Redis that `routinely up` starts when REDIS_URL is unset."""
+    return f"unix://{data_dir / 'redis' / 'redis.sock'}"
+
+
+def _check_http_url(name: str, value: str) -> None:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"{name} must be an http(s):// URL, got {value!r}")
+
+
+def _private_key(inline: str | None, path: str | None) -> str | None:
+    if inline and path:
+        raise ConfigError("set GITHUB_PRIVATE_KEY or GITHUB_PRIVATE_KEY_PATH, not both")
+    if path:
+        try:
+            inline = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"GITHUB_PRIVATE_KEY_PATH {path!r} cannot be read: {exc.strerror}") from None
+    if not inline:
+        return None
+    inline = inline.replace("\\n", "\n")  # keys pasted into one-line env files
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(inline.encode(), password=None)
+    except (ValueError, TypeError):
+        # never echo the key: say only that it is not a usable PEM
+        raise ConfigError("GITHUB_PRIVATE_KEY is not a PEM private key: download a new one from the App's settings") from None
+    return inline

@@ -1,0 +1,50 @@
+"""Decode: a verified GitHub delivery into a Firing (event name, repository, installation changes)."""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from filters import EVENT_KINDS
+from routinely.start import Firing
+
+DELIVERY_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_SET_ACTIONS = {"created", "new_permissions_accepted", "unsuspend"}
+
+
+def decode(event: str, delivery: str, payload: dict[str, Any], body: bytes) -> Firing:
+    action = payload.get("action") if isinstance(payload.get("action"), str) else None
+    repo = payload.get("repository")
+    full_name = repo.get("full_name") if isinstance(repo, dict) else None
+    firing = Firing(
+        kind="github",
+        event=f"{event}.{action}" if action else event,
+        delivery=delivery,
+        repository=full_name if isinstance(full_name, str) else None,
+    )
+    if event in EVENT_KINDS and firing.repository:
+        firing.payload = body  # the agent gets it as $ROUTINELY_EVENT_FILE
+    firing.installations = installation_changes(event, action, payload)
+    return firing
+
+
+def installation_changes(event: str, action: str | None, payload: dict[str, Any]) -> list[list[str]]:
+    """Which repositories an installation now covers (for installation tokens)."""
+    inst = payload.get("installation")
+    inst_id = str(inst.get("id")) if isinstance(inst, dict) and inst.get("id") is not None else None
+    if inst_id is None:
+        return []
+
+    def names(field: str) -> list[str]:
+        repos = payload.get(field) or []
+        return [r["full_name"].lower() for r in repos if isinstance(r, dict) and isinstance(r.get("full_name"), str)]
+
+    if event == "installation":
+        if action in _SET_ACTIONS:
+            return [["set", n, inst_id] for n in names("repositories")]
+        if action == "deleted":
+            return [["del", n] for n in names("repositories")]
+    elif event == "installation_repositories":
+        return [["set", n, inst_id] for n in names("repositories_added")] + [
+            ["del", n] for n in names("repositories_removed")
+        ]
+    return []

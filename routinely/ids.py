@@ -1,0 +1,29 @@
+"""Sortable unique ids (ULID layout: 48-bit milliseconds + 80 random bits, Crockford base32)."""
+from __future__ import annotations
+
+import os
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def ulid(now_ms: int | None = None) -> str:
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    value = (ms << 80) | int.from_bytes(os.urandom(10), "big")
+    out = []
+    for _ in range(26):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def session_id() -> str:
+    return "session_" + ulid()
+
+
+def event_id() -> str:
+    return "evt_" + ulid()
+
+
+def trigger_id() -> str:
+    return "trig_" + ulid()

@@ -1,0 +1,109 @@
+"""Every Redis key Routinely writes, named here and nowhere else.
+
+Each entry says who writes it, its shape and its lifetime, so nothing grows forever.
+All keys share the `rly:` prefix; RQ's own keys (`rq:*`) belong to RQ.
+"""
+from __future__ import annotations
+
+P = "rly:"
+
+DAY = 86_400
+DELIVERY_TTL = 7 * DAY  # GitHub redelivers for days; ids are kept at least a week
+EVENT_TTL = 7 * DAY  # event records and their payloads
+SESSION_TTL = 30 * DAY  # session records, logs and listings
+EVENTS_KEPT = 7 * DAY  # listing windows, trimmed on every write
+SESSIONS_KEPT = 30 * DAY
+
+# -- routines (writer: `routinely apply`, `schedule update`; no TTL: it is the configuration)
+ROUTINES = P + "routines"  # string: JSON of the whole applied configuration
+ROUTINES_VERSION = P + "routines:version"  # int, INCR on every apply
+
+
+def delivery(guid: str) -> str:
+    """string -> event id; SET NX by ingest; TTL DELIVERY_TTL. Dedup of X-GitHub-Delivery."""
+    return f"{P}delivery:{guid}"
+
+
+def event(event_id: str) -> str:
+    """hash: the event record (see routinely.events); written by ingest; TTL EVENT_TTL."""
+    return f"{P}event:{event_id}"
+
+
+EVENTS = P + "events"  # zset event id -> received ms; trimmed to EVENTS_KEPT by ingest
+
+
+def payload(event_id: str) -> str:
+    """string: raw webhook body a session runs with; only when a session was made; TTL EVENT_TTL."""
+    return f"{P}payload:{event_id}"
+
+
+def session(session_id: str) -> str:
+    """hash: the session record (routinely.sessions); written by ingest and the runner; TTL SESSION_TTL."""
+    return f"{P}session:{session_id}"
+
+
+SESSIONS = P + "sessions"  # zset session id -> created ms; trimmed to SESSIONS_KEPT
+
+
+def sessions_of(routine_name: str) -> str:
+    """zset session id -> created ms, per routine name; trimmed to SESSIONS_KEPT."""
+    return f"{P}sessions:routine:{routine_name}"
+
+
+def session_log(session_id: str) -> str:
+    """stream of log lines (field `l`); written by the runner; TTL SESSION_TTL."""
+    return f"{P}log:{session_id}"
+
+
+def session_cancel(session_id: str) -> str:
+    """string flag set by cancel, read by the runner; TTL 1 day."""
+    return f"{P}cancel:{session_id}"
+
+
+INSTALLATIONS = P + "installations"  # hash lower(owner/repo) -> installation id; kept in step with GitHub's installation events
+
+
+def rate_window(scope: str, ident: str, per_seconds: int, window: int) -> str:
+    """int counter of admitted firings in one fixed window; TTL the window's remainder."""
+    return f"{P}rl:{scope}:{ident}:{per_seconds}:{window}"
+
+
+def daily_count(account: str, local_date: str) -> str:
+    """int counter of runs on one calendar day in the account's timezone; TTL 2 days."""
+    return f"{P}cap:{account}:{local_date}"
+
+
+def drops(routine_key: str) -> str:
+    """hash reason -> count of dropped firings, plus `last_at`/`last_reason`/`retry_at`; TTL SESSION_TTL."""
+    return f"{P}drops:{routine_key}"
+
+
+def token(token_hash: str) -> str:
+    """hash of an API trigger token: trigger id, routine; no TTL (revoked explicitly)."""
+    return f"{P}token:{token_hash}"
+
+
+def trigger_tokens(trigger_id: str) -> str:
+    """set of token hashes of one API trigger; no TTL (revoked explicitly)."""
+    return f"{P}trigger:{trigger_id}:tokens"
+
+
+API_TRIGGERS = P + "api-triggers"  # hash trigger id -> routine key
+
+
+def counter(name: str) -> str:
+    """int counters of refusals at the door (e.g. bad signatures); no TTL, a fixed set of names."""
+    return f"{P}count:{name}"
+
+
+def schedule_next(routine_key: str) -> str:
+    """hash schedule id -> next run (epoch seconds, stagger included); owned by the scheduler; no TTL, rewritten by apply."""
+    return f"{P}schedule:{routine_key}"
+
+
+def schedule_fired(routine_key: str, schedule_id: str, run_at: int) -> str:
+    """string: claim of one scheduled run so that racing schedulers fire it once; TTL 2 days."""
+    return f"{P}fired:{routine_key}:{schedule_id}:{run_at}"
+
+
+SCHEDULER_LEASE = P + "scheduler:lease"  # string holder id, SET NX PX; the one active scheduler

@@ -1,0 +1,367 @@
+"""The routine file: parse and validate it whole, or reject it whole.
+
+`parse_config` turns the file's mapping into plain, normalized data (defaults filled in)
+and `build` turns that into typed objects with compiled filters. Every error names the
+routine, the trigger and the filter, and says what to change.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from filters import EVENT_KINDS, Filter, FilterError, compile_filters
+from routinely.schedules import Schedule, ScheduleError, parse_schedule, stagger_seconds, zone
+
+PLANS = {"pro": 5, "max": 15, "team": 25, "enterprise": 25}
+DEFAULT_ROUTINE_LIMIT = {"events": 30, "per_seconds": 3600}  # the hosted service's defaults
+DEFAULT_ACCOUNT_LIMIT = {"events": 100, "per_seconds": 3600}
+ACTIONS = {
+    "pull_request": {
+        "assigned", "auto_merge_disabled", "auto_merge_enabled", "closed", "converted_to_draft",
+        "demilestoned", "dequeued", "edited", "enqueued", "labeled", "locked", "milestoned",
+        "opened", "ready_for_review", "reopened", "review_request_removed", "review_requested",
+        "synchronize", "unassigned", "unlabeled", "unlocked",
+    },
+    "release": {"created", "deleted", "edited", "prereleased", "published", "released", "unpublished"},
+}
+NETWORKS = ("full", "none", "allowlist")
+_ROUTINE_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
+_ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
+_HOST = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
+_TOP = {"accounts", "connectors", "routines"}
+_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"}
+_ROUTINE_KEYS = {
+    "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
+    "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers",
+}
+_ENV_KEYS = {"network", "allow_hosts", "env", "setup"}
+
+
+class ApplyError(ValueError):
+    """The file cannot be applied; nothing was stored. str() names where and what."""
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    plan: str
+    daily_cap: int
+    extra_usage: bool
+    timezone: str
+    rate_limit: dict[str, int]
+
+
+@dataclass(frozen=True)
+class GithubTrigger:
+    events: tuple[str, ...]
+    filters: tuple[Filter, ...]
+
+
+@dataclass(frozen=True)
+class Routine:
+    key: str  # "account/name": unique across the store
+    name: str
+    account: str
+    spec: dict[str, Any] = field(repr=False)  # normalized, as stored and snapshotted into sessions
+    github: tuple[GithubTrigger, ...] = ()
+    api: bool = False
+    schedules: tuple[Schedule, ...] = ()
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.spec["paused"])
+
+    @property
+    def rate_limit(self) -> dict[str, int]:
+        return self.spec["rate_limit"]
+
+    @property
+    def repositories(self) -> list[str]:
+        return self.spec["repositories"]
+
+    @property
+    def stagger(self) -> int:
+        return stagger_seconds(self.key)
+
+
+def load_yaml(text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}" if where else ""
+        raise ApplyError(f"the file is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ApplyError("the file must be a mapping with accounts, connectors and routines")
+    return data
+
+
+def _err(where: str, msg: str) -> ApplyError:
+    return ApplyError(f"{where}: {msg}" if where else msg)
+
+
+def _bool(value: Any, where: str, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _err(where, f"{name} takes true or false, got {value!r}")
+    return value
+
+
+def _int(value: Any, where: str, name: str, lo: int, hi: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _err(where, f"{name} takes a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _rate_limit(value: Any, default: dict[str, int], where: str) -> dict[str, int]:
+    if value is None:
+        return dict(default)
+    if not isinstance(value, dict) or set(value) != {"events", "per_seconds"}:
+        raise _err(where, f"rate_limit takes {{events: N, per_seconds: S}}, got {value!r}")
+    return {
+        "events": _int(value["events"], where, "rate_limit.events", 1, 1_000_000),
+        "per_seconds": _int(value["per_seconds"], where, "rate_limit.per_seconds", 1, 31 * 86_400),
+    }
+
+
+def _unknown(mapping: dict[str, Any], allowed: set[str], where: str) -> None:
+    extra = set(mapping) - allowed
+    if extra:
+        raise _err(where, f"unknown key(s) {sorted(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def parse_config(data: dict[str, Any], now: float | None) -> dict[str, Any]:
+    """Validate a routine file's mapping; return it normalized. `now` None skips the
+    future-time check of `at` schedules (for configurations already stored)."""
+    _unknown(data, _TOP, "")
+    accounts = _accounts(data.get("accounts") or [])
+    connectors = _connectors(data.get("connectors") or {})
+    raw_routines = data.get("routines") or []
+    if not isinstance(raw_routines, list):
+        raise ApplyError("routines must be a list")
+    routines, seen = [], set()
+    for index, raw in enumerate(raw_routines, start=1):
+        routine = _routine(raw, index, accounts, connectors, now)
+        key = f"{routine['account']}/{routine['name']}"
+        if key in seen:
+            raise ApplyError(f"routine {routine['name']!r} (account {routine['account']}): the name is used twice in this account")
+        seen.add(key)
+        routines.append(routine)
+    return {"accounts": accounts, "connectors": connectors, "routines": routines}
+
+
+def _accounts(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise ApplyError("accounts must be a list")
+    out: dict[str, dict[str, Any]] = {}
+    for index, acc in enumerate(raw, start=1):
+        where = f"account {index}"
+        if not isinstance(acc, dict):
+            raise _err(where, "an account is a mapping with name, plan, timezone, …")
+        name = acc.get("name")
+        if not isinstance(name, str) or not _ACCOUNT_NAME.match(name):
+            raise _err(where, f"name must be 1-64 letters, digits, '.', '_' or '-', got {name!r}")
+        where = f"account {name!r}"
+        _unknown(acc, _ACCOUNT_KEYS, where)
+        if name in out:
+            raise _err(where, "declared twice")
+        plan = acc.get("plan", "pro")
+        if plan not in PLANS:
+            raise _err(where, f"plan must be one of {', '.join(PLANS)}, got {plan!r}")
+        tz = acc.get("timezone", "UTC")
+        try:
+            zone(tz)
+        except ScheduleError as exc:
+            raise _err(where, str(exc)) from None
+        out[name] = {
+            "name": name,
+            "plan": plan,
+            "extra_usage": _bool(acc.get("extra_usage", False), where, "extra_usage"),
+            "timezone": tz,
+            "rate_limit": _rate_limit(acc.get("rate_limit"), DEFAULT_ACCOUNT_LIMIT, where),
+        }
+    return out
+
+
+def _connectors(raw: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise ApplyError("connectors must be a mapping of name to an MCP server (as in .mcp.json)")
+    for name, server in raw.items():
+        where = f"connector {name!r}"
+        if not isinstance(server, dict):
+            raise _err(where, "must be a mapping such as {type: http, url: …} or {command: …, args: […]}")
+        if "command" in server:
+            if not isinstance(server["command"], str) or not isinstance(server.get("args", []), list):
+                raise _err(where, "command must be a string and args a list")
+        elif server.get("type") in ("http", "sse"):
+            if not isinstance(server.get("url"), str):
+                raise _err(where, "an http or sse connector needs url")
+        else:
+            raise _err(where, "needs command (a local server) or type: http|sse with url")
+        for part in ("env", "headers"):
+            if part in server and not (isinstance(server[part], dict) and all(isinstance(v, str) for v in server[part].values())):
+                raise _err(where, f"{part} must map names to strings")
+    return raw
+
+
+def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float | None) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ApplyError(f"routine {index}: a routine is a mapping with name, account, prompt, triggers, …")
+    name = raw.get("name")
+    if not isinstance(name, str) or not _ROUTINE_NAME.match(name):
+        raise ApplyError(f"routine {index}: name must be 1-64 of a-z, 0-9 and '-', got {name!r}")
+    account = raw.get("account")
+    where = f"routine {name!r} (account {account})"
+    _unknown(raw, _ROUTINE_KEYS, where)
+    if account not in accounts:
+        raise _err(where, f"account {account!r} is not declared under accounts")
+    prompt = raw.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise _err(where, "prompt is required (the instructions the agent runs)")
+    repos = raw.get("repositories") or []
+    if not isinstance(repos, list) or not all(isinstance(r, str) and _REPO.match(r) for r in repos):
+        raise _err(where, f"repositories must be a list of owner/name, got {repos!r}")
+    if len({r.lower() for r in repos}) != len(repos):
+        raise _err(where, "a repository is listed twice")
+    wanted = raw.get("connectors")
+    if wanted is not None:
+        if not isinstance(wanted, list) or not all(isinstance(c, str) for c in wanted):
+            raise _err(where, "connectors must be a list of connector names")
+        missing = [c for c in wanted if c not in connectors]
+        if missing:
+            raise _err(where, f"connector(s) {missing} are not configured under connectors")
+    prefix = raw.get("branch_prefix", "claude/")
+    if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix) or prefix.startswith("refs/"):
+        raise _err(where, f"branch_prefix must be a non-empty branch name prefix such as claude/, got {prefix!r}")
+    spec = {
+        "name": name,
+        "account": account,
+        "prompt": prompt,
+        "repositories": list(repos),
+        "environment": _environment(raw.get("environment") or {}, where),
+        "connectors": wanted,
+        "branch_prefix": prefix,
+        "allow_unrestricted_branch_pushes": _bool(raw.get("allow_unrestricted_branch_pushes", False), where, "allow_unrestricted_branch_pushes"),
+        "timeout_minutes": _int(raw.get("timeout_minutes", 60), where, "timeout_minutes", 1, 24 * 60),
+        "paused": _bool(raw.get("paused", False), where, "paused"),
+        "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
+        "triggers": [],
+    }
+    triggers = raw.get("triggers")
+    if not isinstance(triggers, list) or not triggers:
+        raise _err(where, "triggers must be a non-empty list of github, api or schedule triggers")
+    tz = accounts[account]["timezone"]
+    for t_index, trig in enumerate(triggers, start=1):
+        spec["triggers"].append(_trigger(trig, f"{where}, trigger {t_index}", spec, tz, now))
+    return spec
+
+
+def _environment(env: Any, where: str) -> dict[str, Any]:
+    if not isinstance(env, dict):
+        raise _err(where, "environment must be a mapping (network, allow_hosts, env, setup)")
+    _unknown(env, _ENV_KEYS, f"{where}, environment")
+    network = env.get("network", "full")
+    if network not in NETWORKS:
+        raise _err(where, f"environment.network must be one of {', '.join(NETWORKS)}, got {network!r}")
+    hosts = env.get("allow_hosts") or []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and _HOST.match(h) for h in hosts):
+        raise _err(where, f"environment.allow_hosts must be a list of host names (optionally *.domain or :port), got {hosts!r}")
+    if network == "allowlist" and not hosts:
+        raise _err(where, "environment.network allowlist needs at least one host in allow_hosts")
+    if network != "allowlist" and hosts:
+        raise _err(where, "environment.allow_hosts applies only with network: allowlist")
+    variables = env.get("env") or {}
+    if not isinstance(variables, dict):
+        raise _err(where, "environment.env must map variable names to values")
+    clean = {}
+    for k, v in variables.items():
+        if not isinstance(k, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k):
+            raise _err(where, f"environment.env: {k!r} is not a valid variable name")
+        if k.startswith("ROUTINELY_"):
+            raise _err(where, f"environment.env: {k} is set by Routinely itself")
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise _err(where, f"environment.env: {k} must be a string or number, got {v!r}")
+        clean[k] = str(v)
+    setup = env.get("setup")
+    if setup is not None and not isinstance(setup, str):
+        raise _err(where, "environment.setup must be a shell script (a string)")
+    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup}
+
+
+def _trigger(trig: Any, where: str, routine: dict[str, Any], tz: str, now: float | None) -> dict[str, Any]:
+    if not isinstance(trig, dict) or len(trig) != 1 or next(iter(trig)) not in ("github", "api", "schedule"):
+        raise _err(where, f"a trigger is one of github: {{…}}, api: {{}}, schedule: {{…}}, got {trig!r}")
+    kind, body = next(iter(trig.items()))
+    where = f"{where} ({kind})"
+    if kind == "api":
+        if body not in (None, {}):
+            raise _err(where, "api takes no settings (write api: {}); tokens come from `routinely token create`")
+        return {"api": {}}
+    if kind == "schedule":
+        if isinstance(body, dict) and isinstance(body.get("time"), int):
+            raise _err(where, "time must be quoted, e.g. time: \"10:30\" (YAML reads 10:30 unquoted as a number)")
+        try:
+            schedule = parse_schedule(body, tz, now if now is not None else float("-inf"))
+        except ScheduleError as exc:
+            raise _err(where, str(exc)) from None
+        spec = dict(schedule.spec)
+        if schedule.at is not None:
+            spec["at"] = schedule.at.replace(tzinfo=None).isoformat(timespec="minutes")
+        return {"schedule": spec}
+    if not isinstance(body, dict):
+        raise _err(where, "github takes {events: [...], filters: [...]}")
+    _unknown(body, {"events", "filters"}, where)
+    if not routine["repositories"]:
+        raise _err(where, "a github trigger needs the routine's repositories: it fires only for their events")
+    events = body.get("events")
+    if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
+        raise _err(where, "events must be a non-empty list such as [pull_request.opened, release.published]")
+    for event in events:
+        kind_name, _, action = event.partition(".")
+        if kind_name not in EVENT_KINDS:
+            raise _err(where, f"event {event!r} is not supported: routines start on pull_request and release events only")
+        if action and action not in ACTIONS[kind_name]:
+            raise _err(where, f"event {event!r}: {action!r} is not a {kind_name} action; known: {', '.join(sorted(ACTIONS[kind_name]))}")
+    kinds = {e.partition(".")[0] for e in events}
+    try:
+        compile_filters(body.get("filters"), kinds)
+    except FilterError as exc:
+        raise _err(where, str(exc)) from None
+    return {"github": {"events": list(events), "filters": list(body.get("filters") or [])}}
+
+
+def build_routine(spec: dict[str, Any], account_tz: str) -> Routine:
+    """Typed routine with compiled filters and parsed schedules from a normalized spec."""
+    github, schedules, api = [], [], False
+    for trig in spec["triggers"]:
+        if "github" in trig:
+            body = trig["github"]
+            kinds = {e.partition(".")[0] for e in body["events"]}
+            github.append(GithubTrigger(tuple(body["events"]), compile_filters(body["filters"], kinds)))
+        elif "schedule" in trig:
+            schedules.append(parse_schedule(trig["schedule"], account_tz, float("-inf")))
+        else:
+            api = True
+    return Routine(
+        key=f"{spec['account']}/{spec['name']}",
+        name=spec["name"],
+        account=spec["account"],
+        spec=spec,
+        github=tuple(github),
+        api=api,
+        schedules=tuple(schedules),
+    )
+
+
+def build_account(spec: dict[str, Any]) -> Account:
+    return Account(
+        name=spec["name"],
+        plan=spec["plan"],
+        daily_cap=PLANS[spec["plan"]],
+        extra_usage=spec["extra_usage"],
+        timezone=spec["timezone"],
+        rate_limit=spec["rate_limit"],
+    )

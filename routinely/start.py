@@ -1,0 +1,176 @@
+"""Start: the one way a firing of any kind (github, api, schedule, manual) becomes sessions.
+
+`Starter.fire` routes against the process's cached catalog, then runs start.lua once: the
+stale check, dedup, admission, session records, RQ jobs and the event record happen in a
+single atomic step. When it returns, every outcome is durable in Redis; when Redis fails,
+it raises redis.RedisError and nothing was half-written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import redis
+from rq.job import Job, JobStatus
+
+from routinely import admission, ids, keys
+from routinely.catalog import Catalog, CatalogCache
+from routinely.config import Settings
+from routinely.routine_file import Routine
+
+SCRIPT = Path(__file__).with_name("start.lua").read_text()
+RUN_SESSION = "workers.run.run_session"
+JOB_MARGIN_SECONDS = 600  # RQ's own timeout sits past the runner's, which ends the agent first
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class Firing:
+    """What happened at the door, whatever the trigger kind."""
+
+    kind: str  # github | api | schedule | manual
+    event: str | None = None  # e.g. pull_request.opened
+    delivery: str | None = None  # X-GitHub-Delivery: deduplicated
+    repository: str | None = None
+    text: str | None = None  # api: passed raw to the agent
+    scheduled_for: str | None = None
+    payload: bytes = b""  # github: the raw body, kept for the session when one is made
+    installations: list[list[str]] = field(default_factory=list)  # ["set", repo, id] | ["del", repo]
+
+    def trigger(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for name in ("event", "delivery", "text", "scheduled_for"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
+@dataclass
+class Outcome:
+    event_id: str
+    duplicate: bool = False
+    sessions: list[dict[str, Any]] = field(default_factory=list)  # {id, routine, metered}
+    dropped: list[dict[str, Any]] = field(default_factory=list)  # {routine, reason, retry_after}
+    skipped: list[str] = field(default_factory=list)  # paused routines
+
+
+Router = Callable[[Catalog], list[Routine]]
+
+
+class Starter:
+    def __init__(self, conn: redis.Redis, settings: Settings, cache: CatalogCache | None = None) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.cache = cache or CatalogCache()
+        self._script = conn.register_script(SCRIPT)
+        self._queue_key = "rq:queue:" + settings.queue_name
+
+    def fire(self, firing: Firing, route: Router) -> Outcome:
+        """Route and start a firing. Raises redis.RedisError when Redis cannot be reached."""
+        for _ in range(5):
+            catalog = self.cache.get(self.conn)
+            result = self._run(firing, catalog, route(catalog))
+            if result is not None:
+                return result
+            self.cache.reload(self.conn)  # configuration changed under us: route again
+        raise redis.RedisError("the routine configuration keeps changing; try again")
+
+    def _run(self, firing: Firing, catalog: Catalog, matched: list[Routine]) -> Outcome | None:
+        now = self.settings.clock()
+        now_ms = int(now * 1000)
+        event_id = ids.event_id()
+        trigger = firing.trigger()
+        trigger_json = orjson.dumps(trigger).decode()
+        skipped = [r.name for r in matched if r.paused]
+        candidates, blobs = [], []
+        created = iso(now)
+        for routine in matched:
+            if routine.paused:
+                continue
+            sid = ids.session_id()
+            account = catalog.accounts[routine.account]
+            limits = admission.checks(routine, account, now)
+            session_fields = [
+                "id", sid,
+                "routine", routine.name,
+                "routine_key", routine.key,
+                "account", routine.account,
+                "trigger", trigger_json,
+                "event_id", event_id,
+                "status", "queued",
+                "created_at", created,
+                "spec", orjson.dumps(routine.spec).decode(),
+            ]
+            job = Job.create(
+                RUN_SESSION,
+                args=(sid,),
+                id=sid,
+                connection=self.conn,
+                timeout=routine.spec["timeout_minutes"] * 60 + JOB_MARGIN_SECONDS,
+                status=JobStatus.QUEUED,
+                origin=self.settings.queue_name,
+                description=f"{routine.key} {firing.kind}",
+                result_ttl=keys.DAY,
+                failure_ttl=7 * keys.DAY,
+            )
+            job.enqueued_at = datetime.now(timezone.utc)
+            mapping = job.to_dict()
+            blobs.append(mapping.pop("data"))
+            job_fields: list[str] = []
+            for name, value in mapping.items():
+                job_fields += [name, value.value if isinstance(value, JobStatus) else str(value)]
+            candidates.append({
+                "routine": routine.name,
+                **limits,
+                "session": {
+                    "id": sid,
+                    "key": keys.session(sid),
+                    "fields": session_fields,
+                    "indexes": [keys.SESSIONS, keys.sessions_of(routine.name)],
+                },
+                "job": {"key": job.key.decode() if isinstance(job.key, bytes) else job.key, "fields": job_fields},
+            })
+        event_fields = ["id", event_id, "kind", firing.kind, "received_at", created, "trigger", trigger_json]
+        for name in ("delivery", "event", "repository"):
+            value = getattr(firing, name)
+            if value is not None:
+                event_fields += [name, value]
+        control = {
+            "version_key": keys.ROUTINES_VERSION,
+            "version": str(catalog.version),
+            "dedup_key": keys.delivery(firing.delivery) if firing.delivery else "",
+            "dedup_ttl": keys.DELIVERY_TTL,
+            "now_ms": now_ms,
+            "now_iso": created,
+            "session_ttl": keys.SESSION_TTL,
+            "sessions_trim": now_ms - keys.SESSIONS_KEPT * 1000,
+            "events_trim": now_ms - keys.EVENTS_KEPT * 1000,
+            "events_key": keys.EVENTS,
+            "queue_key": self._queue_key,
+            "queues_key": "rq:queues",
+            "payload_key": keys.payload(event_id) if firing.payload else "",
+            "installations_key": keys.INSTALLATIONS,
+            "installations": firing.installations,
+            "skipped": orjson.dumps(skipped).decode(),
+            "event": {"id": event_id, "key": keys.event(event_id), "ttl": keys.EVENT_TTL, "fields": event_fields},
+            "candidates": candidates,
+        }
+        raw = self._script(args=[orjson.dumps(control), *blobs, firing.payload])
+        result = orjson.loads(raw)
+        if result.get("stale"):
+            return None
+        if result.get("duplicate"):
+            return Outcome(event_id=event_id, duplicate=True)
+        return Outcome(
+            event_id=event_id,
+            sessions=list(result["sessions"] or []),  # cjson writes an empty list as {}
+            dropped=list(result["dropped"] or []),
+            skipped=skipped,
+        )
