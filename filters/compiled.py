@@ -19,6 +19,7 @@ class Filter:
     field: str
     spec: dict[str, Any]
     predicate: Callable[[Any], bool]
+    kinds: frozenset[str]  # event kinds that have the field; others are not filtered by it
 
     def matches(self, fields: dict[str, Any]) -> bool:
         return self.predicate(fields[self.field])
@@ -35,9 +36,11 @@ def _string_list(value: Any, op: str) -> list[str]:
 
 
 def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
-    """Compile one filter that must make sense for every event kind in `kinds`.
+    """Compile one filter for a trigger on the event kinds `kinds`.
 
-    Raises FilterError naming the unknown field/operator, wrong value type or bad pattern.
+    The field must exist for at least one of them; events of a kind without it (a
+    base_branch filter on a release) are not filtered by it. Raises FilterError naming the
+    unknown field/operator, wrong value type or bad pattern.
     """
     if not isinstance(spec, dict):
         raise _fail(f"a filter is a mapping like {{field: title, op: equals, value: x}}, got {spec!r}")
@@ -46,11 +49,11 @@ def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
         raise _fail(f"unknown key(s) {sorted(unknown)}; a filter takes {sorted(_KEYS)}")
     field, op = spec.get("field"), spec.get("op")
     kinds = sorted(kinds)
-    types = set()
-    for kind in kinds:
-        if field not in FIELDS[kind]:
-            raise _fail(f"field {field!r} is unknown for {kind} events; known: {', '.join(FIELDS[kind])}")
-        types.add(FIELDS[kind][field][0])
+    having = frozenset(kind for kind in kinds if field in FIELDS[kind])
+    if not having:
+        known = sorted({name for kind in kinds for name in FIELDS[kind]})
+        raise _fail(f"field {field!r} is unknown for {' and '.join(kinds)} events; known: {', '.join(known)}")
+    types = {FIELDS[kind][field][0] for kind in having}
     if op not in OPERATORS:
         raise _fail(f"op {op!r} is unknown; known: {', '.join(OPERATORS)}")
     if "value" not in spec:
@@ -75,7 +78,7 @@ def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
             one = test
             test = lambda labels: any(one(label) for label in labels)
     predicate = (lambda v: not test(v)) if negate else test
-    return Filter(field=field, spec=dict(spec), predicate=predicate)
+    return Filter(field=field, spec=dict(spec), predicate=predicate, kinds=having)
 
 
 def _string_test(op: str, value: Any, ignore_case: bool) -> Callable[[str], bool]:
@@ -116,6 +119,6 @@ def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:
     return tuple(compiled)
 
 
-def matches_all(filters: Iterable[Filter], fields: dict[str, Any]) -> bool:
-    """True when every filter holds (AND); an empty list holds."""
-    return all(f.matches(fields) for f in filters)
+def matches_all(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> bool:
+    """True when every filter that applies to this event kind holds (AND); none holds."""
+    return all(f.matches(fields) for f in filters if kind in f.kinds)

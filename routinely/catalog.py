@@ -63,7 +63,7 @@ class Catalog:
                     continue
                 if trig.filters and fields is None:
                     fields = extract_fields(kind, payload)
-                if matches_all(trig.filters, fields or {}):
+                if matches_all(trig.filters, fields or {}, kind):
                     matched.append(routine)
                     break
         return matched

@@ -94,3 +94,71 @@ def redis_snapshot(conn: redis.Redis) -> dict[bytes, Any]:
 
 
 ENV_KEYS_TO_CLEAR = [k for k in os.environ if k.startswith(("ROUTINELY_", "GITHUB_"))] + ["REDIS_URL", "PUBLIC_URL"]
+
+
+class CuttingProxy:
+    """A TCP proxy to Redis that can cut a connection in the middle of a command.
+
+    mode "pass": forward everything; "cut": when a client sends a chunk containing
+    `marker`, forward only half of it and drop both sides (Redis discards the partial
+    command); "refuse": close new and existing connections at once.
+    """
+
+    def __init__(self, target_port: int, marker: bytes = b"EVAL") -> None:
+        import threading
+
+        self.target_port, self.marker, self.mode = target_port, marker, "pass"
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(64)
+        self.port = self.server.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.cuts = 0
+        self._conns: list[socket.socket] = []
+        self._threading = threading
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            if self.mode == "refuse":
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            self._conns += [client, upstream]
+            self._threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            self._threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if self.mode == "refuse":
+                    break
+                if from_client and self.mode == "cut" and self.marker in data:
+                    dst.sendall(data[: len(data) // 2])
+                    self.cuts += 1
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for s in self._conns:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -1,0 +1,183 @@
+"""The `routinely` command: a thin layer over the library. Errors: one line on stderr, exit 1."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import orjson
+import redis
+
+from routinely import catalog, sessions
+from routinely.config import ConfigError, Settings
+from routinely.routine_file import ApplyError, load_yaml
+from routinely.start import Firing, Starter
+from routinely.store import connect
+
+
+class CliError(Exception):
+    """Shown as one line on stderr."""
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _conn(settings: Settings) -> redis.Redis:
+    conn = connect(settings)
+    try:
+        conn.ping()
+    except redis.RedisError:
+        raise CliError(f"cannot reach Redis at {settings.redis_url}: start `routinely up` or set REDIS_URL") from None
+    return conn
+
+
+def cmd_apply(args, settings: Settings) -> None:
+    path = Path(args.file)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    data = load_yaml(text)
+    cat, diff = catalog.apply(_conn(settings), data, settings.clock())
+    if args.json:
+        _print_json({"version": cat.version, **diff})
+        return
+    print(f"applied {path}: {len(cat.routines)} routine(s), version {cat.version}"
+          f" (added {len(diff['added'])}, changed {len(diff['changed'])}, removed {len(diff['removed'])})")
+
+
+def _routine_view(routine) -> dict[str, Any]:
+    kinds = [next(iter(t)) for t in routine.spec["triggers"]]
+    return {
+        "name": routine.name,
+        "account": routine.account,
+        "repositories": routine.repositories,
+        "triggers": kinds,
+        "paused": routine.paused,
+        "rate_limit": routine.rate_limit,
+    }
+
+
+def cmd_list(args, settings: Settings) -> None:
+    cat = catalog.load(_conn(settings))
+    rows = [_routine_view(r) for r in cat.routines.values()]
+    if args.json:
+        _print_json(rows)
+        return
+    if not rows:
+        print("no routines applied: `routinely apply FILE`")
+    for row in rows:
+        state = " (paused)" if row["paused"] else ""
+        print(f"{row['account']}/{row['name']}{state}  triggers: {', '.join(row['triggers'])}  repos: {', '.join(row['repositories']) or '-'}")
+
+
+def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing) -> dict[str, Any]:
+    """Fire one named routine through the shared start path; return the new session.
+
+    Raises CliError for an unknown or paused routine, or a dropped firing.
+    """
+    starter = Starter(conn, settings)
+
+    def route(cat):
+        try:
+            return [cat.find(ref)]
+        except LookupError as exc:
+            raise CliError(str(exc)) from None
+
+    outcome = starter.fire(firing, route)
+    if outcome.skipped:
+        raise CliError(f"routine {ref!r} is paused: set paused: false and apply")
+    if outcome.dropped:
+        d = outcome.dropped[0]
+        raise CliError(f"dropped ({d['reason']}): try again in {d['retry_after']} s")
+    return sessions.get(conn, settings, outcome.sessions[0]["id"])
+
+
+def cmd_run(args, settings: Settings) -> None:
+    conn = _conn(settings)
+    session = fire_one(settings, conn, args.name, Firing(kind="manual", text=args.text))
+    if args.json:
+        _print_json(session)
+    else:
+        print(f"{session['id']} {session['url']}")
+
+
+def cmd_sessions(args, settings: Settings) -> None:
+    rows = sessions.listing(_conn(settings), settings, args.routine, args.limit)
+    if args.json:
+        _print_json(rows)
+        return
+    for s in rows:
+        print(f"{s['id']}  {s['status']:<9}  {s['routine']:<24}  {s['trigger'].get('kind', '')}  {s['created_at']}")
+
+
+def cmd_worker(args, settings: Settings) -> None:
+    from workers.worker import run
+
+    _conn(settings)
+    run(settings, burst=args.burst)
+
+
+def cmd_up(args, settings: Settings | None) -> None:
+    from routinely.up import up
+
+    sys.exit(up(args.host, args.port, args.workers))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routinely", description="Self-hosted routines for coding agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("up", help="run Redis (if REDIS_URL is unset), web, worker and scheduler")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--workers", type=int, default=2, help="session workers (default 2)")
+    p.set_defaults(func=cmd_up, needs_settings=False)
+
+    p = sub.add_parser("apply", help="validate and store a routine file, all or nothing")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("list", help="the applied routines")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("run", help="start a session of a routine now")
+    p.add_argument("name", help="routine name, or ACCOUNT/NAME")
+    p.add_argument("--text", help="context passed to the agent, as the API's text")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sessions", help="sessions, newest first")
+    p.add_argument("--routine")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("worker", help="run a session worker (Procfile: worker)")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: list[str] | None = None, settings: Settings | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if getattr(args, "needs_settings", True) and settings is None:
+            settings = Settings.from_env()
+        args.func(args, settings)
+    except (CliError, ConfigError, ApplyError) as exc:
+        print(f"routinely: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except redis.RedisError:
+        where = settings.redis_url if settings else "REDIS_URL"
+        print(f"routinely: Redis at {where} stopped answering: check it and try again", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""What runs in RQ workers and the scheduler process."""
