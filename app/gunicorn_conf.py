@@ -8,8 +8,8 @@ import os
 import sys
 
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = os.environ.get("ROUTINELY_WEB_WORKER_CLASS", "gthread")
-threads = int(os.environ.get("ROUTINELY_WEB_THREADS", "4"))
+worker_class = os.environ.get("ROUTINELY_WEB_WORKER_CLASS", "sync")
+threads = int(os.environ.get("ROUTINELY_WEB_THREADS", "1"))
 keepalive = 5
 accesslog = None
 errorlog = "-"

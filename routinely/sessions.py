@@ -50,11 +50,6 @@ def get(conn: redis.Redis, settings: Settings, session_id: str) -> dict[str, Any
     return to_public(raw, settings) if raw else None
 
 
-def spec(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    """The routine as it was when the session was made."""
-    return orjson.loads(raw[b"spec"])
-
-
 def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     """Sessions newest first (at most `limit`, capped at MAX_LIMIT)."""
     index = keys.sessions_of(routine) if routine else keys.SESSIONS

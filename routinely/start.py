@@ -15,6 +15,7 @@ from typing import Any, Callable
 import orjson
 import redis
 from rq.job import Job, JobStatus
+from rq.utils import utcformat
 
 from routinely import admission, ids, keys
 from routinely.catalog import Catalog, CatalogCache
@@ -71,6 +72,35 @@ class Starter:
         self.cache = cache or CatalogCache()
         self._script = conn.register_script(SCRIPT)
         self._queue_key = "rq:queue:" + settings.queue_name
+        self._job_data, self._job_base = self._job_template()
+
+    def _job_template(self) -> tuple[bytes, dict[str, str]]:
+        """RQ's own job hash for run_session, built once: every session's job differs only
+        in its id (= the session id), times, timeout and description."""
+        job = Job.create(
+            RUN_SESSION,
+            id="template",
+            connection=self.conn,
+            status=JobStatus.QUEUED,
+            origin=self.settings.queue_name,
+            result_ttl=keys.DAY,
+            failure_ttl=7 * keys.DAY,
+        )
+        job.enqueued_at = datetime.now(timezone.utc)
+        mapping = job.to_dict()
+        data = mapping.pop("data")
+        fields = {k: v.value if isinstance(v, JobStatus) else str(v) for k, v in mapping.items()}
+        return data, fields
+
+    def _job_fields(self, routine: Routine, kind: str, stamp: str) -> list[str]:
+        fields = dict(self._job_base)
+        fields.update(
+            created_at=stamp,
+            enqueued_at=stamp,
+            timeout=str(routine.spec["timeout_minutes"] * 60 + JOB_MARGIN_SECONDS),
+            description=f"{routine.key} {kind}",
+        )
+        return [item for pair in fields.items() for item in pair]
 
     def fire(self, firing: Firing, route: Router) -> Outcome:
         """Route and start a firing. Raises redis.RedisError when Redis cannot be reached."""
@@ -91,6 +121,7 @@ class Starter:
         skipped = [r.name for r in matched if r.paused]
         candidates, blobs = [], []
         created = iso(now)
+        stamp = utcformat(datetime.fromtimestamp(now, timezone.utc))
         for routine in matched:
             if routine.paused:
                 continue
@@ -106,26 +137,8 @@ class Starter:
                 "event_id", event_id,
                 "status", "queued",
                 "created_at", created,
-                "spec", orjson.dumps(routine.spec).decode(),
             ]
-            job = Job.create(
-                RUN_SESSION,
-                args=(sid,),
-                id=sid,
-                connection=self.conn,
-                timeout=routine.spec["timeout_minutes"] * 60 + JOB_MARGIN_SECONDS,
-                status=JobStatus.QUEUED,
-                origin=self.settings.queue_name,
-                description=f"{routine.key} {firing.kind}",
-                result_ttl=keys.DAY,
-                failure_ttl=7 * keys.DAY,
-            )
-            job.enqueued_at = datetime.now(timezone.utc)
-            mapping = job.to_dict()
-            blobs.append(mapping.pop("data"))
-            job_fields: list[str] = []
-            for name, value in mapping.items():
-                job_fields += [name, value.value if isinstance(value, JobStatus) else str(value)]
+            blobs.append(self._job_data)
             candidates.append({
                 "routine": routine.name,
                 **limits,
@@ -135,7 +148,7 @@ class Starter:
                     "fields": session_fields,
                     "indexes": [keys.SESSIONS, keys.sessions_of(routine.name)],
                 },
-                "job": {"key": job.key.decode() if isinstance(job.key, bytes) else job.key, "fields": job_fields},
+                "job": {"key": Job.key_for(sid), "fields": self._job_fields(routine, firing.kind, stamp)},
             })
         event_fields = ["id", event_id, "kind", firing.kind, "received_at", created, "trigger", trigger_json]
         for name in ("delivery", "event", "repository"):
@@ -155,14 +168,15 @@ class Starter:
             "events_key": keys.EVENTS,
             "queue_key": self._queue_key,
             "queues_key": "rq:queues",
-            "payload_key": keys.payload(event_id) if firing.payload else "",
+            "payload_key": keys.payload(event_id) if firing.payload and candidates else "",
             "installations_key": keys.INSTALLATIONS,
             "installations": firing.installations,
             "skipped": orjson.dumps(skipped).decode(),
             "event": {"id": event_id, "key": keys.event(event_id), "ttl": keys.EVENT_TTL, "fields": event_fields},
             "candidates": candidates,
         }
-        raw = self._script(args=[orjson.dumps(control), *blobs, firing.payload])
+        payload = firing.payload if candidates else b""  # unmatched deliveries keep no body
+        raw = self._script(args=[orjson.dumps(control), *blobs, payload])
         result = orjson.loads(raw)
         if result.get("stale"):
             return None

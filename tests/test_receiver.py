@@ -53,7 +53,7 @@ def test_matching_delivery_makes_one_queued_session_per_routine(client, conn):
     assert sorted(queued_ids(conn)) == sorted(ids)
     jobs = Queue("routinely", connection=conn).jobs
     assert {j.func_name for j in jobs} == {"workers.run.run_session"}
-    assert sorted(j.args[0] for j in jobs) == sorted(ids)
+    assert sorted(j.id for j in jobs) == sorted(ids)  # the job id is the session id
     session = client.get(f"/api/sessions/{ids[0]}").get_json()
     assert session["status"] == "queued" and session["account"] == "alice"
     assert session["trigger"] == {"kind": "github", "event": "pull_request.opened", "delivery": headers["X-GitHub-Delivery"]}
