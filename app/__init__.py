@@ -30,10 +30,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
 
-    from app import api, webhooks
+    from app import api, pages, webhooks
 
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
 
     @app.get("/healthz")
     def healthz():

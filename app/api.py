@@ -1,11 +1,12 @@
 """The JSON API: sessions, events, health."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, Response, current_app, request
 
 from app.auth import require_admin
 from app.responses import error, json_response
-from routinely import events, sessions
+from routinely import events, session_log, sessions
+from routinely.start import iso
 
 bp = Blueprint("api", __name__)
 bp.before_request(require_admin)
@@ -42,3 +43,26 @@ def list_events():
     if limit is None:
         return error(400, f"limit must be a whole number from 1 to {sessions.MAX_LIMIT}")
     return json_response(events.listing(current_app.extensions["routinely"].conn, limit))
+
+
+@bp.get("/api/sessions/<session_id>/log")
+def session_log_text(session_id: str):
+    """The log as plain text; `?after=CURSOR` returns only newer lines (the page polls it).
+    The cursor of the last line is in the X-Log-Cursor header."""
+    state = current_app.extensions["routinely"]
+    if sessions.get_raw(state.conn, session_id) is None:
+        return error(404, f"no session {session_id!r}: `routinely sessions` lists them")
+    lines, cursor = session_log.read(state.conn, session_id, request.args.get("after") or None)
+    text = "".join(line + "\n" for line in lines)
+    return Response(text, mimetype="text/plain", headers={"X-Log-Cursor": cursor or ""})
+
+
+@bp.post("/api/sessions/<session_id>/cancel")
+def cancel_session(session_id: str):
+    state = current_app.extensions["routinely"]
+    outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()), state.settings.queue_name)
+    if outcome == "unknown":
+        return error(404, f"no session {session_id!r}: `routinely sessions` lists them")
+    if outcome == "finished":
+        return error(409, f"session {session_id} has already finished")
+    return json_response({"id": session_id, "result": outcome})

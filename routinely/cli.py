@@ -12,7 +12,7 @@ import redis
 from routinely import catalog, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError, load_yaml
-from routinely.start import Firing, Starter
+from routinely.start import Firing, Starter, iso
 from routinely.store import connect
 
 
@@ -105,6 +105,16 @@ def cmd_run(args, settings: Settings) -> None:
 
 
 def cmd_sessions(args, settings: Settings) -> None:
+    if args.action == "cancel":
+        if not args.id:
+            raise CliError("usage: routinely sessions cancel SESSION_ID")
+        outcome = sessions.cancel(_conn(settings), args.id, iso(settings.clock()), settings.queue_name)
+        if outcome == "unknown":
+            raise CliError(f"no session {args.id!r}: `routinely sessions` lists them")
+        if outcome == "finished":
+            raise CliError(f"session {args.id} has already finished")
+        print(f"{args.id} {outcome}")
+        return
     rows = sessions.listing(_conn(settings), settings, args.routine, args.limit)
     if args.json:
         _print_json(rows)
@@ -151,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sessions", help="sessions, newest first")
+    p = sub.add_parser("sessions", help="sessions, newest first; `sessions cancel ID` cancels one")
+    p.add_argument("action", nargs="?", choices=["cancel"])
+    p.add_argument("id", nargs="?")
     p.add_argument("--routine")
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")

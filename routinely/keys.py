@@ -107,3 +107,5 @@ def schedule_fired(routine_key: str, schedule_id: str, run_at: int) -> str:
 
 
 SCHEDULER_LEASE = P + "scheduler:lease"  # string holder id, SET NX PX; the one active scheduler
+
+RUNNING = P + "running"  # zset session id -> last heartbeat ms; written by the runner, read by the reaper

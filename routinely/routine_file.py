@@ -116,6 +116,13 @@ def _int(value: Any, where: str, name: str, lo: int, hi: int) -> int:
     return value
 
 
+def _minutes(value: Any, where: str) -> float | int:
+    # fractions are allowed ("0.5" is thirty seconds); the floor keeps a typo from killing every run at once
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.05 <= value <= 24 * 60:
+        raise _err(where, f"timeout_minutes takes a number of minutes from 0.05 to 1440, got {value!r}")
+    return value
+
+
 def _rate_limit(value: Any, default: dict[str, int], where: str) -> dict[str, int]:
     if value is None:
         return dict(default)
@@ -245,7 +252,7 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         "connectors": wanted,
         "branch_prefix": prefix,
         "allow_unrestricted_branch_pushes": _bool(raw.get("allow_unrestricted_branch_pushes", False), where, "allow_unrestricted_branch_pushes"),
-        "timeout_minutes": _int(raw.get("timeout_minutes", 60), where, "timeout_minutes", 1, 24 * 60),
+        "timeout_minutes": _minutes(raw.get("timeout_minutes", 60), where),
         "paused": _bool(raw.get("paused", False), where, "paused"),
         "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
         "triggers": [],

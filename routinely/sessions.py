@@ -66,3 +66,50 @@ def _fetch(conn: redis.Redis, session_ids: Iterable[bytes]) -> list[dict[bytes, 
 
 def update(conn: redis.Redis, session_id: str, **fields: Any) -> None:
     conn.hset(keys.session(session_id), mapping={k: "" if v is None else str(v) for k, v in fields.items()})
+
+
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+for i = 1, tonumber(ARGV[1]) do
+  if ARGV[1 + i] == status then
+    redis.call('HSET', KEYS[1], unpack(ARGV, tonumber(ARGV[1]) + 2))
+    return 1
+  end
+end
+return 0
+"""
+
+
+def transition(conn: redis.Redis, session_id: str, allowed: Iterable[str], **fields: Any) -> bool | None:
+    """Set `fields` only if the session's status is one of `allowed` (atomically).
+
+    Returns True when applied, False when the status did not allow it, None when there is
+    no such session. Every status change goes through here, so racing actors (a cancel and
+    a worker starting, a reaper and a late finish) cannot overwrite each other.
+    """
+    allowed = list(allowed)
+    flat: list[str] = []
+    for k, v in fields.items():
+        flat += [k, "" if v is None else str(v)]
+    result = conn.eval(_TRANSITION, 1, keys.session(session_id), len(allowed), *allowed, *flat)
+    return None if result == -1 else bool(result)
+
+
+def cancel(conn: redis.Redis, session_id: str, now_iso: str, queue_name: str) -> str:
+    """Cancel a queued or running session; returns the outcome in one word.
+
+    A queued session is canceled at once and its job taken off the queue; a running one is
+    flagged and its runner stops the agent's process group within a second.
+    """
+    done = transition(conn, session_id, ["queued"], status="canceled", finished_at=now_iso, reason="canceled before it started")
+    if done is None:
+        return "unknown"
+    if done:
+        conn.lrem(f"rq:queue:{queue_name}", 0, session_id)
+        return "canceled"
+    raw = get_raw(conn, session_id) or {}
+    if raw.get(b"status") == b"running":
+        conn.set(keys.session_cancel(session_id), "1", ex=keys.DAY)
+        return "canceling"
+    return "finished"

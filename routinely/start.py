@@ -97,7 +97,7 @@ class Starter:
         fields.update(
             created_at=stamp,
             enqueued_at=stamp,
-            timeout=str(routine.spec["timeout_minutes"] * 60 + JOB_MARGIN_SECONDS),
+            timeout=str(int(routine.spec["timeout_minutes"] * 60) + JOB_MARGIN_SECONDS),
             description=f"{routine.key} {kind}",
         )
         return [item for pair in fields.items() for item in pair]

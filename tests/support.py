@@ -162,3 +162,39 @@ class CuttingProxy:
                 s.close()
             except OSError:
                 pass
+
+
+def git(*args: str, cwd: Path | str | None = None) -> str:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent", "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+
+
+class Remotes:
+    """A folder of bare repositories standing in for GitHub (GITHUB_GIT_URL=file://…)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"file://{root}"
+
+    def create(self, full_name: str, branch: str = "main", files: dict[str, str] | None = None, count: int = 0) -> Path:
+        work = self.root / "_work" / full_name
+        work.mkdir(parents=True)
+        git("init", "-q", "-b", branch, cwd=work)
+        for name, text in (files or {"README.md": f"# {full_name}\n"}).items():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_text(text)
+        for i in range(count):  # many files, for the workspace benchmark
+            sub = work / "src" / f"d{i // 500}"
+            sub.mkdir(parents=True, exist_ok=True)
+            (sub / f"f{i}.txt").write_text(f"file {i}\n")
+        git("add", "-A", cwd=work)
+        git("commit", "-qm", "initial", cwd=work)
+        bare = self.root / f"{full_name}.git"
+        bare.parent.mkdir(parents=True, exist_ok=True)
+        git("clone", "-q", "--bare", str(work), str(bare))
+        return bare
+
+    def refs(self, full_name: str) -> dict[str, str]:
+        out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=self.root / f"{full_name}.git")
+        return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}

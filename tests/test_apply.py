@@ -73,7 +73,7 @@ def broken(path: str, value) -> dict:
         ("routines.0.rate_limit", {"events": 10}, "rate_limit takes {events: N, per_seconds: S}"),
         ("accounts.0.rate_limit", {"events": 5, "per_seconds": -1}, "account 'alice': rate_limit.per_seconds"),
         ("accounts.0.plan", "gold", "plan must be one of"),
-        ("routines.0.timeout_minutes", 0, "timeout_minutes takes a whole number"),
+        ("routines.0.timeout_minutes", 0, "timeout_minutes takes a number of minutes"),
         ("routines.0.prompt", KeyError, "prompt is required"),
         ("routines.0.triggers", [], "triggers must be a non-empty list"),
         ("routines.0.triggers.1", {"api": {"token": "x"}}, "api takes no settings"),

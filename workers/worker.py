@@ -1,13 +1,20 @@
-"""The `worker` process: an RQ worker on Routinely's queue."""
+"""The `worker` process: an RQ worker on Routinely's queue.
+
+Jobs run in the worker process itself (SimpleWorker): the installation-token cache then
+lives as long as the worker, and a session's own runner enforces its timeout and cancel.
+"""
 from __future__ import annotations
 
-from rq import Queue, Worker
+from rq import Queue, SimpleWorker
 
 from routinely.config import Settings
-from routinely.store import connect
+from workers.reaper import reap
+from workers.run import Runtime
 
 
 def run(settings: Settings, burst: bool = False) -> None:
-    conn = connect(settings)
-    queue = Queue(settings.queue_name, connection=conn)
-    Worker([queue], connection=conn).work(burst=burst, with_scheduler=False)
+    rt = Runtime(settings)
+    Runtime._current = rt
+    reap(rt.conn)
+    queue = Queue(settings.queue_name, connection=rt.conn)
+    SimpleWorker([queue], connection=rt.conn).work(burst=burst, with_scheduler=False, logging_level="WARNING")

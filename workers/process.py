@@ -1,0 +1,126 @@
+"""Run one command of a session (setup or agent): its own process group, output line by line,
+a deadline, and a cancel check. Whatever it started is killed when it ends."""
+from __future__ import annotations
+
+import ctypes
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+GRACE_SECONDS = 5
+
+
+def _die_with_parent() -> None:
+    # the command's shell dies if the worker is SIGKILLed, instead of running on unowned
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Result:
+    outcome: str  # exited | timed_out | canceled
+    exit_code: int | None
+
+
+def run(
+    argv: list[str],
+    cwd: Path,
+    env: dict[str, str],
+    stdin: str,
+    deadline: float,
+    on_lines: Callable[[list[str]], None],
+    canceled: Callable[[], bool],
+    tick: Callable[[], None] = lambda: None,
+) -> Result:
+    """Run `argv` until it exits, `deadline` (monotonic) passes or `canceled()` turns true.
+
+    `on_lines` gets batches of output lines (stdout and stderr merged) as they come;
+    `tick` runs about every second (heartbeats)."""
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    lines: "queue.Queue[str | None]" = queue.Queue()
+
+    def feed() -> None:
+        try:
+            proc.stdin.write(stdin.encode())
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # the command did not read its stdin
+
+    def read() -> None:
+        for raw in proc.stdout:
+            lines.put(raw.decode("utf-8", "replace").rstrip("\r\n"))
+        lines.put(None)
+
+    threading.Thread(target=feed, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    outcome, last_tick, done_reading = "exited", 0.0, False
+
+    def drain() -> bool:
+        batch, finished = [], False
+        while True:
+            try:
+                item = lines.get_nowait()
+            except queue.Empty:
+                break
+            if item is None:
+                finished = True
+                break
+            batch.append(item)
+        if batch:
+            on_lines(batch)
+        return finished
+
+    while True:
+        done_reading = drain() or done_reading
+        if proc.poll() is not None and done_reading:
+            break
+        now = time.monotonic()
+        if now - last_tick >= 1:
+            tick()
+            last_tick = now
+            if canceled():
+                outcome = "canceled"
+                break
+        if now >= deadline:
+            outcome = "timed_out"
+            break
+        time.sleep(0.1)
+    _kill_group(proc)
+    reader.join(timeout=GRACE_SECONDS)
+    drain()
+    code = proc.wait()
+    return Result(outcome, code if outcome == "exited" else None)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """TERM the whole group, then KILL what is left (background children included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    end = time.monotonic() + GRACE_SECONDS
+    while time.monotonic() < end:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return
+        if proc.poll() is not None:
+            # the leader is gone; give its children a moment, then stop waiting for them
+            time.sleep(0.1)
+        time.sleep(0.05)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

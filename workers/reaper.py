@@ -1,0 +1,29 @@
+"""Fail sessions whose worker died (SIGKILL, lost host): their heartbeat stops.
+
+Runs in the scheduler process every few seconds and when a worker starts.
+"""
+from __future__ import annotations
+
+import time
+
+import redis
+
+from routinely import keys, session_log, sessions
+from routinely.start import iso
+
+HEARTBEAT_TIMEOUT_SECONDS = 60  # runners beat every second; a minute of silence is a dead worker
+
+
+def reap(conn: redis.Redis, now: float | None = None, timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> list[str]:
+    """Mark running sessions with a stale heartbeat as failed; return their ids."""
+    now = time.time() if now is None else now
+    stale = conn.zrangebyscore(keys.RUNNING, "-inf", int((now - timeout) * 1000))
+    reaped = []
+    for raw_id in stale:
+        sid = raw_id.decode()
+        reason = f"routinely: the worker running this session stopped answering for {int(timeout)} s (killed or host lost); marked failed"
+        if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
+            session_log.append(conn, sid, reason)
+            reaped.append(sid)
+        conn.zrem(keys.RUNNING, sid)
+    return reaped

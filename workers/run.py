@@ -1,0 +1,223 @@
+"""run_session: the RQ job that turns a queued session into a real run.
+
+queued → running → succeeded | failed | timed_out | canceled. Every change of status goes
+through routinely.sessions.transition; a heartbeat lets the reaper fail a session whose
+worker died.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis
+from rq import get_current_job
+
+from routinely import catalog, keys, session_log, sessions
+from routinely.config import Settings
+from routinely.start import iso
+from routinely.store import connect
+from workers import process, prompt
+from workers.github_auth import InstallationTokens, TokenError
+from workers.pushguard import PushError, PushGuard
+from workers.workspace import Workspace, base_git_env
+
+CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
+PRESETS = {"claude": CLAUDE}
+
+
+class Runtime:
+    """What a worker process keeps between sessions: settings, Redis, the token cache."""
+
+    _current: "Runtime | None" = None
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.conn = connect(settings)
+        self.tokens = InstallationTokens(settings)
+
+    @classmethod
+    def get(cls) -> "Runtime":
+        if cls._current is None:
+            cls._current = cls(Settings.from_env())
+        return cls._current
+
+
+def run_session(session_id: str | None = None) -> str:
+    """RQ entry point; the job id is the session id. Returns the final status."""
+    if session_id is None:
+        session_id = get_current_job().id
+    return SessionRun(Runtime.get(), session_id).run()
+
+
+class Failed(Exception):
+    """Ends a session as failed; str() is the one line for its log."""
+
+
+class SessionRun:
+    def __init__(self, rt: Runtime, session_id: str) -> None:
+        self.rt, self.conn, self.settings, self.id = rt, rt.conn, rt.settings, session_id
+
+    # -- log and state
+    def log(self, *lines: str) -> None:
+        pipe = self.conn.pipeline(transaction=False)
+        for line in lines:
+            session_log.append(pipe, self.id, line)
+        pipe.execute()
+
+    def heartbeat(self) -> None:
+        self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)})
+
+    def canceled(self) -> bool:
+        return bool(self.conn.exists(keys.session_cancel(self.id)))
+
+    def finish(self, status: str, exit_code: int | None = None, reason: str | None = None) -> str:
+        sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
+                            exit_code=exit_code, reason=reason)
+        return status
+
+    # -- the run
+    def run(self) -> str:
+        raw = sessions.get_raw(self.conn, self.id)
+        if raw is None:
+            return "missing"
+        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(time.time()),
+                                      host=socket.gethostname(), pid=os.getpid())
+        if not started:
+            return raw[b"status"].decode()  # canceled before it started
+        self.heartbeat()
+        workspace: Workspace | None = None
+        guard: PushGuard | None = None
+        status = "failed"
+        try:
+            trigger = orjson.loads(raw[b"trigger"])
+            routine = catalog.load(self.conn).routines.get(raw[b"routine_key"].decode())
+            if routine is None:
+                raise Failed("routinely: the routine was removed before this session started")
+            spec = routine.spec
+            self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
+            deadline = time.monotonic() + spec["timeout_minutes"] * 60
+            workspace = Workspace.create(self.settings.data_dir, self.id)
+            guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
+                              lambda line: self.log(line))
+            self._checkout(workspace, guard, spec["repositories"])
+            payload = self._payload(raw)
+            env = self._agent_env(workspace, routine.name, trigger, payload, spec)
+            text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
+            Path(env["ROUTINELY_PROMPT_FILE"]).write_text(text)
+            cat = catalog.load(self.conn)
+            workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+            if spec["environment"]["setup"]:
+                self.log("routinely: running setup")
+                result = self._command(["bash", "-c", spec["environment"]["setup"]], workspace, env, "", deadline)
+                if result.outcome != "exited" or result.exit_code != 0:
+                    status = self._ended(result, "setup")
+                    return status
+            argv = self._agent_argv(env)
+            self.log(f"routinely: starting the agent: {argv[-1] if argv[0] == 'bash' else ' '.join(argv)}")
+            result = self._command(argv, workspace, env, text, deadline)
+            status = self._ended(result, "agent")
+            return status
+        except Failed as exc:
+            self.log(str(exc))
+            status = self.finish("failed", reason=str(exc))
+            return status
+        except Exception as exc:  # a bug or a lost store must not leave the session running
+            line = f"routinely: internal error: {type(exc).__name__}: {exc}"
+            try:
+                self.log(line)
+                status = self.finish("failed", reason=line)
+            except redis.RedisError:
+                pass
+            return "failed"
+        finally:
+            if guard is not None:
+                guard.close()
+            if workspace is not None and not self.settings.keep_workspaces:
+                workspace.remove()
+            try:
+                self.conn.zrem(keys.RUNNING, self.id)
+                self.conn.delete(keys.session_cancel(self.id))
+            except redis.RedisError:
+                pass
+
+    def _ended(self, result: process.Result, what: str) -> str:
+        if result.outcome == "timed_out":
+            self.log(f"routinely: the {what} ran past timeout_minutes and was stopped")
+            return self.finish("timed_out", reason=f"{what} timed out")
+        if result.outcome == "canceled":
+            self.log("routinely: canceled")
+            return self.finish("canceled", reason="canceled while running")
+        code = result.exit_code
+        if what == "setup":
+            line = f"routinely: setup exited with code {code}; the agent was not started"
+            self.log(line)
+            return self.finish("failed", exit_code=code, reason=line)
+        if code == 127:
+            line = "routinely: the agent command was not found (exit 127): set ROUTINELY_AGENT to an installed command"
+            self.log(line)
+            return self.finish("failed", exit_code=code, reason=line)
+        self.log(f"routinely: the agent exited with code {code}")
+        return self.finish("succeeded" if code == 0 else "failed", exit_code=code)
+
+    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
+        return process.run(argv, ws.root, env, stdin, deadline, lambda lines: self.log(*lines), self.canceled, self.heartbeat)
+
+    def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
+        git_env = base_git_env()
+        for repo in repos:
+            url = f"{self.settings.github_git_url}/{repo}.git"
+            try:
+                token = self.rt.tokens.for_repository(self.conn, repo)
+                path = ws.checkout(guard, repo, url, token, git_env)
+            except (TokenError, PushError) as exc:
+                raise Failed(f"routinely: {exc}") from None
+            self.log(f"routinely: checked out {repo} at {path.name}")
+
+    def _payload(self, raw: dict[bytes, bytes]) -> bytes | None:
+        event_id = raw.get(b"event_id")
+        return self.conn.get(keys.payload(event_id.decode())) if event_id else None
+
+    def _agent_env(self, ws: Workspace, routine_name: str, trigger: dict[str, Any], payload: bytes | None,
+                   spec: dict[str, Any]) -> dict[str, str]:
+        """Only what the contract lists: basics, the routine's env, ROUTINELY_*, and the
+        service variables named in ROUTINELY_AGENT_ENV — nothing else of the worker's."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", str(ws.root)),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            "TMPDIR": str(ws.root / ".tmp"),
+        }
+        env.update(spec["environment"]["env"])
+        for name in self.settings.agent_env:
+            if name in os.environ:
+                env[name] = os.environ[name]
+        private = ws.root / ".routinely"
+        env.update({
+            "ROUTINELY_SESSION_ID": self.id,
+            "ROUTINELY_ROUTINE": routine_name,
+            "ROUTINELY_TRIGGER": trigger.get("kind", ""),
+            "ROUTINELY_PROMPT_FILE": str(private / "prompt.md"),
+            "ROUTINELY_REPOS": " ".join(str(p) for p in ws.repos),
+        })
+        if trigger.get("kind") == "github" and payload:
+            event_file = private / "event.json"
+            event_file.write_bytes(payload)
+            env["ROUTINELY_EVENT_FILE"] = str(event_file)
+        if trigger.get("text") is not None:
+            env["ROUTINELY_TEXT"] = trigger["text"]
+        return env
+
+    def _agent_argv(self, env: dict[str, str]) -> list[str]:
+        agent = self.settings.agent
+        if agent in PRESETS:
+            binary = PRESETS[agent].split()[0]
+            if shutil.which(binary, path=env["PATH"]) is None:
+                raise Failed(f"routinely: the agent preset '{agent}' needs `{binary}` on PATH: install it "
+                             "(npm install -g @anthropic-ai/claude-code) or set ROUTINELY_AGENT to a command")
+            return ["bash", "-c", PRESETS[agent]]
+        return ["bash", "-c", agent]
