@@ -67,11 +67,11 @@ def run(
     reader.start()
     outcome, last_tick, done_reading = "exited", 0.0, False
 
-    def drain() -> bool:
+    def drain(wait: float = 0.0) -> bool:
         batch, finished = [], False
         while True:
             try:
-                item = lines.get_nowait()
+                item = lines.get(timeout=wait) if wait and not batch else lines.get_nowait()
             except queue.Empty:
                 break
             if item is None:
@@ -83,8 +83,9 @@ def run(
         return finished
 
     while True:
-        done_reading = drain() or done_reading
-        if proc.poll() is not None and done_reading:
+        # wakes as soon as output (or the end of it) arrives; at most every 0.1 s otherwise
+        done_reading = done_reading or drain(0.1)
+        if done_reading and proc.poll() is not None:
             break
         now = time.monotonic()
         if now - last_tick >= 1:
@@ -96,7 +97,8 @@ def run(
         if now >= deadline:
             outcome = "timed_out"
             break
-        time.sleep(0.1)
+        if done_reading:
+            time.sleep(0.02)  # output closed, the process not yet reaped
     _kill_group(proc)
     reader.join(timeout=GRACE_SECONDS)
     drain()

@@ -93,7 +93,7 @@ class PushGuard:
 
         self._server = socketserver.ThreadingUnixStreamServer(self.sock, Handler)
         self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def allowed(self, ref: str) -> bool:
         if self.unrestricted:

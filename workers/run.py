@@ -75,11 +75,6 @@ class SessionRun:
     def canceled(self) -> bool:
         return bool(self.conn.exists(keys.session_cancel(self.id)))
 
-    def finish(self, status: str, exit_code: int | None = None, reason: str | None = None) -> str:
-        sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
-                            exit_code=exit_code, reason=reason)
-        return status
-
     # -- the run
     def run(self) -> str:
         raw = sessions.get_raw(self.conn, self.id)
@@ -90,79 +85,77 @@ class SessionRun:
         if not started:
             return raw[b"status"].decode()  # canceled before it started
         self.heartbeat()
-        workspace: Workspace | None = None
-        guard: PushGuard | None = None
-        status = "failed"
+        self.workspace: Workspace | None = None
+        self.guard: PushGuard | None = None
         try:
-            trigger = orjson.loads(raw[b"trigger"])
-            routine = catalog.load(self.conn).routines.get(raw[b"routine_key"].decode())
-            if routine is None:
-                raise Failed("routinely: the routine was removed before this session started")
-            spec = routine.spec
-            self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
-            deadline = time.monotonic() + spec["timeout_minutes"] * 60
-            workspace = Workspace.create(self.settings.data_dir, self.id)
-            guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                              lambda line: self.log(line))
-            self._checkout(workspace, guard, spec["repositories"])
-            payload = self._payload(raw)
-            env = self._agent_env(workspace, routine.name, trigger, payload, spec)
-            text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
-            Path(env["ROUTINELY_PROMPT_FILE"]).write_text(text)
-            cat = catalog.load(self.conn)
-            workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
-            if spec["environment"]["setup"]:
-                self.log("routinely: running setup")
-                result = self._command(["bash", "-c", spec["environment"]["setup"]], workspace, env, "", deadline)
-                if result.outcome != "exited" or result.exit_code != 0:
-                    status = self._ended(result, "setup")
-                    return status
-            argv = self._agent_argv(env)
-            self.log(f"routinely: starting the agent: {argv[-1] if argv[0] == 'bash' else ' '.join(argv)}")
-            result = self._command(argv, workspace, env, text, deadline)
-            status = self._ended(result, "agent")
-            return status
-        except Failed as exc:
-            self.log(str(exc))
-            status = self.finish("failed", reason=str(exc))
-            return status
+            status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
-            line = f"routinely: internal error: {type(exc).__name__}: {exc}"
-            try:
-                self.log(line)
-                status = self.finish("failed", reason=line)
-            except redis.RedisError:
-                pass
-            return "failed"
-        finally:
-            if guard is not None:
-                guard.close()
-            if workspace is not None and not self.settings.keep_workspaces:
-                workspace.remove()
-            try:
-                self.conn.zrem(keys.RUNNING, self.id)
-                self.conn.delete(keys.session_cancel(self.id))
-            except redis.RedisError:
-                pass
+            status, code, reason = "failed", None, f"routinely: internal error: {type(exc).__name__}: {exc}"
+        try:
+            # pushes are forwarded and the workspace gone before the session reads as finished
+            self._cleanup()
+            if reason:
+                self.log(reason)
+            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
+                                exit_code=code, reason=reason if status != "succeeded" else None)
+            self.conn.zrem(keys.RUNNING, self.id)
+            self.conn.delete(keys.session_cancel(self.id))
+        except redis.RedisError:
+            pass  # the reaper fails it once the heartbeat is stale
+        return status
 
-    def _ended(self, result: process.Result, what: str) -> str:
-        if result.outcome == "timed_out":
-            self.log(f"routinely: the {what} ran past timeout_minutes and was stopped")
-            return self.finish("timed_out", reason=f"{what} timed out")
-        if result.outcome == "canceled":
-            self.log("routinely: canceled")
-            return self.finish("canceled", reason="canceled while running")
+    def _cleanup(self) -> None:
+        try:
+            if self.guard is not None:
+                self.guard.close()
+        finally:
+            if self.workspace is not None and not self.settings.keep_workspaces:
+                self.workspace.remove()
+
+    def _execute(self, raw: dict[bytes, bytes]) -> tuple[str, int | None, str | None]:
+        """Prepare and run; returns (status, exit code, the line saying why when not a plain exit)."""
+        trigger = orjson.loads(raw[b"trigger"])
+        routine = catalog.load(self.conn).routines.get(raw[b"routine_key"].decode())
+        if routine is None:
+            return "failed", None, "routinely: the routine was removed before this session started"
+        spec = routine.spec
+        self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
+        deadline = time.monotonic() + spec["timeout_minutes"] * 60
+        began = time.monotonic()
+        self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id)
+        self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
+                               lambda line: self.log(line))
+        try:
+            self._checkout(workspace, self.guard, spec["repositories"])
+            argv = self._agent_argv()
+        except Failed as exc:
+            return "failed", None, str(exc)
+        payload = self._payload(raw)
+        env = self._agent_env(workspace, routine.name, trigger, payload, spec)
+        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
+        Path(env["ROUTINELY_PROMPT_FILE"]).write_text(text)
+        workspace.write_mcp(catalog.load(self.conn).connectors, spec["connectors"], os.environ)
+        self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
+        if spec["environment"]["setup"]:
+            self.log("routinely: running setup")
+            result = self._command(["bash", "-c", spec["environment"]["setup"]], workspace, env, "", deadline)
+            if result.outcome != "exited" or result.exit_code != 0:
+                return self._ended(result, "setup")
+        self.log(f"routinely: starting the agent: {argv[-1]}")
+        return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+
+    def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
+        if result.outcome == "timed_out":
+            return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
+        if result.outcome == "canceled":
+            return "canceled", None, "routinely: canceled while running"
         if what == "setup":
-            line = f"routinely: setup exited with code {code}; the agent was not started"
-            self.log(line)
-            return self.finish("failed", exit_code=code, reason=line)
+            return "failed", code, f"routinely: setup exited with code {code}; the agent was not started"
         if code == 127:
-            line = "routinely: the agent command was not found (exit 127): set ROUTINELY_AGENT to an installed command"
-            self.log(line)
-            return self.finish("failed", exit_code=code, reason=line)
+            return "failed", code, "routinely: the agent command was not found (exit 127): set ROUTINELY_AGENT to an installed command"
         self.log(f"routinely: the agent exited with code {code}")
-        return self.finish("succeeded" if code == 0 else "failed", exit_code=code)
+        return ("succeeded" if code == 0 else "failed"), code, None if code == 0 else f"the agent exited with code {code}"
 
     def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
         return process.run(argv, ws.root, env, stdin, deadline, lambda lines: self.log(*lines), self.canceled, self.heartbeat)
@@ -212,11 +205,11 @@ class SessionRun:
             env["ROUTINELY_TEXT"] = trigger["text"]
         return env
 
-    def _agent_argv(self, env: dict[str, str]) -> list[str]:
+    def _agent_argv(self) -> list[str]:
         agent = self.settings.agent
         if agent in PRESETS:
             binary = PRESETS[agent].split()[0]
-            if shutil.which(binary, path=env["PATH"]) is None:
+            if shutil.which(binary, path=os.environ.get("PATH")) is None:
                 raise Failed(f"routinely: the agent preset '{agent}' needs `{binary}` on PATH: install it "
                              "(npm install -g @anthropic-ai/claude-code) or set ROUTINELY_AGENT to a command")
             return ["bash", "-c", PRESETS[agent]]
