@@ -5,7 +5,7 @@ from flask import Blueprint, Response, current_app, request
 
 from app.auth import require_admin
 from app.responses import error, json_response
-from routinely import events, session_log, sessions
+from routinely import catalog, events, routines_view, session_log, sessions
 from routinely.start import iso
 
 bp = Blueprint("api", __name__)
@@ -66,3 +66,10 @@ def cancel_session(session_id: str):
     if outcome == "finished":
         return error(409, f"session {session_id} has already finished")
     return json_response({"id": session_id, "result": outcome})
+
+
+@bp.get("/api/routines")
+def list_routines():
+    """The applied routines with their drop counters (reason -> count, last drop, window reset)."""
+    conn = current_app.extensions["routinely"].conn
+    return json_response(routines_view.listing(conn, catalog.load(conn)))

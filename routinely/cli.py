@@ -9,7 +9,7 @@ from typing import Any, Callable
 import orjson
 import redis
 
-from routinely import catalog, sessions
+from routinely import catalog, routines_view, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError, load_yaml
 from routinely.start import Firing, Starter, iso
@@ -48,21 +48,9 @@ def cmd_apply(args, settings: Settings) -> None:
           f" (added {len(diff['added'])}, changed {len(diff['changed'])}, removed {len(diff['removed'])})")
 
 
-def _routine_view(routine) -> dict[str, Any]:
-    kinds = [next(iter(t)) for t in routine.spec["triggers"]]
-    return {
-        "name": routine.name,
-        "account": routine.account,
-        "repositories": routine.repositories,
-        "triggers": kinds,
-        "paused": routine.paused,
-        "rate_limit": routine.rate_limit,
-    }
-
-
 def cmd_list(args, settings: Settings) -> None:
-    cat = catalog.load(_conn(settings))
-    rows = [_routine_view(r) for r in cat.routines.values()]
+    conn = _conn(settings)
+    rows = routines_view.listing(conn, catalog.load(conn))
     if args.json:
         _print_json(rows)
         return
@@ -70,7 +58,10 @@ def cmd_list(args, settings: Settings) -> None:
         print("no routines applied: `routinely apply FILE`")
     for row in rows:
         state = " (paused)" if row["paused"] else ""
-        print(f"{row['account']}/{row['name']}{state}  triggers: {', '.join(row['triggers'])}  repos: {', '.join(row['repositories']) or '-'}")
+        dropped = sum(v for k, v in row["drops"].items() if isinstance(v, int))
+        note = f"  dropped: {dropped} (last {row['drops']['last_reason']}, window resets {row['drops']['retry_at']})" if dropped else ""
+        print(f"{row['account']}/{row['name']}{state}  triggers: {', '.join(row['triggers'])}  "
+              f"repos: {', '.join(row['repositories']) or '-'}{note}")
 
 
 def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def daily_count(account: str, local_date: str) -> str:
 
 
 def drops(routine_key: str) -> str:
-    """hash reason -> count of dropped firings, plus `last_at`/`last_reason`/`retry_at`; TTL SESSION_TTL."""
+    """hash reason -> count of dropped firings, plus `last_at`/`last_reason`/`retry_at_ms`; TTL SESSION_TTL."""
     return f"{P}drops:{routine_key}"
 
 

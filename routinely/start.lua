@@ -30,19 +30,19 @@ for i, cand in ipairs(c.candidates) do
     end
   end
   local metered = '0'
-  if not reason and tonumber(redis.call('GET', cand.cap.key) or '0') >= cand.cap.max then
+  if not reason and cand.cap and tonumber(redis.call('GET', cand.cap.key) or '0') >= cand.cap.max then
     if cand.cap.extra_usage then metered = '1' else reason, retry = 'daily_cap', cand.cap.retry_after end
   end
   if reason then
     redis.call('HINCRBY', cand.drops_key, reason, 1)
-    redis.call('HSET', cand.drops_key, 'last_at', c.now_iso, 'last_reason', reason, 'retry_after', retry)
+    redis.call('HSET', cand.drops_key, 'last_at', c.now_iso, 'last_reason', reason, 'retry_at_ms', c.now_ms + retry * 1000)
     redis.call('EXPIRE', cand.drops_key, c.session_ttl)
     table.insert(dropped, {routine = cand.routine, reason = reason, retry_after = retry})
   else
     for _, lim in ipairs(cand.limits) do
       if redis.call('INCR', lim.key) == 1 then redis.call('EXPIRE', lim.key, lim.ttl) end
     end
-    if redis.call('INCR', cand.cap.key) == 1 then redis.call('EXPIRE', cand.cap.key, cand.cap.ttl) end
+    if cand.cap and redis.call('INCR', cand.cap.key) == 1 then redis.call('EXPIRE', cand.cap.key, cand.cap.ttl) end
     local s = cand.session
     redis.call('HSET', s.key, 'metered', metered, unpack(s.fields))
     redis.call('EXPIRE', s.key, c.session_ttl)
