@@ -30,9 +30,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
 
-    from app import api, pages, webhooks
+    from app import api, fire, pages, webhooks
 
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
 

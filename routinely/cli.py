@@ -9,7 +9,7 @@ from typing import Any, Callable
 import orjson
 import redis
 
-from routinely import catalog, routines_view, sessions
+from routinely import api_tokens, catalog, routines_view, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError, load_yaml
 from routinely.start import Firing, Starter, iso
@@ -114,6 +114,27 @@ def cmd_sessions(args, settings: Settings) -> None:
         print(f"{s['id']}  {s['status']:<9}  {s['routine']:<24}  {s['trigger'].get('kind', '')}  {s['created_at']}")
 
 
+def cmd_token(args, settings: Settings) -> None:
+    conn = _conn(settings)
+    cat = catalog.load(conn)
+    try:
+        if args.action == "create":
+            trigger_id, token = api_tokens.create(conn, cat.find(args.ref))
+            if args.json:
+                _print_json({"trigger_id": trigger_id, "token": token})
+            else:
+                print(f"trigger: {trigger_id}\ntoken:   {token}   (shown once)\n"
+                      f"fire:    POST {settings.public_url}/v1/claude_code/routines/{trigger_id}/fire")
+        else:
+            revoked = api_tokens.revoke(conn, cat, args.ref)
+            if args.json:
+                _print_json({"revoked": revoked})
+            else:
+                print(f"revoked {len(revoked)} trigger(s): {', '.join(revoked)}")
+    except (LookupError, ValueError) as exc:
+        raise CliError(str(exc).strip('"')) from None
+
+
 def cmd_worker(args, settings: Settings) -> None:
     from workers.worker import run
 
@@ -159,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=100)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sessions)
+
+    p = sub.add_parser("token", help="API trigger tokens: create ROUTINE | revoke ROUTINE|TRIGGER_ID")
+    p.add_argument("action", choices=["create", "revoke"])
+    p.add_argument("ref", help="routine name (or ACCOUNT/NAME); revoke also takes a trig_… id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("worker", help="run a session worker (Procfile: worker)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")

@@ -78,17 +78,12 @@ def drops(routine_key: str) -> str:
     return f"{P}drops:{routine_key}"
 
 
-def token(token_hash: str) -> str:
-    """hash of an API trigger token: trigger id, routine; no TTL (revoked explicitly)."""
-    return f"{P}token:{token_hash}"
-
-
 def trigger_tokens(trigger_id: str) -> str:
-    """set of token hashes of one API trigger; no TTL (revoked explicitly)."""
+    """set of SHA-256 hex digests of one API trigger's live tokens; no TTL (revoked explicitly)."""
     return f"{P}trigger:{trigger_id}:tokens"
 
 
-API_TRIGGERS = P + "api-triggers"  # hash trigger id -> routine key
+API_TRIGGERS = P + "api-triggers"  # hash trigger id -> routine key; written by `token create`, removed by revoke
 
 
 def counter(name: str) -> str:
