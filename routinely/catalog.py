@@ -91,10 +91,16 @@ def save(conn: redis.Redis, config: dict[str, Any]) -> int:
     return int(pipe.execute()[1])
 
 
-def apply(conn: redis.Redis, data: dict[str, Any], now: float) -> tuple[Catalog, dict[str, list[str]]]:
+def as_file(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored configuration back in the routine file's shape (to change and apply again)."""
+    return {"accounts": list(config["accounts"].values()), "connectors": config["connectors"],
+            "routines": [dict(r) for r in config["routines"]]}
+
+
+def apply(conn: redis.Redis, data: dict[str, Any], now: float | None) -> tuple[Catalog, dict[str, list[str]]]:
     """Validate a routine file and store it all-or-nothing. Raises ApplyError; nothing is stored then.
 
-    Returns the new catalog and which routine keys were added, changed and removed.
+    `now` None skips the future-time check of `at` schedules (re-applying a stored one). Returns the new catalog and which routine keys were added, changed and removed.
     """
     config = parse_config(data, now)
     before = load(conn)

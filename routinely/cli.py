@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import orjson
 import redis
@@ -135,6 +135,85 @@ def cmd_token(args, settings: Settings) -> None:
         raise CliError(str(exc).strip('"')) from None
 
 
+def _schedule_rows(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
+    from workers.scheduler import field, next_runs
+
+    cat = catalog.load(conn)
+    upcoming = next_runs(conn, cat, settings.clock())
+    rows = []
+    for routine in cat.routines.values():
+        if not routine.schedules:
+            continue
+        items = []
+        for sch in routine.schedules:
+            at = upcoming[field(routine, sch)]
+            items.append({"id": sch.id, **sch.spec, "next_run_at": iso(at) if at else None})
+        times = [i["next_run_at"] for i in items if i["next_run_at"]]
+        rows.append({"routine": routine.name, "account": routine.account, "paused": routine.paused,
+                     "stagger_seconds": routine.stagger, "schedules": items, "next_run_at": min(times) if times else None})
+    return rows
+
+
+def cmd_schedule(args, settings: Settings) -> None:
+    conn = _conn(settings)
+    if args.action == "list":
+        rows = _schedule_rows(conn, settings)
+        if args.json:
+            _print_json(rows)
+            return
+        if not rows:
+            print("no scheduled routines")
+        for row in rows:
+            for s in row["schedules"]:
+                what = s.get("cron") or s.get("at") or s.get("preset")
+                print(f"{row['account']}/{row['routine']}  {what} ({s['timezone']})  next {s['next_run_at'] or 'spent'}")
+        return
+    if not args.routine:
+        raise CliError(f"usage: routinely schedule {args.action} ROUTINE")
+    cat = catalog.load(conn)
+    try:
+        routine = cat.find(args.routine)
+    except LookupError as exc:
+        raise CliError(str(exc)) from None
+    if args.action == "run":
+        session = fire_one(settings, conn, routine.key, Firing(kind="schedule", routine=routine.key,
+                                                              scheduled_for=iso(settings.clock())))
+        _print_json(session) if args.json else print(f"{session['id']} {session['url']}")
+        return
+    schedule = _schedule_from_args(args)
+    from routinely.schedules import ScheduleError, parse_schedule
+
+    try:  # the new schedule must be valid now (an `at` in the future); the rest was checked when applied
+        parse_schedule(schedule, cat.accounts[routine.account].timezone, settings.clock())
+    except ScheduleError as exc:
+        raise CliError(f"routine {routine.key!r}: {exc}") from None
+    data = catalog.as_file(cat.config)
+    for spec in data["routines"]:
+        if f"{spec['account']}/{spec['name']}" == routine.key:
+            spec["triggers"] = [t for t in spec["triggers"] if "schedule" not in t] + [{"schedule": schedule}]
+    catalog.apply(conn, data, None)
+    rows = [r for r in _schedule_rows(conn, settings) if f"{r['account']}/{r['routine']}" == routine.key]
+    _print_json(rows[0]) if args.json else print(f"{routine.key}: next run {rows[0]['next_run_at']}")
+
+
+def _schedule_from_args(args) -> dict[str, Any]:
+    if bool(args.cron) == bool(args.preset):
+        raise CliError("schedule update takes --cron EXPR or --preset hourly|daily|weekdays|weekly")
+    schedule: dict[str, Any] = {"cron": args.cron} if args.cron else {"preset": args.preset}
+    for name in ("time", "day", "minute", "timezone"):
+        value = getattr(args, name)
+        if value is not None:
+            schedule[name] = value
+    return schedule
+
+
+def cmd_scheduler(args, settings: Settings) -> None:
+    from workers.scheduler import run
+
+    _conn(settings)
+    run(settings)
+
+
 def cmd_worker(args, settings: Settings) -> None:
     from workers.worker import run
 
@@ -186,6 +265,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", help="routine name (or ACCOUNT/NAME); revoke also takes a trig_… id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("schedule", help="schedules: list | update ROUTINE (--cron|--preset …) | run ROUTINE")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "update", "run"])
+    p.add_argument("routine", nargs="?")
+    p.add_argument("--cron")
+    p.add_argument("--preset", choices=["hourly", "daily", "weekdays", "weekly"])
+    p.add_argument("--time", help="HH:MM (daily, weekdays, weekly)")
+    p.add_argument("--day", help="mon..sun (weekly)")
+    p.add_argument("--minute", type=int, help="0..59 (hourly)")
+    p.add_argument("--timezone", help="IANA zone; default the account's")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("scheduler", help="run the scheduler (Procfile: scheduler)")
+    p.set_defaults(func=cmd_scheduler)
 
     p = sub.add_parser("worker", help="run a session worker (Procfile: worker)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty")

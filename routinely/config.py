@@ -52,7 +52,7 @@ class Settings:
         redis_url = get("REDIS_URL") or embedded_redis_url(data_dir)
         if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
             raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
-        public_url = (get("PUBLIC_URL") or cls.public_url).rstrip("/")
+        public_url = (get("PUBLIC_URL") or _recorded_url(data_dir) or cls.public_url).rstrip("/")
         _check_http_url("PUBLIC_URL", public_url)
         api_url = (get("GITHUB_API_URL") or cls.github_api_url).rstrip("/")
         _check_http_url("GITHUB_API_URL", api_url)
@@ -90,6 +90,14 @@ class Settings:
 def default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "routinely")
+
+
+def _recorded_url(data_dir: Path) -> str | None:
+    """The URL `routinely up` serves on, so the CLI prints session URLs that open."""
+    try:
+        return (data_dir / "public_url").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def embedded_redis_url(data_dir: Path) -> str:

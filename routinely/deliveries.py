@@ -5,6 +5,7 @@ import re
 from typing import Any
 
 from filters import EVENT_KINDS
+from routinely import keys
 from routinely.start import Firing
 
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -20,6 +21,7 @@ def decode(event: str, delivery: str, payload: dict[str, Any], body: bytes) -> F
         event=f"{event}.{action}" if action else event,
         delivery=delivery,
         repository=full_name if isinstance(full_name, str) else None,
+        claim=keys.delivery(delivery),
     )
     if event in EVENT_KINDS and firing.repository:
         firing.payload = body  # the agent gets it as $ROUTINELY_EVENT_FILE

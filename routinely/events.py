@@ -18,6 +18,7 @@ def to_public(raw: dict[bytes, bytes]) -> dict[str, Any]:
         "delivery": text(b"delivery"),
         "event": text(b"event"),
         "repository": text(b"repository"),
+        "routine": text(b"routine"),
         "received_at": text(b"received_at"),
         "sessions": orjson.loads(raw.get(b"sessions") or b"[]"),
         "dropped": orjson.loads(raw.get(b"dropped") or b"[]"),

@@ -91,13 +91,11 @@ def counter(name: str) -> str:
     return f"{P}count:{name}"
 
 
-def schedule_next(routine_key: str) -> str:
-    """hash schedule id -> next run (epoch seconds, stagger included); owned by the scheduler; no TTL, rewritten by apply."""
-    return f"{P}schedule:{routine_key}"
+SCHEDULES = P + "schedules"  # hash "routine key|schedule id" -> next run (epoch s, stagger included, -1 spent); the scheduler's; fields of removed schedules are dropped each pass
 
 
 def schedule_fired(routine_key: str, schedule_id: str, run_at: int) -> str:
-    """string: claim of one scheduled run so that racing schedulers fire it once; TTL 2 days."""
+    """string -> event id: claim of one scheduled run, taken by the start script, so racing schedulers fire it once; TTL 2 days."""
     return f"{P}fired:{routine_key}:{schedule_id}:{run_at}"
 
 

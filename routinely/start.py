@@ -37,12 +37,15 @@ class Firing:
 
     kind: str  # github | api | schedule | manual
     event: str | None = None  # e.g. pull_request.opened
+    routine: str | None = None  # the routine an api/schedule/manual firing is for (shown on its event)
     delivery: str | None = None  # X-GitHub-Delivery: deduplicated
     repository: str | None = None
     text: str | None = None  # api: passed raw to the agent
     scheduled_for: str | None = None
     payload: bytes = b""  # github: the raw body, kept for the session when one is made
     installations: list[list[str]] = field(default_factory=list)  # ["set", repo, id] | ["del", repo]
+    claim: str | None = None  # a key that makes the firing happen once (delivery id, scheduled run)
+    claim_ttl: int = keys.DELIVERY_TTL
 
     def trigger(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -151,15 +154,15 @@ class Starter:
                 "job": {"key": Job.key_for(sid), "fields": self._job_fields(routine, firing.kind, stamp)},
             })
         event_fields = ["id", event_id, "kind", firing.kind, "received_at", created, "trigger", trigger_json]
-        for name in ("delivery", "event", "repository"):
+        for name in ("delivery", "event", "repository", "routine"):
             value = getattr(firing, name)
             if value is not None:
                 event_fields += [name, value]
         control = {
             "version_key": keys.ROUTINES_VERSION,
             "version": str(catalog.version),
-            "dedup_key": keys.delivery(firing.delivery) if firing.delivery else "",
-            "dedup_ttl": keys.DELIVERY_TTL,
+            "dedup_key": firing.claim or "",
+            "dedup_ttl": firing.claim_ttl,
             "now_ms": now_ms,
             "now_iso": created,
             "session_ttl": keys.SESSION_TTL,

@@ -54,7 +54,9 @@ def up(host: str, port: int, workers: int) -> int:
     if not env_redis:
         children.append(("redis", start_redis(settings.data_dir)))
     env = {**os.environ, "REDIS_URL": settings.redis_url, "ROUTINELY_DATA_DIR": str(settings.data_dir)}
-    env.setdefault("PUBLIC_URL", f"http://{host}:{port}")
+    if not os.environ.get("PUBLIC_URL"):
+        env["PUBLIC_URL"] = f"http://{host}:{port}"
+    (settings.data_dir / "public_url").write_text(env["PUBLIC_URL"] + "\n")
     conf = str(Path(__file__).resolve().parent.parent / "app" / "gunicorn_conf.py")
     py = sys.executable
     commands = [

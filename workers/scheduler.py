@@ -1,0 +1,160 @@
+"""The `scheduler` process: fires due schedule triggers through the shared start path.
+
+Any number may run; the one holding a Redis lease (renewed every second, taken over when
+its holder dies) does the work, and each run is claimed inside the start script together
+with its sessions, so even two racing schedulers fire it once. Next runs are persisted:
+after downtime, the latest missed run fires once if it is at most GRACE_SECONDS old, and
+the rest are recorded as missed.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import redis
+
+from routinely import catalog, keys
+from routinely.config import Settings
+from routinely.routine_file import Routine
+from routinely.schedules import Schedule
+from routinely.start import Firing, Starter, iso
+from routinely.store import connect
+from workers.reaper import reap
+
+GRACE_SECONDS = 3600
+REAP_EVERY_SECONDS = 10
+
+_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return 0
+"""
+
+
+def field(routine: Routine, schedule: Schedule) -> str:
+    return f"{routine.key}|{schedule.id}"
+
+
+def next_runs(conn: redis.Redis, cat: catalog.Catalog, now: float) -> dict[str, float | None]:
+    """Each schedule's next run (stagger included): the persisted one, else computed from now."""
+    stored = {k.decode(): float(v) for k, v in conn.hgetall(keys.SCHEDULES).items()}
+    out: dict[str, float | None] = {}
+    for routine in cat.routines.values():
+        for sch in routine.schedules:
+            f = field(routine, sch)
+            value = stored.get(f)
+            if value is None:
+                value = sch.next_run(now, routine.stagger)
+            out[f] = None if value is None or value < 0 else value
+    return out
+
+
+class Scheduler:
+    def __init__(self, conn: redis.Redis, settings: Settings, lease_seconds: float = 15.0) -> None:
+        self.conn, self.settings = conn, settings
+        self.starter = Starter(conn, settings)
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.lease_ms = int(lease_seconds * 1000)
+        self._lease = conn.register_script(_LEASE)
+
+    def lead(self) -> bool:
+        """Take or keep the lease; True while this scheduler is the one that fires."""
+        return bool(self._lease(keys=[keys.SCHEDULER_LEASE], args=[self.holder, self.lease_ms]))
+
+    def release(self) -> None:
+        if self.conn.get(keys.SCHEDULER_LEASE) == self.holder.encode():
+            self.conn.delete(keys.SCHEDULER_LEASE)
+
+    def tick(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Fire what is due at `now`; returns what happened, one entry per schedule acted on."""
+        now = self.settings.clock() if now is None else now
+        cat = catalog.load(self.conn)
+        stored = {k.decode(): float(v) for k, v in self.conn.hgetall(keys.SCHEDULES).items()}
+        updates: dict[str, float] = {}
+        done: list[dict[str, Any]] = []
+        live = set()
+        for routine in cat.routines.values():
+            for sch in routine.schedules:
+                f = field(routine, sch)
+                live.add(f)
+                due = stored.get(f)
+                if due is None:  # a new schedule: its first run is in the future
+                    updates[f] = sch.next_run(now, routine.stagger) or -1
+                    continue
+                if due < 0 or due > now:
+                    continue
+                latest, missed, following = due, [], None
+                for t in sch.runs(due, routine.stagger, previous=due):
+                    if t > now:
+                        following = t
+                        break
+                    missed.append(latest)
+                    latest = t
+                if now - latest > GRACE_SECONDS:
+                    missed.append(latest)
+                    latest = None
+                if missed:
+                    self._record_missed(routine, missed)
+                if latest is not None:
+                    done.append(self._fire(routine, sch, latest))
+                updates[f] = following if following is not None else -1
+        stale = [k for k in stored if k not in live]
+        pipe = self.conn.pipeline(transaction=False)
+        if updates:
+            pipe.hset(keys.SCHEDULES, mapping=updates)
+        if stale:
+            pipe.hdel(keys.SCHEDULES, *stale)
+        pipe.execute()
+        return done
+
+    def _fire(self, routine: Routine, sch: Schedule, run_at: float) -> dict[str, Any]:
+        firing = Firing(
+            kind="schedule",
+            routine=routine.key,
+            scheduled_for=iso(run_at),
+            claim=keys.schedule_fired(routine.key, sch.id, int(run_at)),
+            claim_ttl=2 * keys.DAY,
+        )
+        outcome = self.starter.fire(firing, lambda cat: [r for r in [cat.routines.get(routine.key)] if r is not None])
+        return {"routine": routine.key, "schedule": sch.id, "run_at": run_at, "duplicate": outcome.duplicate,
+                "sessions": outcome.sessions, "dropped": outcome.dropped, "skipped": outcome.skipped}
+
+    def _record_missed(self, routine: Routine, runs: list[float]) -> None:
+        # recorded, never silent: one event naming the routine and the last run missed
+        self.starter.fire(Firing(kind="schedule", event="schedule.missed", routine=routine.key,
+                                 scheduled_for=iso(runs[-1])), lambda cat: [])
+
+
+def run(settings: Settings) -> None:
+    """The process loop: lead, tick, reap, about once a second, until SIGTERM or Ctrl-C."""
+    conn = connect(settings)
+    lease = float(os.environ.get("ROUTINELY_SCHEDULER_LEASE_SECONDS", "15"))
+    scheduler = Scheduler(conn, settings, lease_seconds=lease)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    last_reap = 0.0
+    while not stop.is_set():
+        try:
+            if scheduler.lead():
+                scheduler.tick()
+            if time.monotonic() - last_reap > REAP_EVERY_SECONDS:
+                reap(conn)
+                last_reap = time.monotonic()
+        except redis.RedisError as exc:
+            print(f"routinely scheduler: Redis unavailable ({type(exc).__name__}); retrying", file=sys.stderr, flush=True)
+            stop.wait(2)
+        stop.wait(1)
+    try:
+        scheduler.release()
+    except redis.RedisError:
+        pass
