@@ -37,17 +37,21 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=10_000)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="routinely-bench-"))
+    tmp.chmod(0o711)  # session users (the default as root) must reach their workspaces
     (tmp / "github").mkdir()
+    (tmp / "out").mkdir()
+    (tmp / "out").chmod(0o777)
     remotes = Remotes(tmp / "github")
     remotes.create("bench/small")
     t = time.perf_counter()
     remotes.create("bench/large", count=args.files)
     print(f"made a {args.files}-file repository in {time.perf_counter() - t:.1f} s")
     server = RedisServer()
-    out = tmp / "started"
+    out = tmp / "out" / "started"
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(tmp / "data"),
            "ROUTINELY_AGENT": 'date +%s.%N > "$OUT"'}
     settings = Settings.from_env(env)
+    print(f"session users: {'on' if settings.session_users else 'off'}")
     conn = redis.Redis.from_url(server.url)
     routine = lambda name, repo: {"name": name, "account": "b", "prompt": "p", "repositories": [repo],  # noqa: E731
                                   "triggers": [{"api": {}}], "rate_limit": {"events": 10_000, "per_seconds": 3600},

@@ -33,6 +33,7 @@ class Settings:
     agent_env: tuple[str, ...] = ()
     admin_token: str | None = field(default=None, repr=False)
     keep_workspaces: bool = False
+    session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
     clock: Callable[[], float] = time.time
@@ -68,6 +69,9 @@ class Settings:
         betas = tuple(b.strip() for b in (get("ROUTINELY_API_BETAS") or ",".join(DEFAULT_BETAS)).split(",") if b.strip())
         if not 1 <= len(betas) <= 3:
             raise ConfigError("ROUTINELY_API_BETAS lists the current beta and at most two earlier ones")
+        users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
+        if users not in ("auto", "on", "off"):
+            raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         return cls(
             redis_url=redis_url,
@@ -83,11 +87,14 @@ class Settings:
             agent_env=agent_env,
             admin_token=get("ROUTINELY_ADMIN_TOKEN"),
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
+            session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
         )
 
 
 def default_data_dir() -> str:
+    if os.geteuid() == 0:
+        return "/var/lib/routinely"  # session users must be able to reach their workspaces
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return os.path.join(base, "routinely")
 

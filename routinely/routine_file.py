@@ -241,8 +241,8 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         if missing:
             raise _err(where, f"connector(s) {missing} are not configured under connectors")
     prefix = raw.get("branch_prefix", "claude/")
-    if not isinstance(prefix, str) or not prefix or any(c.isspace() for c in prefix) or prefix.startswith("refs/"):
-        raise _err(where, f"branch_prefix must be a non-empty branch name prefix such as claude/, got {prefix!r}")
+    if not isinstance(prefix, str) or not re.match(r"^[A-Za-z0-9._/-]{1,100}$", prefix) or prefix.startswith(("refs/", "/", "-")):
+        raise _err(where, f"branch_prefix must be a branch name prefix of letters, digits, '.', '_', '-' and '/' such as claude/, got {prefix!r}")
     spec = {
         "name": name,
         "account": account,

@@ -39,6 +39,7 @@ def env(redis_server, remotes, settings, tmp_path) -> dict[str, str]:
         "ROUTINELY_DATA_DIR": str(settings.data_dir),
         "PUBLIC_URL": settings.public_url,
         "ROUTINELY_AGENT": f"{sys.executable} {AGENTS / 'report.py'}",
+        "ROUTINELY_SESSION_USERS": "off",  # these agents run the worker's own Python (under /root)
         "GITHUB_WEBHOOK_SECRET": "whsec-must-not-leak",
         "WORKER_SENTINEL": SENTINEL,
         "SLACK_TOKEN": "xoxb-for-the-connector",

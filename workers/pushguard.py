@@ -13,7 +13,6 @@ import os
 import shutil
 import socket
 import socketserver
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,18 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-PRE_RECEIVE = """#!{python}
-import sys
-prefix, unrestricted = {prefix!r}, {unrestricted!r}
-refused = []
-for line in sys.stdin:
-    old, new, ref = line.split()
-    ok = ref.startswith(("refs/heads/", "refs/tags/")) if unrestricted else ref.startswith("refs/heads/" + prefix)
-    if not ok:
-        refused.append(ref)
-for ref in refused:
-    print(f"routinely: push to {{ref}} refused: this routine may push only to branches under '{{prefix}}' (its branch_prefix)")
-sys.exit(1 if refused else 0)
+from workers import git
+
+# plain sh: it runs as the session's user, who may not be able to run the worker's Python
+PRE_RECEIVE = """#!/bin/sh
+status=0
+while read old new ref; do
+  if [ {unrestricted} = 1 ]; then
+    case "$ref" in refs/heads/*|refs/tags/*) continue ;; esac
+  else
+    case "$ref" in "refs/heads/{prefix}"*) continue ;; esac
+  fi
+  echo "routinely: push to $ref refused: this routine may push only to branches under '{prefix}' (its branch_prefix)"
+  status=1
+done
+exit $status
 """
 
 POST_RECEIVE = """#!{python}
@@ -64,24 +66,25 @@ class Relay:
     forwarded: dict[str, str] = field(default_factory=dict)  # ref -> sha the real remote has from us
 
 
-def _git(args: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, text=True)
-
-
 def _refs(path: Path, env: dict[str, str]) -> dict[str, str]:
-    out = _git(["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"], env, path).stdout
+    out = git.run(["for-each-ref", "--format=%(objectname) %(refname)", "refs/heads", "refs/tags"], env, path).stdout
     return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines() if line)}
 
 
 class PushGuard:
-    def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None]) -> None:
-        self.root, self.prefix, self.unrestricted, self.log = root, prefix, unrestricted, log
+    def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None],
+                 ids: git.Ids | None = None) -> None:
+        self.root, self.prefix, self.unrestricted, self.log, self.ids = root, prefix, unrestricted, log, ids
         self.relays: dict[str, Relay] = {}
-        self._auth_env: dict[str, dict[str, str]] = {}
+        self._tokens: dict[str, Callable[[], str | None]] = {}
         self._lock = threading.Lock()
         root.mkdir(parents=True, mode=0o700, exist_ok=True)
-        # unix socket paths are short-lived and length-limited: keep them in a private tmp dir
+        if ids:
+            os.chown(root, *ids)
+        # unix socket paths are length-limited: keep the socket in a short tmp dir that the
+        # session's user may traverse (the hook connects to it; it can only ask for a sync)
         self._sock_dir = tempfile.mkdtemp(prefix="rly-")
+        os.chmod(self._sock_dir, 0o711)
         self.sock = os.path.join(self._sock_dir, "s")
         guard = self
 
@@ -92,6 +95,7 @@ class PushGuard:
                     self.wfile.write("".join(m + "\n" for m in guard.sync(guard.relays[line[1]])).encode())
 
         self._server = socketserver.ThreadingUnixStreamServer(self.sock, Handler)
+        os.chmod(self.sock, 0o666)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
@@ -100,34 +104,35 @@ class PushGuard:
             return ref.startswith(("refs/heads/", "refs/tags/"))
         return ref.startswith("refs/heads/" + self.prefix)
 
-    def add(self, repo: str, url: str, auth_env: dict[str, str], base_env: dict[str, str]) -> Relay:
-        """Mirror `url` into a relay with the guard's hooks. Raises PushError."""
+    def add(self, repo: str, url: str, token: Callable[[], str | None]) -> Relay:
+        """Mirror `url` into a relay with the guard's hooks. `token` is asked each time the
+        remote is used (installation tokens expire within the hour). Raises PushError."""
         name = repo.replace("/", "__")
         path = self.root / f"{name}.git"
-        env = {**base_env, **auth_env}
-        done = _git(["clone", "--bare", "--quiet", url, str(path)], env)
+        done = git.run(["clone", "--bare", "--quiet", url, str(path)], git.worker_env(token()))
         if done.returncode != 0:
             raise PushError(f"cannot clone {repo}: {_clean(done.stderr)}")
-        _git(["config", "receive.denyDeletes", "false"], base_env, path)
+        env = git.worker_env()
+        git.run(["config", "receive.denyDeletes", "false"], env, path)
         hooks = path / "hooks"
         shutil.rmtree(hooks, ignore_errors=True)
         hooks.mkdir()
-        python = sys.executable
-        (hooks / "pre-receive").write_text(PRE_RECEIVE.format(python=python, prefix=self.prefix, unrestricted=self.unrestricted))
+        python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
+        (hooks / "pre-receive").write_text(PRE_RECEIVE.format(prefix=self.prefix, unrestricted=int(self.unrestricted)))
         (hooks / "post-receive").write_text(POST_RECEIVE.format(python=python, sock=self.sock, name=name))
         for hook in hooks.iterdir():
-            hook.chmod(0o700)
-        relay = Relay(name=name, repo=repo, path=path, url=url, forwarded=_refs(path, base_env))
+            hook.chmod(0o755)
+        if self.ids:
+            git.chown_tree(path, self.ids)  # the session's user pushes into it
+        relay = Relay(name=name, repo=repo, path=path, url=url, forwarded=_refs(path, env))
         self.relays[name] = relay
-        self._auth_env[name] = auth_env
-        self._base_env = base_env
+        self._tokens[name] = token
         return relay
 
     def sync(self, relay: Relay) -> list[str]:
         """Forward every allowed ref of the relay that changed; return what happened, line by line."""
         with self._lock:
-            env = {**self._base_env, **self._auth_env[relay.name]}
-            current = _refs(relay.path, self._base_env)
+            current = _refs(relay.path, git.worker_env())
             messages = []
             for ref in sorted(set(current) | set(relay.forwarded)):
                 old, new = relay.forwarded.get(ref), current.get(ref)
@@ -136,8 +141,13 @@ class PushGuard:
                 if not self.allowed(ref):
                     messages.append(f"routinely: {ref} was not forwarded to {relay.repo}: outside branch_prefix '{self.prefix}'")
                     continue
+                try:
+                    env = git.worker_env(self._tokens[relay.name]())
+                except Exception as exc:  # TokenError: say why, forward nothing
+                    messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {exc}")
+                    continue
                 spec = f"+{new}:{ref}" if new else f":{ref}"
-                done = _git(["push", "--quiet", "--no-verify", relay.url, spec], env, relay.path)
+                done = git.run(["push", "--quiet", "--no-verify", relay.url, spec], env, relay.path)
                 if done.returncode == 0:
                     if new:
                         relay.forwarded[ref] = new

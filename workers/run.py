@@ -10,7 +10,6 @@ import os
 import shutil
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -24,7 +23,8 @@ from routinely.store import connect
 from workers import process, prompt
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
-from workers.workspace import Workspace, base_git_env
+from workers.sandbox import Sandbox, SandboxError
+from workers.workspace import Workspace
 
 CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
 PRESETS = {"claude": CLAUDE}
@@ -87,6 +87,7 @@ class SessionRun:
         self.heartbeat()
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
+        self.sandbox: Sandbox | None = None
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -106,6 +107,8 @@ class SessionRun:
 
     def _cleanup(self) -> None:
         try:
+            if self.sandbox is not None:
+                self.sandbox.close()  # no process of the session's user outlives it
             if self.guard is not None:
                 self.guard.close()
         finally:
@@ -122,9 +125,17 @@ class SessionRun:
         self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
         deadline = time.monotonic() + spec["timeout_minutes"] * 60
         began = time.monotonic()
-        self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id)
+        try:
+            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log)
+        except SandboxError as exc:
+            return "failed", None, str(exc)  # fail closed: never more access than asked
+        ids = self.sandbox.ids
+        try:
+            self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
+        except PermissionError as exc:
+            return "failed", None, f"routinely: {exc}"
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line))
+                               lambda line: self.log(line), ids)
         try:
             self._checkout(workspace, self.guard, spec["repositories"])
             argv = self._agent_argv()
@@ -133,8 +144,10 @@ class SessionRun:
         payload = self._payload(raw)
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
-        Path(env["ROUTINELY_PROMPT_FILE"]).write_text(text)
+        workspace.write(".routinely/prompt.md", text)
         workspace.write_mcp(catalog.load(self.conn).connectors, spec["connectors"], os.environ)
+        if self.sandbox.network != "full" or ids:
+            self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
         if spec["environment"]["setup"]:
             self.log("routinely: running setup")
@@ -158,15 +171,14 @@ class SessionRun:
         return ("succeeded" if code == 0 else "failed"), code, None if code == 0 else f"the agent exited with code {code}"
 
     def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
-        return process.run(argv, ws.root, env, stdin, deadline, lambda lines: self.log(*lines), self.canceled, self.heartbeat)
+        return process.run(self.sandbox.command(argv), ws.root, env, stdin, deadline, lambda lines: self.log(*lines),
+                           self.canceled, self.heartbeat)
 
     def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
-        git_env = base_git_env()
         for repo in repos:
             url = f"{self.settings.github_git_url}/{repo}.git"
             try:
-                token = self.rt.tokens.for_repository(self.conn, repo)
-                path = ws.checkout(guard, repo, url, token, git_env)
+                path = ws.checkout(guard, repo, url, lambda repo=repo: self.rt.tokens.for_repository(self.conn, repo))
             except (TokenError, PushError) as exc:
                 raise Failed(f"routinely: {exc}") from None
             self.log(f"routinely: checked out {repo} at {path.name}")
@@ -181,26 +193,25 @@ class SessionRun:
         service variables named in ROUTINELY_AGENT_ENV — nothing else of the worker's."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", str(ws.root)),
+            # a session user cannot use the worker's home; it gets one of its own
+            "HOME": str(ws.home) if ws.ids else os.environ.get("HOME", str(ws.home)),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }
         env.update(spec["environment"]["env"])
+        env.update(self.sandbox.extra_env)
         for name in self.settings.agent_env:
             if name in os.environ:
                 env[name] = os.environ[name]
-        private = ws.root / ".routinely"
         env.update({
             "ROUTINELY_SESSION_ID": self.id,
             "ROUTINELY_ROUTINE": routine_name,
             "ROUTINELY_TRIGGER": trigger.get("kind", ""),
-            "ROUTINELY_PROMPT_FILE": str(private / "prompt.md"),
+            "ROUTINELY_PROMPT_FILE": str(ws.root / ".routinely" / "prompt.md"),
             "ROUTINELY_REPOS": " ".join(str(p) for p in ws.repos),
         })
         if trigger.get("kind") == "github" and payload:
-            event_file = private / "event.json"
-            event_file.write_bytes(payload)
-            env["ROUTINELY_EVENT_FILE"] = str(event_file)
+            env["ROUTINELY_EVENT_FILE"] = str(ws.write(".routinely/event.json", payload))
         if trigger.get("text") is not None:
             env["ROUTINELY_TEXT"] = trigger["text"]
         return env

@@ -1,17 +1,21 @@
 """A session's workspace: a fresh private directory, the routine's repositories checked out
-from their push-guard relays at the default branch, .mcp.json and the prompt files."""
+from their push-guard relays at the default branch, .mcp.json and the prompt files.
+
+With a session user, the workspace belongs to that user and the folders above it can be
+traversed but not listed, so a session finds nothing of another's or of the worker's.
+"""
 from __future__ import annotations
 
-import base64
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from workers.pushguard import PushError, PushGuard, _git
+from workers import git
+from workers.pushguard import PushError, PushGuard
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -20,35 +24,62 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 class Workspace:
     root: Path
     relays: Path
+    ids: git.Ids | None = None
     repos: list[Path] = field(default_factory=list)
 
     @classmethod
-    def create(cls, data_dir: Path, session_id: str) -> "Workspace":
+    def create(cls, data_dir: Path, session_id: str, ids: git.Ids | None = None) -> "Workspace":
+        """Raises PermissionError when a session user could not reach the workspace."""
+        shared = 0o711 if ids else 0o700  # traverse-only for session users: nothing to list
+        if ids:
+            for parent in data_dir.resolve().parents:
+                if parent.exists() and not parent.stat().st_mode & 0o001:
+                    raise PermissionError(
+                        f"ROUTINELY_DATA_DIR {data_dir} is inside {parent}, which session users cannot enter: "
+                        "set ROUTINELY_DATA_DIR to a folder such as /var/lib/routinely, or ROUTINELY_SESSION_USERS=off")
         for folder in (data_dir, data_dir / "workspaces", data_dir / "relays"):
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            folder.mkdir(parents=True, exist_ok=True, mode=shared)
+            os.chmod(folder, shared)
         root = data_dir / "workspaces" / session_id
         root.mkdir(mode=0o700)
-        (root / ".routinely").mkdir(mode=0o700)
-        (root / ".tmp").mkdir(mode=0o700)
-        return cls(root=root, relays=data_dir / "relays" / session_id)
+        for sub in (".routinely", ".tmp", ".home"):
+            (root / sub).mkdir(mode=0o700)
+        ws = cls(root=root, relays=data_dir / "relays" / session_id, ids=ids)
+        if ids:
+            git.chown_tree(root, ids)
+        return ws
+
+    @property
+    def home(self) -> Path:
+        return self.root / ".home"
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.relays, ignore_errors=True)
 
-    def checkout(self, guard: PushGuard, repo: str, url: str, token: str | None, git_env: dict[str, str]) -> Path:
+    def write(self, relative: str, data: str | bytes, mode: int = 0o600) -> Path:
+        """A file the agent reads, owned by the session's user when there is one."""
+        path = self.root / relative
+        path.write_bytes(data.encode() if isinstance(data, str) else data)
+        path.chmod(mode)
+        if self.ids:
+            os.chown(path, *self.ids)
+        return path
+
+    def checkout(self, guard: PushGuard, repo: str, url: str, token: Callable[[], str | None]) -> Path:
         """Clone `repo` at its default branch with `origin` pointing at its relay. Raises PushError."""
-        relay = guard.add(repo, url, _auth_env(token), git_env)
+        relay = guard.add(repo, url, token)
         name = repo.split("/")[1]
         target = self.root / name
         if target.exists():  # two repositories with one name, from different owners
             target = self.root / repo.replace("/", "-")
-        done = _git(["clone", "--quiet", str(relay.path), str(target)], git_env)
+        env = git.base_env(home=str(self.home))
+        done = git.run(["clone", "--quiet", str(relay.path), str(target)], env, ids=self.ids)
         if done.returncode != 0:
             raise PushError(f"cannot check out {repo}: {done.stderr.strip()}")
         for key, value in (("user.name", "routinely[bot]"), ("user.email", "routinely@localhost"),
                            ("push.default", "current")):
-            _git(["config", key, value], git_env, target)
+            git.run(["config", key, value], env, target, ids=self.ids)
         self.repos.append(target)
         return target
 
@@ -56,31 +87,5 @@ class Workspace:
         """.mcp.json with the routine's connectors (all when it names none), ${VAR} expanded
         from the service's environment at session start (unset variables become "")."""
         chosen = {name: connectors[name] for name in (wanted if wanted is not None else connectors)}
-        expanded = json.loads(_VAR.sub(lambda m: _json_escape(environ.get(m.group(1), "")), json.dumps(chosen)))
-        path = self.root / ".mcp.json"
-        path.write_text(json.dumps({"mcpServers": expanded}, indent=2) + "\n")
-        path.chmod(0o600)
-        return path
-
-
-def _json_escape(value: str) -> str:
-    return json.dumps(value)[1:-1]
-
-
-def _auth_env(token: str | None) -> dict[str, str]:
-    """git settings carrying an installation token for the worker's own git commands only."""
-    if not token:
-        return {}
-    basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-    return {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "http.extraHeader", "GIT_CONFIG_VALUE_0": f"Authorization: Basic {basic}"}
-
-
-def base_git_env() -> dict[str, str]:
-    """What the worker's git commands run with: no prompts, no user config leaking in."""
-    return {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": os.environ.get("HOME", "/"),
-        "GIT_TERMINAL_PROMPT": "0",
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "LANG": "C.UTF-8",
-    }
+        expanded = json.loads(_VAR.sub(lambda m: json.dumps(environ.get(m.group(1), ""))[1:-1], json.dumps(chosen)))
+        return self.write(".mcp.json", json.dumps({"mcpServers": expanded}, indent=2) + "\n")
