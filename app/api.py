@@ -1,7 +1,7 @@
 """The JSON API: sessions, events, health."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from app.auth import require_admin
 from app.responses import error, json_response
@@ -12,20 +12,22 @@ bp = Blueprint("api", __name__)
 bp.before_request(require_admin)
 
 
-def _limit() -> int | None:
+def _limit() -> int:
+    """`?limit=`, default 100; anything but 1..MAX_LIMIT answers 400."""
     raw = request.args.get("limit", "100")
     if not raw.isdigit() or not 1 <= int(raw) <= sessions.MAX_LIMIT:
-        return None
+        abort(error(400, f"limit must be a whole number from 1 to {sessions.MAX_LIMIT}"))
     return int(raw)
+
+
+def _no_session(session_id: str) -> Response:
+    return error(404, f"no session {session_id!r}: `routinely sessions` lists them")
 
 
 @bp.get("/api/sessions")
 def list_sessions():
-    limit = _limit()
-    if limit is None:
-        return error(400, f"limit must be a whole number from 1 to {sessions.MAX_LIMIT}")
     state = current_app.extensions["routinely"]
-    return json_response(sessions.listing(state.conn, state.settings, request.args.get("routine") or None, limit))
+    return json_response(sessions.listing(state.conn, state.settings, request.args.get("routine") or None, _limit()))
 
 
 @bp.get("/api/sessions/<session_id>")
@@ -33,16 +35,13 @@ def get_session(session_id: str):
     state = current_app.extensions["routinely"]
     found = sessions.get(state.conn, state.settings, session_id)
     if found is None:
-        return error(404, f"no session {session_id!r}: `routinely sessions` lists them")
+        return _no_session(session_id)
     return json_response(found)
 
 
 @bp.get("/api/events")
 def list_events():
-    limit = _limit()
-    if limit is None:
-        return error(400, f"limit must be a whole number from 1 to {sessions.MAX_LIMIT}")
-    return json_response(events.listing(current_app.extensions["routinely"].conn, limit))
+    return json_response(events.listing(current_app.extensions["routinely"].conn, _limit()))
 
 
 @bp.get("/api/sessions/<session_id>/log")
@@ -51,7 +50,7 @@ def session_log_text(session_id: str):
     The cursor of the last line is in the X-Log-Cursor header."""
     state = current_app.extensions["routinely"]
     if sessions.get_raw(state.conn, session_id) is None:
-        return error(404, f"no session {session_id!r}: `routinely sessions` lists them")
+        return _no_session(session_id)
     lines, cursor = session_log.read(state.conn, session_id, request.args.get("after") or None)
     text = "".join(line + "\n" for line in lines)
     return Response(text, mimetype="text/plain", headers={"X-Log-Cursor": cursor or ""})
@@ -62,7 +61,7 @@ def cancel_session(session_id: str):
     state = current_app.extensions["routinely"]
     outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()), state.settings.queue_name)
     if outcome == "unknown":
-        return error(404, f"no session {session_id!r}: `routinely sessions` lists them")
+        return _no_session(session_id)
     if outcome == "finished":
         return error(409, f"session {session_id} has already finished")
     return json_response({"id": session_id, "result": outcome})

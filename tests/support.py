@@ -198,3 +198,13 @@ class Remotes:
     def refs(self, full_name: str) -> dict[str, str]:
         out = git("for-each-ref", "--format=%(objectname) %(refname)", cwd=self.root / f"{full_name}.git")
         return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}
+
+
+class Clock:
+    """An injectable clock for Settings(clock=…): tests move time by setting .t."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t

@@ -17,18 +17,11 @@ import pytest
 from app import create_app
 from routinely import catalog, keys
 from routinely.start import Firing, Starter
-from tests.support import SECRET, body_of, delivery_headers, fixture, free_port, redis_snapshot
+from tests.support import Clock, SECRET, body_of, delivery_headers, fixture, free_port, redis_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKYO = ZoneInfo("Asia/Tokyo")
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def setup(conn, routines, account=None):

@@ -13,20 +13,13 @@ from zoneinfo import ZoneInfo
 
 from routinely import catalog, keys
 from routinely.schedules import stagger_seconds
-from tests.support import redis_snapshot
+from tests.support import Clock, redis_snapshot
 from workers.scheduler import GRACE_SECONDS, Scheduler, field
 
 UTC = timezone.utc
 T0 = datetime(2026, 11, 24, 8, 0, tzinfo=UTC).timestamp()
 STAGGER = stagger_seconds("alice/daily")
 
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def setup(conn, schedule=None, **routine):
