@@ -56,13 +56,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
+    parser.add_argument("--unmatched", action="store_true",
+                        help="the routine watches another repository: only verify, dedup and record happen")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is not installed: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="routinely-bench-"))
     body = json.dumps(json.loads(PAYLOAD.read_bytes()), separators=(",", ":")).encode()
     (tmp / "body.json").write_bytes(body)
-    (tmp / "routines.yml").write_text(ROUTINES)
+    (tmp / "routines.yml").write_text(ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other") if args.unmatched else ROUTINES)
     server = RedisServer()
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
            "WEB_CONCURRENCY": str(args.workers), "PUBLIC_URL": "http://127.0.0.1"}
@@ -84,7 +86,8 @@ def main() -> None:
         wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
         subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", str(LUA), f"http://127.0.0.1:{port}"], env=wrk_env,
                        stdout=subprocess.DEVNULL, check=True)  # warm-up (ids repeat later: they are answered as duplicates)
-        print(f"routinely web: gunicorn {args.workers} workers, body {len(body)} bytes, one matching routine")
+        print(f"routinely web: gunicorn {args.workers} workers, body {len(body)} bytes, "
+              + ("no routine matching" if args.unmatched else "one matching routine"))
         for c in args.concurrency:
             conn.flushall()  # our own throwaway server
             subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(tmp / "routines.yml")], env=env,
@@ -94,9 +97,10 @@ def main() -> None:
             line = next(l for l in out.splitlines() if l.startswith("RESULT"))
             got = dict(re.findall(r"(\w+)=([\d.]+)", line))
             sessions = conn.zcard("rly:sessions")
+            recorded = conn.zcard("rly:events")
             queued = conn.llen("rq:queue:routinely")
             print(f"routinely c={c} deliveries/s={float(got['rps']):.0f} p50_ms={got['p50_ms']} p99_ms={got['p99_ms']} "
-                  f"non2xx={got['non2xx']} errors={got['errors']} requests={got['requests']} sessions={sessions} jobs={queued}")
+                  f"non2xx={got['non2xx']} errors={got['errors']} requests={got['requests']} events={recorded} sessions={sessions} jobs={queued}")
     finally:
         web.terminate()
         web.wait(10)
