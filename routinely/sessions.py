@@ -106,7 +106,12 @@ def cancel(conn: redis.Redis, session_id: str, now_iso: str, queue_name: str) ->
     if done is None:
         return "unknown"
     if done:
-        conn.lrem(f"rq:queue:{queue_name}", 0, session_id)
+        from rq.job import Job
+
+        pipe = conn.pipeline(transaction=False)
+        pipe.lrem(f"rq:queue:{queue_name}", 0, session_id)
+        pipe.delete(Job.key_for(session_id))  # a job that never runs would keep its hash forever
+        pipe.execute()
         return "canceled"
     raw = get_raw(conn, session_id) or {}
     if raw.get(b"status") == b"running":

@@ -90,3 +90,16 @@ def test_a_bad_private_key_is_never_echoed(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----\nTOPSECRET\n-----END RSA PRIVATE KEY-----"}
     out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "not a PEM private key" in out.stderr and "TOPSECRET" not in out.stderr
+
+
+def test_canceling_a_queued_session_leaves_no_job_behind(client, conn, settings):
+    from rq.job import Job
+
+    apply(conn, {"name": "a", "triggers": [gh(["pull_request"])]})
+    fire(client)
+    sid = client.get("/api/sessions").get_json()[0]["id"]
+    assert conn.exists(Job.key_for(sid)) and conn.llen("rq:queue:routinely") == 1
+    assert client.post(f"/api/sessions/{sid}/cancel").get_json() == {"id": sid, "result": "canceled"}
+    assert not conn.exists(Job.key_for(sid)) and conn.llen("rq:queue:routinely") == 0
+    got = client.get(f"/api/sessions/{sid}").get_json()
+    assert got["status"] == "canceled" and got["finished_at"] and got["reason"] == "canceled before it started"
