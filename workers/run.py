@@ -118,7 +118,8 @@ class SessionRun:
     def _execute(self, raw: dict[bytes, bytes]) -> tuple[str, int | None, str | None]:
         """Prepare and run; returns (status, exit code, the line saying why when not a plain exit)."""
         trigger = orjson.loads(raw[b"trigger"])
-        routine = catalog.load(self.conn).routines.get(raw[b"routine_key"].decode())
+        cat = catalog.load(self.conn)
+        routine = cat.routines.get(raw[b"routine_key"].decode())
         if routine is None:
             return "failed", None, "routinely: the routine was removed before this session started"
         spec = routine.spec
@@ -145,7 +146,7 @@ class SessionRun:
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(catalog.load(self.conn).connectors, spec["connectors"], os.environ)
+        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
         if self.sandbox.network != "full" or ids:
             self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
