@@ -1,12 +1,19 @@
 -- One firing, atomically: stale-configuration check, delivery dedup, admission of each
 -- matched routine (routine window, account window, daily cap: check all, then count),
 -- session records, their RQ jobs, the event record and its indexes.
--- ARGV[1]: control JSON (see routinely/start.py); ARGV[1+i]: RQ job data of candidate i;
--- ARGV[#candidates+2]: the raw payload (may be empty).
+-- ARGV[1]: control JSON (see routinely/start.py); ARGV[1+i]: RQ job data of candidate i.
+-- A delivery's raw payload is not an argument (Lua copies a big argument at ~1.3 ns a
+-- byte, twice): the same MULTI SETs it at c.payload_key just before this script, and the
+-- script deletes it again unless a session was made.
 local c = cjson.decode(ARGV[1])
+
+local function drop_payload()
+  if c.payload_key ~= '' then redis.call('DEL', c.payload_key) end
+end
 
 local current = redis.call('GET', c.version_key) or '0'
 if current ~= c.version then
+  drop_payload()
   return cjson.encode({stale = true})
 end
 
@@ -17,6 +24,7 @@ if c.dedup_key ~= '' and redis.call('EXISTS', c.dedup_key) == 1 then
   redis.call('EXPIRE', c.event.key, c.event.ttl)
   redis.call('ZADD', c.events_key, c.now_ms, c.event.id)
   redis.call('ZREMRANGEBYSCORE', c.events_key, '-inf', c.events_trim)
+  drop_payload()
   return cjson.encode({duplicate = true})
 end
 
@@ -58,10 +66,7 @@ for i, cand in ipairs(c.candidates) do
   end
 end
 
-local payload = ARGV[#c.candidates + 2]
-if #sessions > 0 and c.payload_key ~= '' and payload and payload ~= '' then
-  redis.call('SET', c.payload_key, payload, 'EX', c.event.ttl)
-end
+if #sessions == 0 then drop_payload() end
 
 local function json_list(t)
   if #t == 0 then return '[]' end

@@ -7,6 +7,7 @@ it raises redis.RedisError and nothing was half-written.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any, Callable
 
 import orjson
 import redis
+from redis.exceptions import NoScriptError
 from rq.job import Job, JobStatus
 from rq.utils import utcformat
 
@@ -21,6 +23,7 @@ from routinely import admission, ids, keys
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.routine_file import Routine
+from routinely.store import Line
 
 SCRIPT = Path(__file__).with_name("start.lua").read_text()
 RUN_SESSION = "workers.run.run_session"
@@ -73,7 +76,8 @@ class Starter:
         self.conn = conn
         self.settings = settings
         self.cache = cache or CatalogCache()
-        self._script = conn.register_script(SCRIPT)
+        self._line = Line(conn)
+        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._queue_key = "rq:queue:" + settings.queue_name
         self._job_data, self._job_base = self._job_template()
 
@@ -171,15 +175,14 @@ class Starter:
             "events_key": keys.EVENTS,
             "queue_key": self._queue_key,
             "queues_key": "rq:queues",
-            "payload_key": keys.payload(event_id) if firing.payload and candidates else "",
+            "payload_key": keys.payload(event_id) if firing.payload and candidates else "",  # unmatched: no body kept
             "installations_key": keys.INSTALLATIONS,
             "installations": firing.installations,
             "skipped": orjson.dumps(skipped).decode(),
             "event": {"id": event_id, "key": keys.event(event_id), "ttl": keys.EVENT_TTL, "fields": event_fields},
             "candidates": candidates,
         }
-        payload = firing.payload if candidates else b""  # unmatched deliveries keep no body
-        raw = self._script(args=[orjson.dumps(control), *blobs, payload])
+        raw = self._execute([orjson.dumps(control), *blobs], control["payload_key"], firing.payload)
         result = orjson.loads(raw)
         if result.get("stale"):
             return None
@@ -191,3 +194,20 @@ class Starter:
             dropped=list(result["dropped"] or []),
             skipped=skipped,
         )
+
+    def _execute(self, args: list[bytes], payload_key: str, payload: bytes) -> bytes:
+        """Run start.lua: alone, or in one MULTI after SETting the payload it may keep."""
+        for _ in range(2):
+            try:
+                if not payload_key:
+                    return self._line.call("EVALSHA", self._sha, 0, *args)
+                _, result = self._line.transaction(("SET", payload_key, payload, "EX", keys.EVENT_TTL),
+                                                   ("EVALSHA", self._sha, 0, *args))
+                if isinstance(result, Exception):
+                    raise result
+                return result
+            except NoScriptError:  # a new, restarted or flushed Redis; the retry rewrites the same payload key
+                self.conn.script_load(SCRIPT)
+        if payload_key:
+            self.conn.delete(payload_key)  # SET without its script: nothing may point at it
+        raise redis.RedisError("Redis keeps forgetting the start script; try again")

@@ -83,6 +83,24 @@ def test_a_duplicate_delivery_starts_nothing(client, conn):
     assert 6 * keys.DAY < conn.ttl(keys.delivery(headers["X-GitHub-Delivery"])) <= keys.DELIVERY_TTL
     events = client.get("/api/events").get_json()
     assert [e["duplicate"] for e in events] == [True, False]
+    assert [conn.exists(keys.payload(e["id"])) for e in events] == [0, 1]  # the copy keeps no body
+
+
+def test_a_delivery_whose_every_routine_is_dropped_keeps_no_body(client, conn):
+    apply(conn, {"name": "r", "rate_limit": {"events": 1, "per_seconds": 3600}, "triggers": [gh(["pull_request"])]})
+    post(client, "pull_request", fixture("pull_request.opened.json"))
+    resp, _ = post(client, "pull_request", fixture("pull_request.opened.json"))
+    assert resp.get_json()["dropped"][0]["reason"] == "routine_rate_limit"
+    events = client.get("/api/events").get_json()
+    assert [conn.exists(keys.payload(e["id"])) for e in events] == [0, 1]
+
+
+def test_a_redis_that_forgot_the_start_script_gets_it_again(client, conn):
+    apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})
+    conn.script_flush()  # as after a Redis restart
+    resp, _ = post(client, "pull_request", fixture("pull_request.opened.json"))
+    assert resp.status_code == 202 and len(resp.get_json()["sessions"]) == 1
+    assert len(list(conn.scan_iter(keys.payload("*")))) == 1  # the first try's body did not stay behind
 
 
 def test_merged_pr_arrives_as_closed_with_is_merged(client, conn):
