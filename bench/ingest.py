@@ -4,9 +4,15 @@
 Sends the real pull_request.opened payload (compacted, ~21 KB), correctly signed, with a
 fresh X-GitHub-Delivery per request, at each concurrency; one routine matches it, so every
 delivery makes a session and its RQ job durably before the 202. Prints one line per
-concurrency and checks that Redis holds exactly one session per answered delivery.
+concurrency and what Redis holds afterwards (events, sessions, jobs).
 
-  python bench/ingest.py [--seconds 8] [--concurrency 16 64] [--workers 4]
+With --compare it then runs, on the same machine and against the same throwaway Redis,
+Probot doing the same durable work (../shared/peers/run-probot.sh) and three calibration
+apps under the same gunicorn (bench/floor_apps.py): a bare WSGI callable, an empty Flask
+route, and Flask doing only HMAC + JSON decode + one MULTI. They say what the stack costs
+before Routinely does anything.
+
+  python bench/ingest.py [--seconds 8] [--concurrency 16 64] [--workers 4] [--unmatched] [--compare]
 """
 from __future__ import annotations
 
@@ -19,8 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -33,7 +42,13 @@ from tests.support import RedisServer, free_port  # noqa: E402
 SECRET = "bench-secret"
 SHARED = ROOT.parent / "shared"
 LUA = SHARED / "peers" / "deliveries.lua"
+PROBOT = SHARED / "peers" / "run-probot.sh"
 PAYLOAD = SHARED / "fixtures" / "github-webhooks" / "pull_request.opened.json"
+FLOORS = {
+    "bare WSGI app": "bench.floor_apps:raw",
+    "empty Flask route": "bench.floor_apps:flask_empty",
+    "Flask: HMAC + JSON + one MULTI": "bench.floor_apps:flask_minimal",
+}
 ROUTINES = """
 accounts: [{name: bench, plan: enterprise, extra_usage: true, rate_limit: {events: 1000000, per_seconds: 3600}}]
 routines:
@@ -51,6 +66,49 @@ routines:
 """
 
 
+@contextmanager
+def serve(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
+    """Run `app` under the Procfile's gunicorn configuration; yield its base URL."""
+    port = free_port()
+    web = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
+         "--workers", str(workers), "--bind", f"127.0.0.1:{port}", app],
+        env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1)
+                break
+            except urllib.error.HTTPError:
+                break  # it answers (calibration apps have no /healthz)
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        web.terminate()
+        web.wait(10)
+
+
+def drive(url: str, connections: int, seconds: int, wrk_env: dict[str, str]) -> dict[str, str]:
+    """One wrk run with the peers' delivery script; its RESULT line as a dict."""
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(LUA), url],
+                         env=wrk_env, capture_output=True, text=True, check=True).stdout
+    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
+    return dict(re.findall(r"(\w+)=([\d.]+)", line))
+
+
+def line(name: str, c: int, got: dict[str, str], extra: str = "") -> str:
+    return (f"{name:<34} c={c:<3} deliveries/s={float(got['rps']):>6.0f} p50_ms={got['p50_ms']:>6} "
+            f"p99_ms={got['p99_ms']:>6} non2xx={got['non2xx']} errors={got['errors']} {extra}").rstrip()
+
+
+def apply(env: dict[str, str], routines: Path) -> None:
+    subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(routines)], env=env, check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=8)
@@ -58,52 +116,52 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
     parser.add_argument("--unmatched", action="store_true",
                         help="the routine watches another repository: only verify, dedup and record happen")
+    parser.add_argument("--compare", action="store_true",
+                        help="then run Probot (run-probot.sh) and the calibration apps the same way")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("bench: wrk is not installed: apt-get install -y wrk")
     tmp = Path(tempfile.mkdtemp(prefix="routinely-bench-"))
     body = json.dumps(json.loads(PAYLOAD.read_bytes()), separators=(",", ":")).encode()
     (tmp / "body.json").write_bytes(body)
-    (tmp / "routines.yml").write_text(ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other") if args.unmatched else ROUTINES)
+    routines = tmp / "routines.yml"
+    routines.write_text(ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other") if args.unmatched else ROUTINES)
     server = RedisServer()
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
-           "WEB_CONCURRENCY": str(args.workers), "PUBLIC_URL": "http://127.0.0.1"}
-    subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(tmp / "routines.yml")], env=env, check=True,
-                   stdout=subprocess.DEVNULL, cwd=ROOT)
-    port = free_port()
-    web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"), "--bind", f"127.0.0.1:{port}", "app:create_app()"],
-        env=env, cwd=ROOT,
-    )
+           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT)}
+    wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
+    conn = redis.Redis.from_url(server.url)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        conn = redis.Redis.from_url(server.url)
-        wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
-        subprocess.run(["wrk", "-t1", "-c8", "-d2s", "-s", str(LUA), f"http://127.0.0.1:{port}"], env=wrk_env,
-                       stdout=subprocess.DEVNULL, check=True)  # warm-up (ids repeat later: they are answered as duplicates)
-        print(f"routinely web: gunicorn {args.workers} workers, body {len(body)} bytes, "
+        apply(env, routines)
+        print(f"gunicorn {args.workers} sync workers, body {len(body)} bytes, {os.cpu_count()} cores, "
               + ("no routine matching" if args.unmatched else "one matching routine"))
-        for c in args.concurrency:
-            conn.flushall()  # our own throwaway server
-            subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(tmp / "routines.yml")], env=env,
-                           check=True, stdout=subprocess.DEVNULL, cwd=ROOT)
-            out = subprocess.run(["wrk", "-t1", f"-c{c}", f"-d{args.seconds}s", "-s", str(LUA), f"http://127.0.0.1:{port}"],
-                                 env=wrk_env, capture_output=True, text=True, check=True).stdout
-            line = next(l for l in out.splitlines() if l.startswith("RESULT"))
-            got = dict(re.findall(r"(\w+)=([\d.]+)", line))
-            sessions = conn.zcard("rly:sessions")
-            recorded = conn.zcard("rly:events")
-            queued = conn.llen("rq:queue:routinely")
-            print(f"routinely c={c} deliveries/s={float(got['rps']):.0f} p50_ms={got['p50_ms']} p99_ms={got['p99_ms']} "
-                  f"non2xx={got['non2xx']} errors={got['errors']} requests={got['requests']} events={recorded} sessions={sessions} jobs={queued}")
+        with serve("app:create_app()", env, args.workers) as url:
+            drive(url, 8, 2, wrk_env)  # warm-up (its ids repeat later: answered as duplicates)
+            for c in args.concurrency:
+                conn.flushall()  # our own throwaway server
+                apply(env, routines)
+                got = drive(url, c, args.seconds, wrk_env)
+                time.sleep(0.5)  # let in-flight deliveries land before counting
+                print(line("routinely", c, got, f"requests={got['requests']} events={conn.zcard('rly:events')} "
+                           f"sessions={conn.zcard('rly:sessions')} jobs={conn.llen('rq:queue:routinely')}"), flush=True)
+        if not args.compare:
+            return
+        conn.flushall()
+        probot = subprocess.run(["bash", str(PROBOT)], env={**os.environ, "REDIS_URL": server.url,
+                                "SECS": str(args.seconds), "CONCURRENCY": " ".join(map(str, args.concurrency))},
+                                capture_output=True, text=True)
+        for row in probot.stdout.splitlines():
+            if "RESULT" in row:
+                c = int(re.search(r"c=(\d+)", row).group(1))
+                print(line("probot + ioredis MULTI", c, dict(re.findall(r"(\w+)=([\d.]+)", row))), flush=True)
+        if probot.returncode:
+            print(f"probot: run-probot.sh failed ({probot.returncode}): {probot.stderr.strip()[-300:]}")
+        for name, app in FLOORS.items():
+            with serve(app, env, args.workers) as url:
+                drive(url, 8, 1, wrk_env)
+                for c in args.concurrency:
+                    print(line(name, c, drive(url, c, args.seconds, wrk_env)), flush=True)
     finally:
-        web.terminate()
-        web.wait(10)
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 

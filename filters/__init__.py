@@ -3,7 +3,7 @@
 No Redis, no Flask, no I/O: plain data in, booleans out.
 """
 from filters.compiled import Filter, FilterError, compile_filter, compile_filters, matches_all
-from filters.fields import EVENT_KINDS, FIELDS, extract_fields
+from filters.fields import EVENT_KINDS, FIELDS, Fields, extract_fields
 
 __all__ = [
     "EVENT_KINDS",
@@ -12,6 +12,7 @@ __all__ = [
     "FilterError",
     "compile_filter",
     "compile_filters",
+    "Fields",
     "extract_fields",
     "matches_all",
 ]

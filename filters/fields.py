@@ -67,8 +67,21 @@ FIELDS: dict[str, dict[str, tuple[str, Callable[[Payload], Any]]]] = {
 EVENT_KINDS = frozenset(FIELDS)
 
 
+class Fields(dict):
+    """A payload's fields of one kind, each read on first use: routing pays only for the
+    fields its filters name."""
+
+    def __init__(self, kind: str, payload: Payload) -> None:
+        super().__init__()
+        self._readers = FIELDS[kind]
+        self._payload = payload
+
+    def __missing__(self, name: str) -> Any:
+        value = self[name] = self._readers[name][1](self._payload)
+        return value
+
+
 def extract_fields(kind: str, payload: Payload, names: frozenset[str] | None = None) -> dict[str, Any]:
     """Read the named fields (all of the kind's when None) from a payload of that kind."""
-    table = FIELDS[kind]
-    wanted = table.keys() if names is None else names
-    return {name: table[name][1](payload) for name in wanted}
+    fields = Fields(kind, payload)
+    return {name: fields[name] for name in (FIELDS[kind] if names is None else names)}

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis
 
-from filters import extract_fields, matches_all
+from filters import Fields, matches_all
 from routinely import keys
 from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
 
@@ -55,15 +55,13 @@ class Catalog:
         if not candidates:
             return []
         event = f"{kind}.{action}" if action else kind
-        fields: dict[str, Any] | None = None
+        fields = Fields(kind, payload)
         matched = []
         for routine in candidates:
             for trig in routine.github:
                 if kind not in trig.events and event not in trig.events:
                     continue
-                if trig.filters and fields is None:
-                    fields = extract_fields(kind, payload)
-                if matches_all(trig.filters, fields or {}, kind):
+                if matches_all(trig.filters, fields, kind):
                     matched.append(routine)
                     break
         return matched

@@ -54,7 +54,8 @@ class Line:
         runtime error is an exception object (the other commands still ran)."""
         c = self._connection()
         try:
-            c.send_packed_command(c.pack_commands([("MULTI",), *commands, ("EXEC",)]))
+            packed = c.pack_commands([("MULTI",), *commands, ("EXEC",)])
+            c.send_packed_command([b"".join(packed)])  # one send, not one per big argument
             for _ in range(len(commands) + 1):
                 c.read_response()  # +OK, +QUEUED...; a queueing error raises (EXEC then aborts)
             return c.read_response()

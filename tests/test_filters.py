@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from filters import FilterError, compile_filter, extract_fields
+from filters import Fields, FilterError, compile_filter, extract_fields
 from tests.support import fixture
 
 
@@ -21,6 +21,14 @@ def pr():
 @pytest.fixture
 def release():
     return fixture("release.published.json")
+
+
+def test_routing_reads_only_the_fields_a_filter_names(pr):
+    fields = Fields("pull_request", pr)
+    assert compile_filter({"field": "title", "op": "contains", "value": "README"}, ["pull_request"]).matches(fields)
+    assert dict(fields) == {"title": "Update the README with new information."}  # labels, from_fork... never read
+    with pytest.raises(KeyError):
+        fields["tag"]  # a release field on a pull request
 
 
 def test_pull_request_fields_are_read_as_the_contract_says(pr):
