@@ -7,13 +7,34 @@ import ipaddress
 import os
 import sys
 
-workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-worker_class = os.environ.get("ROUTINELY_WEB_WORKER_CLASS", "sync")
-threads = int(os.environ.get("ROUTINELY_WEB_THREADS", "1"))
-keepalive = 5
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _stop(message: str) -> None:
+    print(f"routinely: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _workers() -> int:
+    raw = os.environ.get("WEB_CONCURRENCY", "4")
+    if not raw.isdigit() or int(raw) < 1:
+        _stop(f"WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is {raw!r})")
+    return int(raw)
+
+
+def _log_level() -> str:
+    raw = os.environ.get("ROUTINELY_LOG_LEVEL", "warning").lower()
+    if raw not in LOG_LEVELS:
+        _stop(f"ROUTINELY_LOG_LEVEL must be one of {', '.join(LOG_LEVELS)} (it is {raw!r})")
+    return raw
+
+
+# sync workers: measured against gthread and gevent (README, Speed), none was faster here
+workers = _workers()
+worker_class = "sync"
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("ROUTINELY_LOG_LEVEL", "warning")
+loglevel = _log_level()
 
 
 def _loopback(host: str) -> bool:
@@ -31,15 +52,9 @@ def on_starting(server):
     try:
         settings = Settings.from_env()
     except ConfigError as exc:
-        print(f"routinely: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _stop(str(exc))
     if settings.admin_token:
         return
     for address in server.cfg.address:
         if isinstance(address, tuple) and not _loopback(str(address[0])):
-            print(
-                f"routinely: refusing to listen on {address[0]} without ROUTINELY_ADMIN_TOKEN: "
-                "set it, or bind to 127.0.0.1",
-                file=sys.stderr,
-            )
-            sys.exit(2)
+            _stop(f"refusing to listen on {address[0]} without ROUTINELY_ADMIN_TOKEN: set it, or bind to 127.0.0.1")

@@ -29,6 +29,16 @@ def test_web_stops_on_a_wrong_setting_with_one_line(redis_server, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_web_stops_on_a_wrong_worker_count_or_log_level_with_one_line(redis_server, tmp_path):
+    for name, value, line in [
+        ("WEB_CONCURRENCY", "0", "routinely: WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is '0')"),
+        ("ROUTINELY_LOG_LEVEL", "loud", "routinely: ROUTINELY_LOG_LEVEL must be one of debug, info, warning, error, critical"),
+    ]:  # (a non-number or a negative one gunicorn refuses itself: it reads WEB_CONCURRENCY first)
+        done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, **{name: value})
+        assert done.returncode != 0 and line in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_up_refuses_a_public_host_without_an_admin_token(redis_server, tmp_path):
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-m", "routinely.cli", "up", "--host", "0.0.0.0", "--port", str(free_port())],
