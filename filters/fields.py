@@ -81,7 +81,7 @@ class Fields(dict):
         return value
 
 
-def extract_fields(kind: str, payload: Payload, names: frozenset[str] | None = None) -> dict[str, Any]:
-    """Read the named fields (all of the kind's when None) from a payload of that kind."""
+def extract_fields(kind: str, payload: Payload) -> dict[str, Any]:
+    """Every field of the kind, read at once: what filters on this payload would see."""
     fields = Fields(kind, payload)
-    return {name: fields[name] for name in (FIELDS[kind] if names is None else names)}
+    return {name: fields[name] for name in FIELDS[kind]}
