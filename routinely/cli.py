@@ -10,7 +10,7 @@ import orjson
 import redis
 
 from routinely import api_tokens, catalog, routines_view, sessions
-from routinely.config import ConfigError, Settings
+from routinely.config import ConfigError, Settings, embedded_redis_url
 from routinely.routine_file import ApplyError, load_yaml
 from routinely.start import Firing, Starter, iso
 from routinely.store import connect
@@ -29,8 +29,16 @@ def _conn(settings: Settings) -> redis.Redis:
     try:
         conn.ping()
     except redis.RedisError:
-        raise CliError(f"cannot reach Redis at {settings.redis_url}: start `routinely up` or set REDIS_URL") from None
+        raise CliError(unreachable(settings)) from None
     return conn
+
+
+def unreachable(settings: Settings) -> str:
+    """The one line for a Redis that does not answer: which one, and what to do."""
+    if settings.redis_url == embedded_redis_url(settings.data_dir):
+        return (f"cannot reach Redis at {settings.redis_url} (the one `routinely up` runs when REDIS_URL is unset): "
+                "start `routinely up`, or set REDIS_URL to your Redis")
+    return f"cannot reach Redis at {settings.redis_url} (REDIS_URL): check that it runs and the URL is right"
 
 
 def cmd_apply(args, settings: Settings) -> None:
@@ -210,15 +218,13 @@ def _schedule_from_args(args) -> dict[str, Any]:
 def cmd_scheduler(args, settings: Settings) -> None:
     from workers.scheduler import run
 
-    _conn(settings)
-    run(settings)
+    run(settings)  # waits for Redis (one line) instead of exiting: a blink must not stop it
 
 
 def cmd_worker(args, settings: Settings) -> None:
     from workers.worker import run
 
-    _conn(settings)
-    run(settings, burst=args.burst)
+    run(settings, burst=args.burst)  # waits for Redis (one line) instead of exiting
 
 
 def cmd_up(args, settings: Settings | None) -> None:

@@ -36,6 +36,7 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    shutdown_grace: float = 10.0  # seconds running sessions get when a worker is stopped
     clock: Callable[[], float] = time.time
 
     @property
@@ -73,6 +74,7 @@ class Settings:
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
+        grace = _seconds("ROUTINELY_SHUTDOWN_GRACE_SECONDS", get("ROUTINELY_SHUTDOWN_GRACE_SECONDS"), cls.shutdown_grace)
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -89,6 +91,7 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            shutdown_grace=grace,
         )
 
 
@@ -110,6 +113,18 @@ def _recorded_url(data_dir: Path) -> str | None:
 def embedded_redis_url(data_dir: Path) -> str:
     """The socket of the Redis that `routinely up` starts when REDIS_URL is unset."""
     return f"unix://{data_dir / 'redis' / 'redis.sock'}"
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86_400:
+        raise ConfigError(f"{name} must be a number of seconds from 0 to 86400 (it is {value!r})")
+    return seconds
 
 
 def _check_http_url(name: str, value: str) -> None:

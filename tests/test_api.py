@@ -71,7 +71,14 @@ def test_cli_says_one_line_when_redis_is_unreachable(tmp_path):
     env = {"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1
-    assert out.stderr == "routinely: cannot reach Redis at redis://127.0.0.1:1/0: start `routinely up` or set REDIS_URL\n"
+    assert out.stderr == ("routinely: cannot reach Redis at redis://127.0.0.1:1/0 (REDIS_URL): "
+                          "check that it runs and the URL is right\n")
+    # without REDIS_URL it is the Redis `routinely up` would run: say so, and how to start it
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ROUTINELY_DATA_DIR": str(tmp_path / "d")}
+    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr == (f"routinely: cannot reach Redis at unix://{tmp_path}/d/redis/redis.sock (the one `routinely up` "
+                          "runs when REDIS_URL is unset): start `routinely up`, or set REDIS_URL to your Redis\n")
 
 
 @pytest.mark.parametrize("name,value,message", [

@@ -1,22 +1,39 @@
 """Fail sessions whose worker died (SIGKILL, lost host): their heartbeat stops.
 
-Runs in the scheduler process every few seconds and when a worker starts.
+Runs in the scheduler process every REAP_EVERY_SECONDS and when a worker starts. A reaped
+session is failed, what is left of it on this host is cleaned up (its processes, workspace
+and relay), and its RQ job moved out of "started", so nothing of a dead worker lingers.
 """
 from __future__ import annotations
 
+import socket
 import time
+from pathlib import Path
 
 import redis
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
+from rq.job_lifecycle import record_job_failure
 
 from routinely import keys, session_log, sessions
 from routinely.start import iso
+from workers import leftovers
+from workers.outbox import HEARTBEAT_EVERY
 
-HEARTBEAT_TIMEOUT_SECONDS = 60  # runners beat every second; a minute of silence is a dead worker
+HEARTBEAT_TIMEOUT_SECONDS = 10.0  # runners beat every HEARTBEAT_EVERY s: five missed beats is a dead worker
+REAP_EVERY_SECONDS = 5.0  # so a dead worker's sessions fail within 15 s of their last beat
+assert HEARTBEAT_TIMEOUT_SECONDS >= 4 * HEARTBEAT_EVERY
 
 
-def reap(conn: redis.Redis, now: float | None = None, timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> list[str]:
-    """Mark running sessions with a stale heartbeat as failed; return their ids."""
+def reap(conn: redis.Redis, data_dir: Path | None = None, now: float | None = None,
+         timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> list[str]:
+    """Mark running sessions with a stale heartbeat as failed and clean up after them; return their ids.
+
+    Nothing is reaped while Redis itself has been up for less than `timeout`: after a
+    restart every heartbeat looks stale until the runners (which buffered them) write again."""
     now = time.time() if now is None else now
+    if int(conn.info("server").get("uptime_in_seconds", timeout)) < timeout:
+        return []
     stale = conn.zrangebyscore(keys.RUNNING, "-inf", int((now - timeout) * 1000))
     reaped = []
     for raw_id in stale:
@@ -25,5 +42,20 @@ def reap(conn: redis.Redis, now: float | None = None, timeout: float = HEARTBEAT
         if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
             session_log.append(conn, sid, reason)
             reaped.append(sid)
+            _release(conn, sid, data_dir, reason)
         conn.zrem(keys.RUNNING, sid)
     return reaped
+
+
+def _release(conn: redis.Redis, sid: str, data_dir: Path | None, reason: str) -> None:
+    raw = sessions.get_raw(conn, sid) or {}
+    if data_dir is not None and raw.get(b"host", b"").decode() == socket.gethostname():
+        leftovers.clean(sid, data_dir)
+    try:
+        job = Job.fetch(sid, connection=conn)
+    except NoSuchJobError:
+        return
+    with conn.pipeline() as pipe:
+        job.started_job_registry.remove_executions(job, pipeline=pipe)
+        record_job_failure(job, reason, pipe)
+        pipe.execute()

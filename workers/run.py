@@ -13,15 +13,16 @@ import time
 from typing import Any
 
 import orjson
-import redis
 from rq import get_current_job
 
-from routinely import catalog, keys, session_log, sessions
+from routinely import catalog, keys, sessions
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
 from workers import process, prompt
 from workers.github_auth import InstallationTokens, TokenError
+from workers.outage import Outage
+from workers.outbox import Outbox, guarded
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError
 from workers.workspace import Workspace
@@ -31,7 +32,8 @@ PRESETS = {"claude": CLAUDE}
 
 
 class Runtime:
-    """What a worker process keeps between sessions: settings, Redis, the token cache."""
+    """What a worker process keeps between sessions: settings, Redis, the token cache, and
+    whether the worker is shutting down (`stop_at`: when running sessions must end)."""
 
     _current: "Runtime | None" = None
 
@@ -39,6 +41,11 @@ class Runtime:
         self.settings = settings
         self.conn = connect(settings)
         self.tokens = InstallationTokens(settings)
+        self.outage = Outage("worker", settings.redis_url)
+        self.stop_at: float | None = None  # time.monotonic() deadline, set on SIGTERM
+
+    def shut_down(self) -> bool:
+        return self.stop_at is not None and time.monotonic() >= self.stop_at
 
     @classmethod
     def get(cls) -> "Runtime":
@@ -61,19 +68,21 @@ class Failed(Exception):
 class SessionRun:
     def __init__(self, rt: Runtime, session_id: str) -> None:
         self.rt, self.conn, self.settings, self.id = rt, rt.conn, rt.settings, session_id
+        self.outbox = Outbox(rt.conn, session_id, rt.outage)  # rides through Redis outages
+        self.stopped_by_shutdown = False
 
     # -- log and state
     def log(self, *lines: str) -> None:
-        pipe = self.conn.pipeline(transaction=False)
-        for line in lines:
-            session_log.append(pipe, self.id, line)
-        pipe.execute()
+        self.outbox.log(*lines)
 
     def heartbeat(self) -> None:
-        self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)})
+        pass  # the outbox's own thread beats, also while a clone or setup blocks this one
 
     def canceled(self) -> bool:
-        return bool(self.conn.exists(keys.session_cancel(self.id)))
+        if self.rt.shut_down():
+            self.stopped_by_shutdown = True
+            return True
+        return bool(guarded(lambda: self.conn.exists(keys.session_cancel(self.id)), self.rt.outage, 0))
 
     # -- the run
     def run(self) -> str:
@@ -84,7 +93,7 @@ class SessionRun:
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
             return raw[b"status"].decode()  # canceled before it started
-        self.heartbeat()
+        self.outbox.start()
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
@@ -92,17 +101,12 @@ class SessionRun:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
             status, code, reason = "failed", None, f"routinely: internal error: {type(exc).__name__}: {exc}"
-        try:
-            # pushes are forwarded and the workspace gone before the session reads as finished
-            self._cleanup()
-            if reason:
-                self.log(reason)
-            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
-                                exit_code=code, reason=reason if status != "succeeded" else None)
-            self.conn.zrem(keys.RUNNING, self.id)
-            self.conn.delete(keys.session_cancel(self.id))
-        except redis.RedisError:
-            pass  # the reaper fails it once the heartbeat is stale
+        # pushes are forwarded and the workspace gone before the session reads as finished
+        self._cleanup()
+        if reason:
+            self.log(reason)
+        self.outbox.finish(status, finished_at=iso(time.time()), exit_code=code,
+                           reason=reason if status != "succeeded" else None)
         return status
 
     def _cleanup(self) -> None:
@@ -162,6 +166,9 @@ class SessionRun:
         code = result.exit_code
         if result.outcome == "timed_out":
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
+        if result.outcome == "canceled" and self.stopped_by_shutdown:
+            self.log(f"routinely: worker shut down; the {what} was stopped after the shutdown grace period")
+            return "failed", None, "worker shut down"
         if result.outcome == "canceled":
             return "canceled", None, "routinely: canceled while running"
         if what == "setup":

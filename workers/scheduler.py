@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import socket
-import sys
 import threading
 import time
 from typing import Any
@@ -25,10 +24,10 @@ from routinely.routine_file import Routine
 from routinely.schedules import Schedule
 from routinely.start import Firing, Starter, iso
 from routinely.store import connect
-from workers.reaper import reap
+from workers.outage import Outage
+from workers.reaper import HEARTBEAT_TIMEOUT_SECONDS, REAP_EVERY_SECONDS, reap
 
 GRACE_SECONDS = 3600
-REAP_EVERY_SECONDS = 10
 
 _LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -135,8 +134,12 @@ class Scheduler:
 
 
 def run(settings: Settings) -> None:
-    """The process loop: lead, tick, reap, about once a second, until SIGTERM or Ctrl-C."""
+    """The process loop: lead, tick, reap, about once a second, until SIGTERM or Ctrl-C.
+
+    A Redis outage is waited out (one line when it ends); reaping resumes only once Redis
+    has been back for a heartbeat timeout, so buffered heartbeats land before anyone is judged dead."""
     conn = connect(settings)
+    outage = Outage("scheduler", settings.redis_url)
     lease = float(os.environ.get("ROUTINELY_SCHEDULER_LEASE_SECONDS", "15"))
     scheduler = Scheduler(conn, settings, lease_seconds=lease)
     stop = threading.Event()
@@ -147,12 +150,13 @@ def run(settings: Settings) -> None:
         try:
             if scheduler.lead():
                 scheduler.tick()
-            if time.monotonic() - last_reap > REAP_EVERY_SECONDS:
-                reap(conn)
+            if time.monotonic() - last_reap > REAP_EVERY_SECONDS and outage.connected_for() >= HEARTBEAT_TIMEOUT_SECONDS:
+                reap(conn, settings.data_dir)
                 last_reap = time.monotonic()
-        except redis.RedisError as exc:
-            print(f"routinely scheduler: Redis unavailable ({type(exc).__name__}); retrying", file=sys.stderr, flush=True)
-            stop.wait(2)
+            outage.ok()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            outage.failed(exc)
+            outage.wait(conn, stop=stop.is_set)
         stop.wait(1)
     try:
         scheduler.release()

@@ -1,0 +1,126 @@
+"""What a running session writes to Redis — log lines, heartbeats, its final outcome — kept in
+order while Redis is away and written once it is back.
+
+The agent never waits on Redis: `log` and `beat` return at once, and a background thread
+beats and retries every HEARTBEAT_EVERY seconds. `finish` is the one call that waits: the
+outcome is never lost, so it retries (with backoff) until Redis takes it.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import redis
+
+from routinely import keys, session_log, sessions
+from workers.outage import BACKOFF_MAX, BACKOFF_START, Outage
+
+HEARTBEAT_EVERY = 2.0  # seconds; the reaper's timeout (workers.reaper) is several of these
+MAX_PENDING = 50_000  # lines kept through an outage; past it the oldest go (and say so)
+
+
+class Outbox:
+    def __init__(self, conn: redis.Redis, session_id: str, outage: Outage) -> None:
+        self.conn, self.id, self.outage = conn, session_id, outage
+        self._lines: list[str] = []
+        self._dropped = 0
+        self._beat_ms: int | None = None
+        self._buf = threading.Lock()  # guards the pending lines; held only for list moves
+        self._writer = threading.Lock()  # one writer at a time keeps lines in order
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- buffered writes
+    def log(self, *lines: str) -> None:
+        with self._buf:
+            self._lines.extend(lines)
+            if len(self._lines) > MAX_PENDING:
+                cut = len(self._lines) - MAX_PENDING
+                del self._lines[:cut]
+                self._dropped += cut
+        self.flush()
+
+    def beat(self) -> None:
+        self._beat_ms = int(time.time() * 1000)
+        self.flush()
+
+    def flush(self) -> bool:
+        """Write what is pending in one transaction; False (all kept) when Redis is away
+        or another thread is writing (it takes these lines too, in order)."""
+        if not self._writer.acquire(blocking=False):
+            return False
+        try:
+            with self._buf:
+                lines, dropped, beat = self._lines, self._dropped, self._beat_ms
+                self._lines, self._dropped = [], 0
+            if not lines and beat is None:
+                return True
+            pipe = self.conn.pipeline(transaction=True)
+            if dropped:
+                session_log.append(pipe, self.id, f"routinely: {dropped} log line(s) lost while Redis was unreachable")
+            for line in lines:
+                session_log.append(pipe, self.id, line)
+            if beat is not None:
+                pipe.zadd(keys.RUNNING, {self.id: beat}, xx=True)  # never revive a reaped session
+            try:
+                pipe.execute()
+            except redis.RedisError as exc:
+                self.outage.failed(exc)
+                with self._buf:
+                    self._lines[:0] = lines
+                    self._dropped += dropped
+                return False
+            self.outage.ok()
+            if self._beat_ms == beat:
+                self._beat_ms = None
+            return True
+        finally:
+            self._writer.release()
+
+    # -- the heartbeat thread
+    def start(self) -> None:
+        """The first heartbeat (it adds the session to the running set), then one every few seconds."""
+        guarded(lambda: self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)}), self.outage, None)
+        self._thread = threading.Thread(target=self._beating, name=f"heartbeat {self.id}", daemon=True)
+        self._thread.start()
+
+    def _beating(self) -> None:
+        while not self._stop.wait(HEARTBEAT_EVERY):
+            self.beat()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    # -- the outcome
+    def finish(self, status: str, **fields: Any) -> None:
+        """Write the final status (only over `running`), after every pending line.
+
+        Retries until Redis takes it: a session whose agent exited 0 ends `succeeded`."""
+        self.stop()
+        delay = BACKOFF_START
+        while True:
+            if self.flush():
+                try:
+                    sessions.transition(self.conn, self.id, ["running"], status=status, **fields)
+                    pipe = self.conn.pipeline(transaction=True)
+                    pipe.zrem(keys.RUNNING, self.id)
+                    pipe.delete(keys.session_cancel(self.id))
+                    pipe.execute()
+                    self.outage.ok()
+                    return
+                except redis.RedisError as exc:
+                    self.outage.failed(exc)
+            time.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+
+def guarded(call: Callable[[], Any], outage: Outage, default: Any) -> Any:
+    """`call()`, or `default` when Redis is away (noted in `outage`)."""
+    try:
+        return call()
+    except redis.RedisError as exc:
+        outage.failed(exc)
+        return default
