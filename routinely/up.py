@@ -1,7 +1,9 @@
 """`routinely up`: Redis (when REDIS_URL is unset), web, worker and scheduler in the foreground.
 
-Ctrl-C or SIGTERM stops every process it started; if one of them dies, the rest are
-stopped too and `up` exits non-zero naming it.
+Ctrl-C or SIGTERM stops every process it started: workers first (running sessions get
+ROUTINELY_SHUTDOWN_GRACE_SECONDS), Redis last. A process that dies — a worker, the
+scheduler, web or the embedded Redis — is restarted with backoff (one line each); the rest
+ride through meanwhile.
 """
 from __future__ import annotations
 
@@ -11,11 +13,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import redis
 
 from routinely.config import ConfigError, Settings, embedded_redis_url
+
+RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a crashed process is started again
+RESTART_RESET = 60.0  # a process that ran this long restarts after RESTART_FIRST again
+STOP_MARGIN_SECONDS = 10.0  # past the sessions' grace: the worker's kill of their process groups
 
 
 def start_redis(data_dir: Path) -> subprocess.Popen:
@@ -44,15 +52,65 @@ def start_redis(data_dir: Path) -> subprocess.Popen:
     raise ConfigError(f"the local redis-server did not answer; see {folder / 'redis.log'}")
 
 
+@dataclass
+class Child:
+    """One process `up` started and keeps running: restarted with backoff when it exits."""
+
+    name: str
+    start: Callable[[], subprocess.Popen]
+    proc: subprocess.Popen | None = None
+    started: float = 0.0
+    delay: float = 0.0
+    restart_at: float | None = None
+
+    def launch(self) -> None:
+        self.started, self.restart_at = time.monotonic(), None
+        try:
+            self.proc = self.start()
+        except ConfigError as exc:  # the embedded Redis did not come back: try again later
+            print(f"routinely: {exc}", file=sys.stderr, flush=True)
+            self.proc = None
+            self._backoff(time.monotonic())
+
+    def check(self, now: float) -> None:
+        if self.restart_at is not None:
+            if now >= self.restart_at:
+                self.launch()
+            return
+        if self.proc is None or self.proc.poll() is None:
+            return
+        self._backoff(now)
+        print(f"routinely: {self.name} exited with code {self.proc.returncode}; restarting it in {self.delay:g} s",
+              file=sys.stderr, flush=True)
+
+    def _backoff(self, now: float) -> None:
+        # a process that ran a while gets a quick restart; one that keeps crashing, a slower one
+        self.delay = RESTART_FIRST if now - self.started > RESTART_RESET else min(max(self.delay * 2, RESTART_FIRST), RESTART_MAX)
+        self.restart_at = now + self.delay
+
+    def stop(self, timeout: float) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def up(host: str, port: int, workers: int) -> int:
     env_redis = os.environ.get("REDIS_URL")
     settings = Settings.from_env()
     if host not in ("127.0.0.1", "localhost", "::1") and not settings.admin_token:
         raise ConfigError(f"refusing to listen on {host} without ROUTINELY_ADMIN_TOKEN: set it, or use 127.0.0.1")
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    children: list[tuple[str, subprocess.Popen]] = []
+    children: list[Child] = []
     if not env_redis:
-        children.append(("redis", start_redis(settings.data_dir)))
+        children.append(Child("redis", lambda: start_redis(settings.data_dir)))
+        children[0].launch()
+        if children[0].proc is None:
+            return 1
     env = {**os.environ, "REDIS_URL": settings.redis_url, "ROUTINELY_DATA_DIR": str(settings.data_dir)}
     if not os.environ.get("PUBLIC_URL"):
         env["PUBLIC_URL"] = f"http://{host}:{port}"
@@ -65,7 +123,9 @@ def up(host: str, port: int, workers: int) -> int:
         ("scheduler", [py, "-m", "routinely.cli", "scheduler"]),
     ]
     for name, cmd in commands:
-        children.append((name, subprocess.Popen(cmd, env=env)))
+        child = Child(name, lambda cmd=cmd: subprocess.Popen(cmd, env=env))
+        child.launch()
+        children.append(child)
     print(f"routinely: up on {env['PUBLIC_URL']} (redis {settings.redis_url}); Ctrl-C stops", file=sys.stderr, flush=True)
 
     stopping = False
@@ -76,20 +136,18 @@ def up(host: str, port: int, workers: int) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    code = 0
     while not stopping:
-        for name, proc in children:
-            if proc.poll() is not None:
-                print(f"routinely: {name} exited with code {proc.returncode}; stopping the rest", file=sys.stderr)
-                code, stopping = 1, True
-                break
+        now = time.monotonic()
+        for child in children:
+            child.check(now)
         time.sleep(0.2)
-    # app processes first, Redis last, so workers can record what they were doing
-    for name, proc in reversed(children):
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-    return code
+    # app processes first (workers give running sessions their grace), Redis last, so
+    # workers can record what they were doing
+    timeout = settings.shutdown_grace + STOP_MARGIN_SECONDS
+    apps = [c for c in children if c.name != "redis"]
+    for child in apps:
+        if child.proc is not None and child.proc.poll() is None:
+            child.proc.terminate()
+    for child in apps + [c for c in children if c.name == "redis"]:
+        child.stop(timeout)
+    return 0

@@ -7,7 +7,39 @@ import pytest
 import redis
 
 from routinely.config import Settings
+from tests import proc_guard
 from tests.support import ENV_KEYS_TO_CLEAR, SECRET, RedisServer
+
+LINGER_SECONDS = 10  # a process being stopped when its test ends gets this long to go
+
+
+def pytest_sessionstart(session):
+    proc_guard.become_subreaper()  # orphans come back to pytest, where the check below sees them
+    session.config._routinely_baseline = proc_guard.ours("\0")
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind(tmp_path_factory):
+    """Fails the test that leaves a process of its own running (and kills it)."""
+    marker = str(tmp_path_factory.getbasetemp())
+    baseline = proc_guard.ours(marker)
+    yield
+    left = proc_guard.survivors(baseline, marker, LINGER_SECONDS)
+    if left:
+        lines = [proc_guard.describe(pid) for pid in left]
+        proc_guard.kill(left)
+        pytest.fail("processes outlived the test:\n  " + "\n  ".join(lines), pytrace=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After every fixture is gone nothing the run started may be left (session fixtures included)."""
+    baseline = getattr(session.config, "_routinely_baseline", set())
+    left = proc_guard.survivors(baseline, "\0", LINGER_SECONDS)
+    if left:
+        lines = [proc_guard.describe(pid) for pid in left]
+        proc_guard.kill(left)
+        print("\nroutinely: processes outlived the test run:\n  " + "\n  ".join(lines))
+        session.exitstatus = 1
 
 
 @pytest.fixture(autouse=True)

@@ -27,21 +27,29 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A redis-server this test run starts, owns, flushes and stops."""
+    """A redis-server this test run starts, owns, flushes and stops.
 
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if not binary:
+    `persistent`: with an append-only file, so that `stop()` and `start()` again is a Redis
+    restart that keeps its data (fault tests restart it under a running worker)."""
+
+    def __init__(self, persistent: bool = False) -> None:
+        self.binary = shutil.which("redis-server")
+        if not self.binary:
             raise RuntimeError("redis-server is not installed: apt-get install -y redis-server (bash .ci/run does)")
         self.dir = tempfile.mkdtemp(prefix="routinely-redis-")
         self.port = free_port()
+        self.persistent = persistent
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+
+    def start(self) -> None:
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", self.dir],
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always", "--dir", self.dir],
             stdout=subprocess.DEVNULL,
         )
-        self.url = f"redis://127.0.0.1:{self.port}/0"
         client = redis.Redis.from_url(self.url)
-        for _ in range(200):
+        for _ in range(250):
             try:
                 client.ping()
                 return
@@ -49,9 +57,14 @@ class RedisServer:
                 time.sleep(0.02)
         raise RuntimeError("the test redis-server did not start")
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop the server (SIGTERM: it writes its file and exits); `start()` brings it back."""
         self.proc.terminate()
         self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

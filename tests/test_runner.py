@@ -253,14 +253,18 @@ def test_a_killed_worker_does_not_leave_its_session_running(conn, env, remotes, 
     wait_for(lambda: "agent: sleeping" in log_text(conn, s["id"]))
     os.kill(worker.pid, signal.SIGKILL)
     worker.wait()
-    agent, _ = map(int, (tmp_path / "report.json").read_text().split())
+    agent, child = map(int, (tmp_path / "report.json").read_text().split())
     wait_for(lambda: not _alive(agent), timeout=10)  # the agent does not outlive its worker
+    assert _alive(child)  # its own child would, without the reaper
     assert sessions.get(conn, settings, s["id"])["status"] == "running"
-    assert reap(conn) == []  # its heartbeat is fresh for a minute
-    assert reap(conn, now=time.time() + 61) == [s["id"]]
+    assert reap(conn, settings.data_dir) == []  # its heartbeat is still fresh
+    assert reap(conn, settings.data_dir, now=time.time() + 11) == [s["id"]]
     got = sessions.get(conn, settings, s["id"])
     assert got["status"] == "failed" and got["finished_at"]
     assert "stopped answering" in log_text(conn, s["id"])
+    wait_for(lambda: not _alive(child), timeout=5)  # the orphan went with the session
+    assert not (settings.data_dir / "workspaces" / s["id"]).exists()
+    assert not (settings.data_dir / "relays" / s["id"]).exists()
 
 
 def test_push_guard_holds_against_every_bypass(conn, env, remotes, tmp_path, settings):

@@ -32,25 +32,27 @@ def reap(conn: redis.Redis, data_dir: Path | None = None, now: float | None = No
     Nothing is reaped while Redis itself has been up for less than `timeout`: after a
     restart every heartbeat looks stale until the runners (which buffered them) write again."""
     now = time.time() if now is None else now
-    if int(conn.info("server").get("uptime_in_seconds", timeout)) < timeout:
+    redis_started = time.time() - int(conn.info("server").get("uptime_in_seconds", 0))
+    if now - redis_started < timeout:
         return []
     stale = conn.zrangebyscore(keys.RUNNING, "-inf", int((now - timeout) * 1000))
     reaped = []
     for raw_id in stale:
         sid = raw_id.decode()
+        raw = sessions.get_raw(conn, sid) or {}
+        if raw.get(b"status") == b"running" and data_dir is not None and raw.get(b"host", b"").decode() == socket.gethostname():
+            leftovers.clean(sid, data_dir)  # like the runner: nothing of it left once it reads as finished
         reason = f"routinely: the worker running this session stopped answering for {int(timeout)} s (killed or host lost); marked failed"
         if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
             session_log.append(conn, sid, reason)
             reaped.append(sid)
-            _release(conn, sid, data_dir, reason)
+            _settle_job(conn, sid, reason)
         conn.zrem(keys.RUNNING, sid)
     return reaped
 
 
-def _release(conn: redis.Redis, sid: str, data_dir: Path | None, reason: str) -> None:
-    raw = sessions.get_raw(conn, sid) or {}
-    if data_dir is not None and raw.get(b"host", b"").decode() == socket.gethostname():
-        leftovers.clean(sid, data_dir)
+def _settle_job(conn: redis.Redis, sid: str, reason: str) -> None:
+    """Move the session's RQ job out of "started" into "failed"."""
     try:
         job = Job.fetch(sid, connection=conn)
     except NoSuchJobError:

@@ -1,0 +1,236 @@
+"""Faults under real processes: Redis restarted or killed under a running session, a worker
+SIGKILLed while its agent has a grandchild, `routinely up` stopped with a session running.
+
+Each test checks the session's final status and reason, that no process of it survives
+(through /proc; the conftest fixture checks the whole tree too), that no workspace or relay
+is left, and that sessions queued behind the fault still run.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+
+from routinely import sessions
+from routinely.cli import fire_one
+from routinely.config import Settings, embedded_redis_url
+from routinely.start import Firing
+from tests.support import RedisServer, Remotes, free_port
+from tests.test_runner import AGENTS, _alive, apply, log_text, wait_for
+from workers import leftovers
+
+SLEEPER = f"{sys.executable} {AGENTS / 'sleeper.py'}"
+OUTLAST = f"{sys.executable} {AGENTS / 'outlast.py'}"
+
+
+@pytest.fixture
+def own_redis():
+    server = RedisServer(persistent=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def remotes(tmp_path) -> Remotes:
+    (tmp_path / "github").mkdir()
+    remotes = Remotes(tmp_path / "github")
+    remotes.create("octo/api")
+    return remotes
+
+
+def base_env(tmp_path, remotes, **extra) -> dict[str, str]:
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
+            "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(tmp_path / "data"),
+            "PUBLIC_URL": "http://routinely.test", "ROUTINELY_SESSION_USERS": "off", **extra}
+
+
+def settings_for(url: str, tmp_path) -> Settings:
+    return Settings(redis_url=url, data_dir=tmp_path / "data", public_url="http://routinely.test")
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "routinely.cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def stop(proc: subprocess.Popen, timeout: float = 30) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+def assert_nothing_left(settings: Settings, sid: str, *pids: int) -> None:
+    for pid in pids:
+        wait_for(lambda: not _alive(pid), timeout=10)
+    assert leftovers.session_processes(sid, settings.data_dir / "workspaces" / sid) == []
+    assert not (settings.data_dir / "workspaces" / sid).exists()
+    assert not (settings.data_dir / "relays" / sid).exists()
+
+
+def assert_job_settled(conn: redis.Redis, settings: Settings, sid: str) -> None:
+    assert sid not in StartedJobRegistry(settings.queue_name, connection=conn).get_job_ids()
+    assert Job.fetch(sid, connection=conn).get_status() in ("finished", "failed")
+
+
+def test_a_redis_restart_under_a_running_session(own_redis, remotes, tmp_path):
+    settings = settings_for(own_redis.url, tmp_path)
+    conn = redis.Redis.from_url(own_redis.url)
+    go = tmp_path / "go"
+    apply(conn, tmp_path, environment={"env": {"GO": str(go)}})
+    first = fire_one(settings, conn, "r", Firing(kind="manual"))
+    queued = fire_one(settings, conn, "r", Firing(kind="manual"))
+    env = base_env(tmp_path, remotes, REDIS_URL=own_redis.url, ROUTINELY_AGENT=OUTLAST)
+    worker = spawn(["worker"], env, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: "agent: waiting" in log_text(conn, first["id"]))
+        own_redis.halt()
+        time.sleep(3)  # heartbeats fail meanwhile: the runner keeps them
+        go.touch()  # the agent finishes while Redis is away: its outcome must wait, not vanish
+        time.sleep(2)
+        assert worker.poll() is None
+        own_redis.start()
+        conn = redis.Redis.from_url(own_redis.url)
+        wait_for(lambda: sessions.get(conn, settings, first["id"])["status"] != "running", timeout=30)
+        got = sessions.get(conn, settings, first["id"])
+        assert got["status"] == "succeeded" and got["exit_code"] == 0 and "reason" not in got
+        log = log_text(conn, first["id"])
+        assert "agent: done" in log and "routinely: the agent exited with code 0" in log
+        wait_for(lambda: sessions.get(conn, settings, queued["id"])["status"] == "succeeded", timeout=30)
+        assert worker.poll() is None  # the worker rode through
+        assert_nothing_left(settings, first["id"])
+        assert_job_settled(conn, settings, first["id"])
+    finally:
+        assert stop(worker) == 0
+    lines = (tmp_path / "worker.log").read_text().splitlines()
+    outage = [line for line in lines if "Redis at" in line]
+    assert len(outage) == 1, lines
+    assert outage[0].startswith(f"routinely worker: Redis at {own_redis.url} was unreachable from ")
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_a_sigkilled_worker_with_a_grandchild_is_reaped_and_cleaned(own_redis, remotes, tmp_path):
+    settings = settings_for(own_redis.url, tmp_path)
+    conn = redis.Redis.from_url(own_redis.url)
+    apply(conn, tmp_path)
+    first = fire_one(settings, conn, "r", Firing(kind="manual"))
+    queued = fire_one(settings, conn, "r", Firing(kind="manual"))
+    env = base_env(tmp_path, remotes, REDIS_URL=own_redis.url)
+    scheduler = spawn(["scheduler"], env, tmp_path / "scheduler.log")
+    worker = spawn(["worker"], {**env, "ROUTINELY_AGENT": SLEEPER}, tmp_path / "worker.log")
+    try:
+        wait_for(lambda: "agent: sleeping" in log_text(conn, first["id"]))
+        agent, grandchild = map(int, (tmp_path / "report.json").read_text().split())
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        killed = time.monotonic()
+        # the scheduler's reaper: 10 s without a heartbeat, a pass every 5 s
+        wait_for(lambda: sessions.get(conn, settings, first["id"])["status"] != "running", timeout=20)
+        assert time.monotonic() - killed <= 17
+        got = sessions.get(conn, settings, first["id"])
+        assert got["status"] == "failed" and "stopped answering" in got["reason"]
+        assert_nothing_left(settings, first["id"], agent, grandchild)
+        assert sid_not_started(conn, settings, first["id"])
+        assert sessions.get(conn, settings, queued["id"])["status"] == "queued"
+        worker = spawn(["worker", "--burst"], {**env, "ROUTINELY_AGENT": "true"}, tmp_path / "worker2.log")
+        assert worker.wait(60) == 0
+        assert sessions.get(conn, settings, queued["id"])["status"] == "succeeded"
+    finally:
+        stop(worker)
+        assert stop(scheduler) == 0
+
+
+def sid_not_started(conn: redis.Redis, settings: Settings, sid: str) -> bool:
+    assert_job_settled(conn, settings, sid)
+    return True
+
+
+def test_sigterm_to_up_ends_a_running_session_after_the_grace(own_redis, remotes, tmp_path):
+    settings = settings_for(own_redis.url, tmp_path)
+    conn = redis.Redis.from_url(own_redis.url)
+    apply(conn, tmp_path)
+    first = fire_one(settings, conn, "r", Firing(kind="manual"))
+    queued = fire_one(settings, conn, "r", Firing(kind="manual"))
+    env = base_env(tmp_path, remotes, REDIS_URL=own_redis.url, ROUTINELY_AGENT=SLEEPER,
+                   ROUTINELY_SHUTDOWN_GRACE_SECONDS="1")
+    env.pop("PUBLIC_URL")
+    up = spawn(["up", "--port", str(free_port()), "--workers", "1"], env, tmp_path / "up.log")
+    try:
+        wait_for(lambda: "agent: sleeping" in log_text(conn, first["id"]), timeout=60)
+        agent, child = map(int, (tmp_path / "report.json").read_text().split())
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    finally:
+        stop(up)
+    got = sessions.get(conn, settings, first["id"])
+    assert got["status"] == "failed" and got["reason"] == "worker shut down", got
+    assert "routinely: worker shut down" in log_text(conn, first["id"])
+    assert_nothing_left(settings, first["id"], agent, child)
+    assert_job_settled(conn, settings, first["id"])
+    assert sessions.get(conn, settings, queued["id"])["status"] == "queued"  # it stopped taking jobs
+    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"],
+                          env={**env, "ROUTINELY_AGENT": "true"}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert sessions.get(conn, settings, queued["id"])["status"] == "succeeded"
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append((int(entry.name), (entry / "cmdline").read_bytes().decode(errors="replace")))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def test_up_restarts_its_redis_and_the_session_rides_through(remotes, tmp_path):
+    env = base_env(tmp_path, remotes, ROUTINELY_AGENT=OUTLAST)
+    env.pop("PUBLIC_URL")
+    settings = settings_for(embedded_redis_url(tmp_path / "data"), tmp_path)
+    up = spawn(["up", "--port", str(free_port()), "--workers", "1"], env, tmp_path / "up.log")
+    try:
+        conn = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+        wait_for(lambda: _ping(conn), timeout=30)
+        go = tmp_path / "go"
+        apply(conn, tmp_path, environment={"env": {"GO": str(go)}})
+        first = fire_one(settings, conn, "r", Firing(kind="manual"))
+        wait_for(lambda: "agent: waiting" in log_text(conn, first["id"]), timeout=60)
+        time.sleep(1.5)  # the embedded Redis syncs its file every second
+        [redis_pid] = [pid for pid, cmd in _children(up.pid) if "redis-server" in cmd]
+        os.kill(redis_pid, signal.SIGKILL)
+        time.sleep(1)
+        go.touch()
+        wait_for(lambda: _ping(conn), timeout=30)
+        assert up.poll() is None
+        wait_for(lambda: sessions.get(conn, settings, first["id"])["status"] != "running", timeout=30)
+        got = sessions.get(conn, settings, first["id"])
+        assert got["status"] == "succeeded" and got["exit_code"] == 0, got
+        after = fire_one(settings, conn, "r", Firing(kind="manual"))  # the stack still runs sessions
+        wait_for(lambda: sessions.get(conn, settings, after["id"])["status"] == "succeeded", timeout=60)
+        assert_nothing_left(settings, first["id"])
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(30) == 0
+    finally:
+        stop(up)
+    lines = (tmp_path / "up.log").read_text().splitlines()
+    assert [line for line in lines if line.startswith("routinely: redis exited")] == [
+        "routinely: redis exited with code -9; restarting it in 1 s"], lines
+    assert len([line for line in lines if line.startswith("routinely worker: Redis at")]) == 1, lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+def _ping(conn: redis.Redis) -> bool:
+    try:
+        return bool(conn.ping())
+    except redis.RedisError:
+        return False
