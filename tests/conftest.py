@@ -15,13 +15,18 @@ LINGER_SECONDS = 10  # a process being stopped when its test ends gets this long
 
 def pytest_sessionstart(session):
     proc_guard.become_subreaper()  # orphans come back to pytest, where the check below sees them
-    session.config._routinely_baseline = proc_guard.ours("\0")
+    session.config._routinely_baseline = proc_guard.ours(_marker(session.config))
+
+
+def _marker(config) -> str:
+    """This run's temporary folder: session users' processes of this run carry it (TMPDIR, HOME)."""
+    return str(config._tmp_path_factory.getbasetemp())
 
 
 @pytest.fixture(autouse=True)
-def _no_process_left_behind(tmp_path_factory):
+def _no_process_left_behind(request):
     """Fails the test that leaves a process of its own running (and kills it)."""
-    marker = str(tmp_path_factory.getbasetemp())
+    marker = _marker(request.config)
     baseline = proc_guard.ours(marker)
     yield
     left = proc_guard.survivors(baseline, marker, LINGER_SECONDS)
@@ -34,7 +39,7 @@ def _no_process_left_behind(tmp_path_factory):
 def pytest_sessionfinish(session, exitstatus):
     """After every fixture is gone nothing the run started may be left (session fixtures included)."""
     baseline = getattr(session.config, "_routinely_baseline", set())
-    left = proc_guard.survivors(baseline, "\0", LINGER_SECONDS)
+    left = proc_guard.survivors(baseline, _marker(session.config), LINGER_SECONDS)
     if left:
         lines = [proc_guard.describe(pid) for pid in left]
         proc_guard.kill(left)

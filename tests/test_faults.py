@@ -19,8 +19,8 @@ import redis
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 
-from routinely import sessions
-from routinely.cli import fire_one
+from routinely import jobs, sessions
+from routinely.start import fire_one
 from routinely.config import Settings, embedded_redis_url
 from routinely.start import Firing
 from tests.support import RedisServer, Remotes, free_port
@@ -76,8 +76,8 @@ def assert_nothing_left(settings: Settings, sid: str, *pids: int) -> None:
 
 
 def assert_job_settled(conn: redis.Redis, settings: Settings, sid: str) -> None:
-    assert sid not in StartedJobRegistry(settings.queue_name, connection=conn).get_job_ids()
-    assert Job.fetch(sid, connection=conn).get_status() in ("finished", "failed")
+    assert sid not in StartedJobRegistry(settings.queue_name, connection=conn, serializer=jobs.SERIALIZER).get_job_ids()
+    assert Job.fetch(sid, connection=conn, serializer=jobs.SERIALIZER).get_status() in ("finished", "failed")
 
 
 def test_a_redis_restart_under_a_running_session(own_redis, remotes, tmp_path):

@@ -257,8 +257,8 @@ def test_a_killed_worker_does_not_leave_its_session_running(conn, env, remotes, 
     wait_for(lambda: not _alive(agent), timeout=10)  # the agent does not outlive its worker
     assert _alive(child)  # its own child would, without the reaper
     assert sessions.get(conn, settings, s["id"])["status"] == "running"
-    assert reap(conn, settings.data_dir) == []  # its heartbeat is still fresh
-    assert reap(conn, settings.data_dir, now=time.time() + 11) == [s["id"]]
+    assert reap(conn, time.time(), settings.data_dir) == []  # its heartbeat is still fresh
+    assert reap(conn, time.time() + 11, settings.data_dir) == [s["id"]]
     got = sessions.get(conn, settings, s["id"])
     assert got["status"] == "failed" and got["finished_at"]
     assert "stopped answering" in log_text(conn, s["id"])

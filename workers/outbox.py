@@ -21,8 +21,8 @@ MAX_PENDING = 50_000  # lines kept through an outage; past it the oldest go (and
 
 
 class Outbox:
-    def __init__(self, conn: redis.Redis, session_id: str, outage: Outage) -> None:
-        self.conn, self.id, self.outage = conn, session_id, outage
+    def __init__(self, conn: redis.Redis, session_id: str, outage: Outage, clock: Callable[[], float] = time.time) -> None:
+        self.conn, self.id, self.outage, self.clock = conn, session_id, outage, clock
         self._lines: list[str] = []
         self._dropped = 0
         self._beat_ms: int | None = None
@@ -42,7 +42,7 @@ class Outbox:
         self.flush()
 
     def beat(self) -> None:
-        self._beat_ms = int(time.time() * 1000)
+        self._beat_ms = int(self.clock() * 1000)
         self.flush()
 
     def flush(self) -> bool:
@@ -81,7 +81,7 @@ class Outbox:
     # -- the heartbeat thread
     def start(self) -> None:
         """The first heartbeat (it adds the session to the running set), then one every few seconds."""
-        guarded(lambda: self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)}), self.outage, None)
+        guarded(lambda: self.conn.zadd(keys.RUNNING, {self.id: int(self.clock() * 1000)}), self.outage, None)
         self._thread = threading.Thread(target=self._beating, name=f"heartbeat {self.id}", daemon=True)
         self._thread.start()
 

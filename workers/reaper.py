@@ -11,11 +11,7 @@ import time
 from pathlib import Path
 
 import redis
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq.job_lifecycle import record_job_failure
-
-from routinely import keys, session_log, sessions
+from routinely import jobs, keys, session_log, sessions
 from routinely.start import iso
 from workers import leftovers
 from workers.outbox import HEARTBEAT_EVERY
@@ -25,13 +21,14 @@ REAP_EVERY_SECONDS = 5.0  # so a dead worker's sessions fail within 15 s of thei
 assert HEARTBEAT_TIMEOUT_SECONDS >= 4 * HEARTBEAT_EVERY
 
 
-def reap(conn: redis.Redis, data_dir: Path | None = None, now: float | None = None,
+def reap(conn: redis.Redis, now: float, data_dir: Path | None = None,
          timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> list[str]:
     """Mark running sessions with a stale heartbeat as failed and clean up after them; return their ids.
 
+    `now` is the settings' clock; `data_dir` (this host's) is where its workspace and relay are.
+
     Nothing is reaped while Redis itself has been up for less than `timeout`: after a
     restart every heartbeat looks stale until the runners (which buffered them) write again."""
-    now = time.time() if now is None else now
     redis_started = time.time() - int(conn.info("server").get("uptime_in_seconds", 0))
     if now - redis_started < timeout:
         return []
@@ -46,18 +43,7 @@ def reap(conn: redis.Redis, data_dir: Path | None = None, now: float | None = No
         if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
             session_log.append(conn, sid, reason)
             reaped.append(sid)
-            _settle_job(conn, sid, reason)
+            jobs.settle(conn, sid, False, reason)  # out of RQ's "started"
         conn.zrem(keys.RUNNING, sid)
     return reaped
 
-
-def _settle_job(conn: redis.Redis, sid: str, reason: str) -> None:
-    """Move the session's RQ job out of "started" into "failed"."""
-    try:
-        job = Job.fetch(sid, connection=conn)
-    except NoSuchJobError:
-        return
-    with conn.pipeline() as pipe:
-        job.started_job_registry.remove_executions(job, pipeline=pipe)
-        record_job_failure(job, reason, pipe)
-        pipe.execute()

@@ -68,7 +68,7 @@ class Failed(Exception):
 class SessionRun:
     def __init__(self, rt: Runtime, session_id: str) -> None:
         self.rt, self.conn, self.settings, self.id = rt, rt.conn, rt.settings, session_id
-        self.outbox = Outbox(rt.conn, session_id, rt.outage)  # rides through Redis outages
+        self.outbox = Outbox(rt.conn, session_id, rt.outage, rt.settings.clock)  # rides through Redis outages
         self.stopped_by_shutdown = False
 
     # -- log and state
@@ -89,7 +89,7 @@ class SessionRun:
         raw = sessions.get_raw(self.conn, self.id)
         if raw is None:
             return "missing"
-        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(time.time()),
+        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(self.settings.clock()),
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
             return raw[b"status"].decode()  # canceled before it started
@@ -105,7 +105,7 @@ class SessionRun:
         self._cleanup()
         if reason:
             self.log(reason)
-        self.outbox.finish(status, finished_at=iso(time.time()), exit_code=code,
+        self.outbox.finish(status, finished_at=iso(self.settings.clock()), exit_code=code,
                            reason=reason if status != "succeeded" else None)
         return status
 

@@ -18,11 +18,12 @@ from typing import Any
 
 import redis
 
-from routinely import catalog, keys
-from routinely.config import Settings
+from routinely import catalog, keys, schedule_runs
+from routinely.config import ConfigError, Settings
 from routinely.routine_file import Routine
 from routinely.schedules import Schedule
 from routinely.start import Firing, Starter, iso
+from routinely.schedule_runs import field
 from routinely.store import connect
 from workers.outage import Outage
 from workers.reaper import HEARTBEAT_TIMEOUT_SECONDS, REAP_EVERY_SECONDS, reap
@@ -39,30 +40,12 @@ return 0
 """
 
 
-def field(routine: Routine, schedule: Schedule) -> str:
-    return f"{routine.key}|{schedule.id}"
-
-
-def next_runs(conn: redis.Redis, cat: catalog.Catalog, now: float) -> dict[str, float | None]:
-    """Each schedule's next run (stagger included): the persisted one, else computed from now."""
-    stored = {k.decode(): float(v) for k, v in conn.hgetall(keys.SCHEDULES).items()}
-    out: dict[str, float | None] = {}
-    for routine in cat.routines.values():
-        for sch in routine.schedules:
-            f = field(routine, sch)
-            value = stored.get(f)
-            if value is None:
-                value = sch.next_run(now, routine.stagger)
-            out[f] = None if value is None or value < 0 else value
-    return out
-
-
 class Scheduler:
-    def __init__(self, conn: redis.Redis, settings: Settings, lease_seconds: float = 15.0) -> None:
+    def __init__(self, conn: redis.Redis, settings: Settings, lease_seconds: float | None = None) -> None:
         self.conn, self.settings = conn, settings
         self.starter = Starter(conn, settings)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.lease_ms = int(lease_seconds * 1000)
+        self.lease_ms = int((settings.scheduler_lease_seconds if lease_seconds is None else lease_seconds) * 1000)
         self._lease = conn.register_script(_LEASE)
 
     def lead(self) -> bool:
@@ -77,7 +60,7 @@ class Scheduler:
         """Fire what is due at `now`; returns what happened, one entry per schedule acted on."""
         now = self.settings.clock() if now is None else now
         cat = catalog.load(self.conn)
-        stored = {k.decode(): float(v) for k, v in self.conn.hgetall(keys.SCHEDULES).items()}
+        stored = schedule_runs.stored(self.conn)
         updates: dict[str, float] = {}
         done: list[dict[str, Any]] = []
         live = set()
@@ -140,8 +123,7 @@ def run(settings: Settings) -> None:
     has been back for a heartbeat timeout, so buffered heartbeats land before anyone is judged dead."""
     conn = connect(settings)
     outage = Outage("scheduler", settings.redis_url)
-    lease = float(os.environ.get("ROUTINELY_SCHEDULER_LEASE_SECONDS", "15"))
-    scheduler = Scheduler(conn, settings, lease_seconds=lease)
+    scheduler = Scheduler(conn, settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -151,7 +133,7 @@ def run(settings: Settings) -> None:
             if scheduler.lead():
                 scheduler.tick()
             if time.monotonic() - last_reap > REAP_EVERY_SECONDS and outage.connected_for() >= HEARTBEAT_TIMEOUT_SECONDS:
-                reap(conn, settings.data_dir)
+                reap(conn, settings.clock(), settings.data_dir)
                 last_reap = time.monotonic()
             outage.ok()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
@@ -162,3 +144,16 @@ def run(settings: Settings) -> None:
         scheduler.release()
     except redis.RedisError:
         pass
+
+
+def main() -> None:
+    """`python -m workers.scheduler` (what `routinely scheduler` becomes)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"routinely scheduler: {exc}")
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

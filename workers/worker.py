@@ -17,12 +17,9 @@ import sys
 import time
 
 import redis
-from rq import Queue, SimpleWorker
-from rq.job import Job, JobStatus
-from rq.exceptions import StopRequested
 
-from routinely import sessions
-from routinely.config import Settings
+from routinely import jobs, sessions
+from routinely.config import ConfigError, Settings
 from routinely.store import connect
 from workers.outage import BACKOFF_MAX
 from workers.reaper import reap
@@ -38,13 +35,13 @@ class _QuietOutages(logging.Filter):
         return "could not connect to Redis" not in str(record.msg)
 
 
-class Worker(SimpleWorker):
+class Worker(jobs.SimpleWorker):
     max_connection_wait_time = BACKOFF_MAX
 
-    def __init__(self, queues: list[Queue], rt: Runtime, grace: float) -> None:
-        # its own connection: RQ raises the socket timeout for its blocking dequeue, and the
-        # runner's writes must keep the short one
-        super().__init__(queues, connection=connect(rt.settings))
+    def __init__(self, queues, rt: Runtime, grace: float, **kwargs) -> None:
+        # on a connection of its own (see run): RQ raises the socket timeout for its blocking
+        # dequeue, and the runner's writes must keep the short one
+        super().__init__(queues, **kwargs)
         self.rt, self.grace = rt, grace
         self.drained = False  # the queue was empty (burst mode ends there)
         self._first_signal = 0.0
@@ -81,7 +78,7 @@ class Worker(SimpleWorker):
         self.drained = result is None
         return result
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
+    def execute_job(self, job, queue) -> None:
         while True:
             try:
                 return super().execute_job(job, queue)
@@ -94,19 +91,15 @@ class Worker(SimpleWorker):
                 if not self._settle(job):
                     return
 
-    def _settle(self, job: Job) -> bool:
+    def _settle(self, job) -> bool:
         """Move a finished session's job out of "started"; True when the session is still queued."""
         try:
             raw = sessions.get_raw(self.connection, job.id) or {}
             status = raw.get(b"status", b"").decode()
             if status == "queued":
                 return True
-            if status in ("", "running"):
-                return False  # gone, or not ours: the reaper fails it if its heartbeat stops
-            with self.connection.pipeline() as pipe:
-                job.started_job_registry.remove_executions(job, pipeline=pipe)
-                job.set_status(JobStatus.FINISHED if status == "succeeded" else JobStatus.FAILED, pipeline=pipe)
-                pipe.execute()
+            if status not in ("", "running"):  # else gone, or not ours: the reaper fails it if its heartbeat stops
+                jobs.settle(self.connection, job.id, status == "succeeded", raw.get(b"reason", b"").decode())
         except _REDIS_DOWN as exc:
             self.rt.outage.failed(exc)
         return False
@@ -132,15 +125,17 @@ def run(settings: Settings, burst: bool = False) -> None:
     rt = Runtime(settings)
     Runtime._current = rt
     logging.getLogger("rq.worker").addFilter(_QuietOutages())
-    queue = Queue(settings.queue_name, connection=rt.conn)
+    first = True
     while rt.stop_at is None:
         if not rt.outage.wait(rt.conn, stop=lambda: rt.stop_at is not None):
             break
-        worker = Worker([queue], rt, settings.shutdown_grace)
+        worker = jobs.worker(connect(settings), settings.queue_name, Worker, rt=rt, grace=settings.shutdown_grace)
         try:
-            reap(rt.conn, settings.data_dir)
+            if first:  # only at start: after an outage, others' buffered heartbeats are still coming
+                reap(rt.conn, settings.clock(), settings.data_dir)
+                first = False
             worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
-        except StopRequested:
+        except jobs.StopRequested:
             break
         except _REDIS_DOWN as exc:  # a call RQ does not retry itself: start over once Redis is back
             rt.outage.failed(exc)
@@ -149,3 +144,17 @@ def run(settings: Settings, burst: bool = False) -> None:
             break
         if rt.stop_at is None:
             time.sleep(1)  # RQ quit on something else (it logged it): start a fresh worker
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m workers.worker [--burst]` (what `routinely worker` becomes)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"routinely worker: {exc}")
+    run(settings, burst="--burst" in argv)
+
+
+if __name__ == "__main__":
+    main()
