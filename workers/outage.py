@@ -53,9 +53,6 @@ class Outage:
             if self.since is not None:
                 return
             self.since, self.error = self.clock(), type(exc).__name__
-        if not self.reached:  # at start-up say it at once: a wrong URL must not look like a hang
-            print(f"routinely {self.who}: cannot reach Redis at {self.url} ({self.error}); waiting for it: "
-                  "start it, or set REDIS_URL", file=self.out or sys.stderr, flush=True)
 
     def ok(self) -> None:
         self.reached = True
@@ -77,7 +74,7 @@ class Outage:
 
     def wait(self, conn: redis.Redis, stop: Callable[[], bool] = lambda: False) -> bool:
         """Block until Redis answers a PING (backoff between tries); False when `stop()` turned true."""
-        delay = BACKOFF_START
+        delay, announced = BACKOFF_START, False
         while not stop():
             try:
                 conn.ping()
@@ -85,6 +82,10 @@ class Outage:
                 return True
             except redis.RedisError as exc:
                 self.failed(exc)
+                if not self.reached and not announced:  # at start-up say so at once: a wrong URL must not look like a hang
+                    print(f"routinely {self.who}: cannot reach Redis at {self.url} ({self.error}); waiting for it: "
+                          "start it, or set REDIS_URL", file=self.out or sys.stderr, flush=True)
+                    announced = True
             end = time.monotonic() + delay
             while time.monotonic() < end and not stop():
                 time.sleep(0.05)
