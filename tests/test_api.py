@@ -86,6 +86,8 @@ def test_cli_says_one_line_when_redis_is_unreachable(tmp_path):
     ("PUBLIC_URL", "ftp://x", "PUBLIC_URL must be an http(s)"),
     ("GITHUB_APP_ID", "abc", "GITHUB_APP_ID must be the App's numeric id"),
     ("GITHUB_PRIVATE_KEY", "-----BEGIN nonsense", "not a PEM private key"),
+    ("ROUTINELY_SHUTDOWN_GRACE_SECONDS", "soon", "ROUTINELY_SHUTDOWN_GRACE_SECONDS must be a number of seconds from 0 to 86400"),
+    ("ROUTINELY_SHUTDOWN_GRACE_SECONDS", "-1", "ROUTINELY_SHUTDOWN_GRACE_SECONDS must be a number of seconds from 0 to 86400"),
 ])
 def test_a_wrong_setting_stops_with_one_line(tmp_path, name, value, message):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0", name: value}

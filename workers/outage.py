@@ -42,7 +42,6 @@ class Outage:
         self.error = ""
         self.count = 0
         self.back_at: float | None = None  # monotonic time Redis last came back
-        self.reached = False  # whether this process ever talked to Redis
 
     @property
     def down(self) -> bool:
@@ -55,7 +54,6 @@ class Outage:
             self.since, self.error = self.clock(), type(exc).__name__
 
     def ok(self) -> None:
-        self.reached = True
         if self.since is None:
             return
         with self._lock:
@@ -72,8 +70,11 @@ class Outage:
             return 0.0
         return float("inf") if self.back_at is None else time.monotonic() - self.back_at
 
-    def wait(self, conn: redis.Redis, stop: Callable[[], bool] = lambda: False) -> bool:
-        """Block until Redis answers a PING (backoff between tries); False when `stop()` turned true."""
+    def wait(self, conn: redis.Redis, stop: Callable[[], bool] = lambda: False, starting: bool = False) -> bool:
+        """Block until Redis answers a PING (backoff between tries); False when `stop()` turned true.
+
+        `starting`: the process has not reached Redis yet; a failure is said at once (one
+        line), so that a wrong URL does not look like a hang."""
         delay, announced = BACKOFF_START, False
         while not stop():
             try:
@@ -82,7 +83,7 @@ class Outage:
                 return True
             except redis.RedisError as exc:
                 self.failed(exc)
-                if not self.reached and not announced:  # at start-up say so at once: a wrong URL must not look like a hang
+                if starting and not announced:
                     print(f"routinely {self.who}: cannot reach Redis at {self.url} ({self.error}); waiting for it: "
                           "start it, or set REDIS_URL", file=self.out or sys.stderr, flush=True)
                     announced = True

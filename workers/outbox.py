@@ -124,3 +124,17 @@ def guarded(call: Callable[[], Any], outage: Outage, default: Any) -> Any:
     except redis.RedisError as exc:
         outage.failed(exc)
         return default
+
+
+def patiently(call: Callable[[], Any], outage: Outage, conn: redis.Redis) -> Any:
+    """`call()`, waiting out Redis outages: for the reads a session needs before its agent
+    starts (the routine, the payload, a token's installation), so a blink does not fail it."""
+    while True:
+        try:
+            result = call()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            outage.failed(exc)
+            outage.wait(conn)
+            continue
+        outage.ok()
+        return result

@@ -10,7 +10,7 @@ import os
 import shutil
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from rq import get_current_job
@@ -22,7 +22,7 @@ from routinely.store import connect
 from workers import process, prompt
 from workers.github_auth import InstallationTokens, TokenError
 from workers.outage import Outage
-from workers.outbox import Outbox, guarded
+from workers.outbox import Outbox, guarded, patiently
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError
 from workers.workspace import Workspace
@@ -78,6 +78,10 @@ class SessionRun:
     def heartbeat(self) -> None:
         pass  # the outbox's own thread beats, also while a clone or setup blocks this one
 
+    def _read(self, call: Callable[[], Any]) -> Any:
+        """A Redis read the session needs before its agent starts: waits out an outage."""
+        return patiently(call, self.rt.outage, self.conn)
+
     def canceled(self) -> bool:
         if self.rt.shut_down():
             self.stopped_by_shutdown = True
@@ -122,7 +126,7 @@ class SessionRun:
     def _execute(self, raw: dict[bytes, bytes]) -> tuple[str, int | None, str | None]:
         """Prepare and run; returns (status, exit code, the line saying why when not a plain exit)."""
         trigger = orjson.loads(raw[b"trigger"])
-        cat = catalog.load(self.conn)
+        cat = self._read(lambda: catalog.load(self.conn))
         routine = cat.routines.get(raw[b"routine_key"].decode())
         if routine is None:
             return "failed", None, "routinely: the routine was removed before this session started"
@@ -186,14 +190,15 @@ class SessionRun:
         for repo in repos:
             url = f"{self.settings.github_git_url}/{repo}.git"
             try:
-                path = ws.checkout(guard, repo, url, lambda repo=repo: self.rt.tokens.for_repository(self.conn, repo))
+                path = ws.checkout(guard, repo, url,
+                                 lambda repo=repo: self._read(lambda: self.rt.tokens.for_repository(self.conn, repo)))
             except (TokenError, PushError) as exc:
                 raise Failed(f"routinely: {exc}") from None
             self.log(f"routinely: checked out {repo} at {path.name}")
 
     def _payload(self, raw: dict[bytes, bytes]) -> bytes | None:
         event_id = raw.get(b"event_id")
-        return self.conn.get(keys.payload(event_id.decode())) if event_id else None
+        return self._read(lambda: self.conn.get(keys.payload(event_id.decode()))) if event_id else None
 
     def _agent_env(self, ws: Workspace, routine_name: str, trigger: dict[str, Any], payload: bytes | None,
                    spec: dict[str, Any]) -> dict[str, str]:

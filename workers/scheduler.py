@@ -127,7 +127,7 @@ def run(settings: Settings) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    last_reap = 0.0
+    last_reap, reached = 0.0, False
     while not stop.is_set():
         try:
             if scheduler.lead():
@@ -136,9 +136,10 @@ def run(settings: Settings) -> None:
                 reap(conn, settings.clock(), settings.data_dir)
                 last_reap = time.monotonic()
             outage.ok()
+            reached = True
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             outage.failed(exc)
-            outage.wait(conn, stop=stop.is_set)
+            outage.wait(conn, stop=stop.is_set, starting=not reached)
         stop.wait(1)
     try:
         scheduler.release()

@@ -127,7 +127,7 @@ def run(settings: Settings, burst: bool = False) -> None:
     logging.getLogger("rq.worker").addFilter(_QuietOutages())
     first = True
     while rt.stop_at is None:
-        if not rt.outage.wait(rt.conn, stop=lambda: rt.stop_at is not None):
+        if not rt.outage.wait(rt.conn, stop=lambda: rt.stop_at is not None, starting=first):
             break
         worker = jobs.worker(connect(settings), settings.queue_name, Worker, rt=rt, grace=settings.shutdown_grace)
         try:
