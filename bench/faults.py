@@ -12,6 +12,7 @@ for the sessions to drain, stops the stack, and reconciles:
   5xx           answers 5xx or a cut connection, over all attempts
   redelivered   deliveries sent again because their first attempt did not get a 2xx
   sessions      sessions made
+  failed        sessions that ended failed (worker-kill: the ones its worker was running)
   duplicates    sessions beyond one per delivery
   lost          acknowledged deliveries without a session
   non-terminal  sessions still queued or running after the drain
@@ -238,7 +239,7 @@ def experiment(name: str, args: argparse.Namespace) -> dict[str, int | str]:
         time.sleep(1)
     time.sleep(2)
     per_delivery: dict[str, int] = {}
-    nonterminal = 0
+    nonterminal = failed = 0
     sids = [s.decode() for s in stack.conn.zrange(keys.SESSIONS, 0, -1)]
     pipe = stack.conn.pipeline(transaction=False)
     for sid in sids:
@@ -248,6 +249,7 @@ def experiment(name: str, args: argparse.Namespace) -> dict[str, int | str]:
         per_delivery[delivery] = per_delivery.get(delivery, 0) + 1
         if status in (b"queued", b"running"):
             nonterminal += 1
+        failed += status == b"failed"
     stack.stop()
     time.sleep(1)
     orphans, folders = leftovers(stack.data)
@@ -260,6 +262,7 @@ def experiment(name: str, args: argparse.Namespace) -> dict[str, int | str]:
         "5xx": sender.fivexx,
         "redelivered": redelivered,
         "sessions": len(sids),
+        "failed": failed,
         "duplicates": sum(n - 1 for n in per_delivery.values() if n > 1),
         "lost": sum(1 for d in acknowledged if not per_delivery.get(d)),
         "non-terminal": nonterminal,
@@ -278,14 +281,14 @@ def main() -> None:
     parser.add_argument("--only", choices=["redis-restart", "worker-kill", "web-kill"])
     args = parser.parse_args()
     names = [args.only] if args.only else ["redis-restart", "worker-kill", "web-kill"]
-    columns = ["experiment", "sent", "acknowledged", "5xx", "redelivered", "sessions", "duplicates", "lost",
+    columns = ["experiment", "sent", "acknowledged", "5xx", "redelivered", "sessions", "failed", "duplicates", "lost",
                "non-terminal", "orphans", "workspaces"]
     print(f"{args.deliveries} deliveries at concurrency {args.concurrency}, {args.workers} session workers, "
           f"{os.cpu_count()} cores", flush=True)
-    print("  ".join(f"{c:>13}" for c in columns), flush=True)
+    print("  ".join(f"{c:>12}" for c in columns), flush=True)
     for name in names:
         row = experiment(name, args)
-        print("  ".join(f"{row[c]!s:>13}" for c in columns), flush=True)
+        print("  ".join(f"{row[c]!s:>12}" for c in columns), flush=True)
         print(f"  (stack log: {row['log']})", flush=True)
 
 

@@ -49,7 +49,9 @@ def remotes(tmp_path) -> Remotes:
 def base_env(tmp_path, remotes, **extra) -> dict[str, str]:
     return {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
             "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(tmp_path / "data"),
-            "PUBLIC_URL": "http://routinely.test", "ROUTINELY_SESSION_USERS": "off", **extra}
+            "PUBLIC_URL": "http://routinely.test", "ROUTINELY_SESSION_USERS": "off",
+            # these agents run the worker's Python and write reports outside their workspace
+            "ROUTINELY_SANDBOX": "off", **extra}
 
 
 def settings_for(url: str, tmp_path) -> Settings:

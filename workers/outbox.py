@@ -26,6 +26,7 @@ class Outbox:
         self._lines: list[str] = []
         self._dropped = 0
         self._beat_ms: int | None = None
+        self._fields: dict[str, str] = {}  # session record fields to write (last value wins)
         self._buf = threading.Lock()  # guards the pending lines; held only for list moves
         self._writer = threading.Lock()  # one writer at a time keeps lines in order
         self._stop = threading.Event()
@@ -41,6 +42,12 @@ class Outbox:
                 self._dropped += cut
         self.flush()
 
+    def update(self, **fields: Any) -> None:
+        """Set fields of the session's record (as sessions.update), buffered like the log."""
+        with self._buf:
+            self._fields.update({k: "" if v is None else str(v) for k, v in fields.items()})
+        self.flush()
+
     def beat(self) -> None:
         self._beat_ms = int(self.clock() * 1000)
         self.flush()
@@ -52,11 +59,13 @@ class Outbox:
             return False
         try:
             with self._buf:
-                lines, dropped, beat = self._lines, self._dropped, self._beat_ms
-                self._lines, self._dropped = [], 0
-            if not lines and beat is None:
+                lines, dropped, beat, fields = self._lines, self._dropped, self._beat_ms, self._fields
+                self._lines, self._dropped, self._fields = [], 0, {}
+            if not lines and beat is None and not fields:
                 return True
             pipe = self.conn.pipeline(transaction=True)
+            if fields:
+                pipe.hset(keys.session(self.id), mapping=fields)
             if dropped:
                 session_log.append(pipe, self.id, f"routinely: {dropped} log line(s) lost while Redis was unreachable")
             for line in lines:
@@ -70,6 +79,7 @@ class Outbox:
                 with self._buf:
                     self._lines[:0] = lines
                     self._dropped += dropped
+                    self._fields = {**fields, **self._fields}
                 return False
             self.outage.ok()
             if self._beat_ms == beat:

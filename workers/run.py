@@ -106,7 +106,10 @@ class SessionRun:
         except Exception as exc:  # a bug or a lost store must not leave the session running
             status, code, reason = "failed", None, f"routinely: internal error: {type(exc).__name__}: {exc}"
         # pushes are forwarded and the workspace gone before the session reads as finished
-        self._cleanup()
+        try:
+            self._cleanup()
+        except Exception as exc:  # the outcome stands: the reaper's host cleanup takes what is left
+            self.log(f"routinely: cleaning up after the session failed: {type(exc).__name__}: {exc}")
         if reason:
             self.log(reason)
         self.outbox.finish(status, finished_at=iso(self.settings.clock()), exit_code=code,
