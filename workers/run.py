@@ -14,9 +14,8 @@ from typing import Any
 
 import orjson
 import redis
-from rq import get_current_job
 
-from routinely import catalog, keys, session_log, sessions
+from routinely import catalog, jobs, keys, session_log, sessions
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
@@ -50,7 +49,7 @@ class Runtime:
 def run_session(session_id: str | None = None) -> str:
     """RQ entry point; the job id is the session id. Returns the final status."""
     if session_id is None:
-        session_id = get_current_job().id
+        session_id = jobs.current_id()
     return SessionRun(Runtime.get(), session_id).run()
 
 
