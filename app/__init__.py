@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import redis
 from flask import Flask, request
 
+from app import params
 from app.responses import error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
 from routinely.catalog import CatalogCache
@@ -56,6 +57,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Redis answered: an error reply is our bug (validation must stop bad input first), not an outage
         app.logger.error("redis refused a command on %s %s: %s", request.method, request.path, str(exc)[:200])
         return error(500, "internal error: the store refused a command; this is a bug, please report it")
+
+    @app.errorhandler(params.BadParameter)
+    def bad_parameter(exc: params.BadParameter):
+        return error(400, str(exc))
 
     @app.errorhandler(413)
     def too_large(exc):
