@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
-from flask import Flask, request
+from flask import Flask, Response, request
 
 from app import params
 from app.responses import error, json_response
@@ -13,6 +14,9 @@ from routinely.catalog import CatalogCache
 from routinely.config import Settings
 from routinely.start import Starter
 from routinely.store import connect
+
+
+SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 
 @dataclass
@@ -37,6 +41,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+
+    if SPEC.is_file():
+        spec = SPEC.read_bytes()
+
+        @app.get("/openapi.yaml")
+        def openapi():
+            return Response(spec, mimetype="application/yaml")
 
     @app.get("/healthz")
     def healthz():
