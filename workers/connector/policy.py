@@ -52,12 +52,14 @@ class Policy:
             return None
         if tool not in self.writes:
             return f"routinely: {tool} is not in this routine's github.writes ({', '.join(self.writes) or 'none'}); add it there to allow it"
-        if writes_made >= self.max_writes:
-            return f"routinely: this session has made its {self.max_writes} writes (github.max_writes); raise github.max_writes to allow more"
         if tool == "create_pull_request_review" and (args.get("event") or "").upper() == "APPROVE" and not self.allow_approve:
             return "routinely: a review with event APPROVE is refused (github.allow_approve is false); use COMMENT or REQUEST_CHANGES"
         if tool == "create_pull_request":
-            return self._head_refusal(full, owner, args.get("head") or "", pushed)
+            head = self._head_refusal(full, owner, args.get("head") or "", pushed)
+            if head:
+                return head
+        if writes_made >= self.max_writes:
+            return f"routinely: this session has made its {self.max_writes} writes (github.max_writes); raise github.max_writes to allow more"
         return None
 
     def _head_refusal(self, full: str, owner: str, head: str, pushed: Callable[[str, str], bool]) -> str | None:
