@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import orjson
 import redis
 
-from routinely import jobs, keys
+from routinely import actions, jobs, keys
 from routinely.config import Settings
 
 STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "canceled")
@@ -46,8 +46,13 @@ def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:
 
 
 def get(conn: redis.Redis, settings: Settings, session_id: str) -> dict[str, Any] | None:
+    """One session with what its github connector did (`actions`, `github_reads`)."""
     raw = get_raw(conn, session_id)
-    return to_public(raw, settings) if raw else None
+    if not raw:
+        return None
+    out = to_public(raw, settings)
+    out["actions"], out["github_reads"] = actions.of_session(conn, session_id)
+    return out
 
 
 def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
