@@ -275,3 +275,25 @@ def test_the_prompt_paragraph_follows_the_policy():
     assert "add_issue_comment, at most 3 writes" in narrow and "pull request must" not in narrow
     assert "may not write" in Policy.from_spec(spec(writes=[])).prompt(True)
     assert "no GitHub App is configured" in Policy.from_spec(spec()).prompt(False)
+
+
+def test_a_routine_file_with_a_github_block_applies_and_its_errors_name_the_routine(conn):
+    from routinely import catalog
+    from routinely.routine_file import parse_config
+
+    base = {"accounts": [{"name": "a"}], "routines": [{"name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api"],
+                                                        "triggers": [{"api": {}}]}]}
+    stored = parse_config(base, None)["routines"][0]
+    assert stored["github"] == github_policy(None)
+    base["routines"][0]["github"] = {"writes": ["add_issue_comment"], "allow_approve": True}
+    assert parse_config(base, None)["routines"][0]["github"] == {"writes": ["add_issue_comment"], "max_writes": 20,
+                                                                 "draft_prs": True, "allow_approve": True}
+    base["routines"][0]["github"] = {"max_writes": 1001}
+    with pytest.raises(ApplyError, match=r"routine 'r' \(account a\): github.max_writes takes a whole number from 0 to 1000"):
+        catalog.apply(conn, base, None)
+    assert conn.get(keys.ROUTINES) is None  # nothing stored
+    del base["routines"][0]["github"]
+    base["connectors"] = {"github": {"type": "http", "url": "https://example.test/mcp"}}
+    with pytest.raises(ApplyError, match="github is the built-in connector"):
+        catalog.apply(conn, base, None)
+    assert conn.get(keys.ROUTINES) is None

@@ -60,7 +60,7 @@ class Connector:
         mcp = MCPServer("github", instructions=policy.prompt(settings.github_app))
         register(mcp, policy, self.run)
         app = mcp.streamable_http_app(json_response=True, transport_security=_LOCAL)
-        config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_level="warning", lifespan="on",
+        config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_config=None, log_level="warning", lifespan="on",
                                 loop="asyncio", timeout_graceful_shutdown=2, access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"github-connector-{session_id}", daemon=True)
