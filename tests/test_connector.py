@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,7 +21,9 @@ from routinely import actions, keys, session_log
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
+from tests.test_isolation import needs_netns
 from workers.github_auth import InstallationTokens
+from workers.sandbox import Sandbox
 
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
 
@@ -297,3 +302,37 @@ def test_a_routine_file_with_a_github_block_applies_and_its_errors_name_the_rout
     with pytest.raises(ApplyError, match="github is the built-in connector"):
         catalog.apply(conn, base, None)
     assert conn.get(keys.ROUTINES) is None
+
+
+CLAUDE = shutil.which("claude")
+
+
+@needs_netns
+@pytest.mark.skipif(CLAUDE is None, reason="Claude Code is not installed (npm install -g @anthropic-ai/claude-code)")
+def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_settings, installed, tmp_path):
+    """The client agents really use, in a session with network none: connected with the
+    session's token, refused (401) with another."""
+    box = Sandbox.open({"network": "none", "allow_hosts": []}, "sess_cc", False, lambda line: None)
+    connector = Connector("sess_cc", Policy.from_spec(spec()), str(box.door_dir / "github.sock"), conn, app_settings,
+                          InstallationTokens(app_settings), lambda repo, branch: False, lambda line: None).start()
+    try:
+        port = box.add_door("github", connector.socket_path)
+        project, home = tmp_path / "project", tmp_path / "home"
+        project.mkdir()
+        home.mkdir()
+        # Claude Code asks before using a project's .mcp.json; this is that answer, given ahead
+        (home / ".claude.json").write_text(json.dumps({"projects": {str(project): {
+            "enabledMcpjsonServers": ["github"], "hasTrustDialogAccepted": True}}}))
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        said = {}
+        for name, entry in (("own", connector.mcp_entry(port)),
+                            ("other", {**connector.mcp_entry(port), "headers": {"Authorization": "Bearer someone-elses"}})):
+            (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"github": entry}}))
+            done = subprocess.run(box.command([CLAUDE, "mcp", "list"]), cwd=project, env=env, capture_output=True,
+                                  text=True, timeout=60)
+            said[name] = done.stdout + done.stderr
+    finally:
+        connector.close()
+        box.close()
+    assert "github: http://127.0.0.1:" in said["own"] and "Connected" in said["own"] and "Failed" not in said["own"], said
+    assert "401" in said["other"] and "Connected" not in said["other"].replace("Failed to connect", ""), said
