@@ -261,7 +261,7 @@ def test_a_killed_worker_does_not_leave_its_session_running(conn, env, remotes, 
     agent, _ = map(int, (tmp_path / "report.json").read_text().split())
     wait_for(lambda: not _alive(agent), timeout=10)  # the agent does not outlive its worker
     assert sessions.get(conn, settings, s["id"])["status"] == "running"
-    assert reap(conn) == []  # its heartbeat is fresh for a minute
+    assert reap(conn, time.time()) == []  # its heartbeat is fresh for a minute
     assert reap(conn, now=time.time() + 61) == [s["id"]]
     got = sessions.get(conn, settings, s["id"])
     assert got["status"] == "failed" and got["finished_at"]

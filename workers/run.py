@@ -71,7 +71,7 @@ class SessionRun:
         pipe.execute()
 
     def heartbeat(self) -> None:
-        self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)})
+        self.conn.zadd(keys.RUNNING, {self.id: int(self.settings.clock() * 1000)})
 
     def canceled(self) -> bool:
         return bool(self.conn.exists(keys.session_cancel(self.id)))
@@ -81,7 +81,7 @@ class SessionRun:
         raw = sessions.get_raw(self.conn, self.id)
         if raw is None:
             return "missing"
-        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(time.time()),
+        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(self.settings.clock()),
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
             return raw[b"status"].decode()  # canceled before it started
@@ -99,7 +99,7 @@ class SessionRun:
             self._cleanup()
             if reason:
                 self.log(reason)
-            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
+            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(self.settings.clock()),
                                 exit_code=code, reason=reason if status != "succeeded" else None)
             self.conn.zrem(keys.RUNNING, self.id)
             self.conn.delete(keys.session_cancel(self.id))
