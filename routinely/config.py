@@ -36,6 +36,7 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     clock: Callable[[], float] = time.time
 
     @property
@@ -72,6 +73,7 @@ class Settings:
         users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
+        cache_max_gb = _positive("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb)
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         return cls(
             redis_url=redis_url,
@@ -89,7 +91,20 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            cache_max_gb=cache_max_gb,
         )
+
+
+def _positive(name: str, value: str | None, default: float) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        number = -1.0
+    if not number > 0 or number == float("inf"):
+        raise ConfigError(f"{name} must be a positive number (of gigabytes, fractions allowed), got {value!r}")
+    return number
 
 
 def default_data_dir() -> str:
