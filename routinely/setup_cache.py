@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from routinely.start import iso
+
 DEFAULT_TTL_HOURS = 12
 
 
@@ -72,6 +74,7 @@ class SetupCache:
 
     # -- reading
     def entries(self, routine: str | None = None) -> list[Entry]:
+        """Every entry, or a routine's (by NAME or ACCOUNT/NAME), in key order."""
         out = []
         try:
             names = sorted(os.listdir(self.entries_dir))
@@ -80,7 +83,7 @@ class SetupCache:
         for name in names:
             if name.endswith(".json"):
                 entry = self._read(self.entries_dir / name)
-                if entry and (routine is None or entry.routine == routine):
+                if entry and (routine is None or routine in (entry.routine, entry.routine.split("/", 1)[-1])):
                     out.append(entry)
         return out
 
@@ -206,6 +209,13 @@ class SetupCache:
             yield
         finally:
             os.close(fd)
+
+
+def public(entry: Entry, now: float) -> dict:
+    """An entry as `routinely cache list --json` prints it."""
+    return {"key": entry.key, "routine": entry.routine, "created_at": iso(entry.created_at),
+            "used_at": iso(entry.used_at), "age": age(now - entry.created_at), "size_bytes": entry.size_bytes,
+            "heads": entry.heads, "setup_seconds": entry.setup_seconds}
 
 
 def disk_usage(path: Path) -> int:
