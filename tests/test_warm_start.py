@@ -253,7 +253,7 @@ def test_two_concurrent_cold_sessions_never_corrupt_the_snapshot(conn, settings,
 
 
 def test_settings_and_routine_file_reject_bad_cache_keys(conn):
-    with pytest.raises(ConfigError, match="ROUTINELY_CACHE_MAX_GB must be a positive number"):
+    with pytest.raises(ConfigError, match="ROUTINELY_CACHE_MAX_GB must be a number of gigabytes"):
         Settings.from_env({"ROUTINELY_CACHE_MAX_GB": "lots", "ROUTINELY_DATA_DIR": "/tmp/x"})
     assert Settings.from_env({"ROUTINELY_CACHE_MAX_GB": "0.5", "ROUTINELY_DATA_DIR": "/tmp/x"}).cache_max_gb == 0.5
     version = conn.get("rly:routines:version")
