@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import orjson
 import redis
 
-from routinely import jobs, keys
+from routinely import actions, jobs, keys
 from routinely.config import Settings
 
 STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "canceled")
@@ -37,6 +37,9 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason
+    warm = _text(raw, "warm_start")
+    if warm:
+        out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
     return out
 
 
@@ -46,8 +49,13 @@ def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:
 
 
 def get(conn: redis.Redis, settings: Settings, session_id: str) -> dict[str, Any] | None:
+    """One session with what its github connector did (`actions`, `github_reads`)."""
     raw = get_raw(conn, session_id)
-    return to_public(raw, settings) if raw else None
+    if not raw:
+        return None
+    out = to_public(raw, settings)
+    out["actions"], out["github_reads"] = actions.of_session(conn, session_id)
+    return out
 
 
 def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, limit: int = 100) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 
@@ -39,12 +40,17 @@ def kill(pids: list[int]) -> None:
 
 
 def clean(session_id: str, data_dir: Path) -> None:
-    """SIGKILL the session's processes on this host, then remove its workspace and relay."""
+    """SIGKILL the session's processes on this host, unmount what the dead worker left mounted
+    (workers/warm), then remove the workspace and relay."""
+    from workers.warm.start import sweep
+
     workspace = data_dir / "workspaces" / session_id
     for _ in range(3):  # a process may fork while we look
         pids = session_processes(session_id, workspace)
         if not pids:
             break
         kill(pids)
+        time.sleep(0.05)  # SIGKILL is asynchronous: a mount in use does not unmount
+    sweep(data_dir)
     shutil.rmtree(workspace, ignore_errors=True)
     shutil.rmtree(data_dir / "relays" / session_id, ignore_errors=True)

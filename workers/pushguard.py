@@ -64,6 +64,7 @@ class Relay:
     path: Path
     url: str  # the real remote
     forwarded: dict[str, str] = field(default_factory=dict)  # ref -> sha the real remote has from us
+    pushed: set[str] = field(default_factory=set)  # refs this session forwarded (and did not delete since)
 
 
 def _refs(path: Path, env: dict[str, str]) -> dict[str, str]:
@@ -104,14 +105,16 @@ class PushGuard:
             return ref.startswith(("refs/heads/", "refs/tags/"))
         return ref.startswith("refs/heads/" + self.prefix)
 
-    def add(self, repo: str, url: str, token: Callable[[], str | None]) -> Relay:
-        """Mirror `url` into a relay with the guard's hooks. `token` is asked each time the
-        remote is used (installation tokens expire within the hour). Raises PushError."""
+    def add(self, repo: str, url: str, token: Callable[[], str | None], source: Path | None = None) -> Relay:
+        """A relay of `url` with the guard's hooks, cloned from the host's mirror `source`
+        (its object files hard-linked, read-only) or else from `url`. `token` is asked each
+        time the remote is used (installation tokens expire within the hour). Raises PushError."""
         name = repo.replace("/", "__")
         path = self.root / f"{name}.git"
-        done = git.run(["clone", "--bare", "--quiet", url, str(path)], git.worker_env(token()))
+        origin = str(source) if source else url
+        done = git.run(["clone", "--bare", "--quiet", origin, str(path)], git.worker_env(None if source else token()))
         if done.returncode != 0:
-            raise PushError(f"cannot clone {repo}: {_clean(done.stderr)}")
+            raise PushError(f"cannot clone {repo}: {git.clean_error(done.stderr)}")
         env = git.worker_env()
         git.run(["config", "receive.denyDeletes", "false"], env, path)
         hooks = path / "hooks"
@@ -151,12 +154,26 @@ class PushGuard:
                 if done.returncode == 0:
                     if new:
                         relay.forwarded[ref] = new
+                        relay.pushed.add(ref)
                     else:
                         relay.forwarded.pop(ref, None)
+                        relay.pushed.discard(ref)
                     messages.append(f"routinely: forwarded {ref} to {relay.repo}" + ("" if new else " (deleted)"))
                 else:
-                    messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {_clean(done.stderr)}")
+                    messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {git.clean_error(done.stderr)}")
             return messages
+
+    def pushed_branch(self, repo: str, branch: str) -> bool:
+        """Did this session push `branch` of `repo` through the guard to the real remote?
+        Syncs the relay first, so a push whose hook was skipped still counts once forwarded."""
+        relay = next((r for r in self.relays.values() if r.repo.lower() == repo.lower()), None)
+        if relay is None:
+            return False
+        ref = f"refs/heads/{branch}"
+        if ref not in relay.pushed:
+            for message in self.sync(relay):
+                self.log(message)
+        return ref in relay.pushed
 
     def close(self) -> None:
         """Last sync of every relay (hooks may have been deleted), then stop serving."""
@@ -168,11 +185,3 @@ class PushGuard:
             self._server.shutdown()
             self._server.server_close()
             shutil.rmtree(self._sock_dir, ignore_errors=True)
-
-
-def _clean(stderr: str) -> str:
-    """git's error, one line, with any credential in a URL masked."""
-    import re
-
-    line = " ".join(stderr.strip().splitlines()[-2:]) or "git failed"
-    return re.sub(r"://[^@/\s]+@", "://***@", line)

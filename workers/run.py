@@ -13,18 +13,18 @@ import time
 from typing import Any, Callable
 
 import orjson
-from rq import get_current_job
-
-from routinely import catalog, keys, sessions
+from routinely import catalog, jobs, keys, sessions
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
 from workers import process, prompt
+from workers.connector import Connector, ConnectorError, Policy
 from workers.github_auth import InstallationTokens, TokenError
 from workers.outage import Outage
 from workers.outbox import Outbox, guarded, patiently
 from workers.pushguard import PushError, PushGuard
-from workers.sandbox import Sandbox, SandboxError
+from workers.sandbox import Sandbox, SandboxError, kill_user
+from workers.warm import WarmStart
 from workers.workspace import Workspace
 
 CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
@@ -57,7 +57,7 @@ class Runtime:
 def run_session(session_id: str | None = None) -> str:
     """RQ entry point; the job id is the session id. Returns the final status."""
     if session_id is None:
-        session_id = get_current_job().id
+        session_id = jobs.current_id()
     return SessionRun(Runtime.get(), session_id).run()
 
 
@@ -101,6 +101,8 @@ class SessionRun:
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
+        self.warm: WarmStart | None = None
+        self.connector: Connector | None = None
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -118,10 +120,14 @@ class SessionRun:
 
     def _cleanup(self) -> None:
         try:
+            if self.connector is not None:
+                self.connector.close()  # its token answers 401 from here on
             if self.sandbox is not None:
                 self.sandbox.close()  # no process of the session's user outlives it
             if self.guard is not None:
                 self.guard.close()
+            if self.warm is not None:
+                self.warm.close()  # unmounts a cached setup before the workspace goes
         finally:
             if self.workspace is not None and not self.settings.keep_workspaces:
                 self.workspace.remove()
@@ -149,25 +155,42 @@ class SessionRun:
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
                                lambda line: self.log(line), ids)
         try:
-            self._checkout(workspace, self.guard, spec["repositories"])
+            self._checkout(workspace, self.guard, routine.key, spec)
             argv = self._agent_argv()
         except Failed as exc:
             return "failed", None, str(exc)
         payload = self._payload(raw)
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
-        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
+        try:
+            github, paragraph = self._github_connector(spec)
+        except ConnectorError as exc:
+            return "failed", None, str(exc)
+        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
         if self.sandbox.network != "full" or ids:
             self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
-        if spec["environment"]["setup"]:
-            self.log("routinely: running setup")
-            result = self._command(["bash", "-c", spec["environment"]["setup"]], workspace, env, "", deadline)
+        # -- warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached
+        before = self.warm.command()
+        if before:
+            self.log(f"routinely: running {before[0]}")
+            result = self._command(["bash", "-c", before[1]], workspace, env, "", deadline)
             if result.outcome != "exited" or result.exit_code != 0:
-                return self._ended(result, "setup")
+                return self._ended(result, before[0])
+        self.warm.after_setup(lambda: ids and kill_user(ids[0]))
+        self.outbox.update(warm_start=self.warm.summary())
+        # -- end warm start
         self.log(f"routinely: starting the agent: {argv[-1]}")
         return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+
+    def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
+        policy = Policy.from_spec(spec)
+        self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
+                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+        port = self.sandbox.add_door("github", self.connector.socket_path)
+        return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
@@ -178,8 +201,8 @@ class SessionRun:
             return "failed", None, "worker shut down"
         if result.outcome == "canceled":
             return "canceled", None, "routinely: canceled while running"
-        if what == "setup":
-            return "failed", code, f"routinely: setup exited with code {code}; the agent was not started"
+        if what in ("setup", "maintenance"):
+            return "failed", code, f"routinely: {what} exited with code {code}; the agent was not started"
         if code == 127:
             return "failed", code, "routinely: the agent command was not found (exit 127): set ROUTINELY_AGENT to an installed command"
         self.log(f"routinely: the agent exited with code {code}")
@@ -189,15 +212,16 @@ class SessionRun:
         return process.run(self.sandbox.command(argv), ws.root, env, stdin, deadline, lambda lines: self.log(*lines),
                            self.canceled, self.heartbeat)
 
-    def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
-        for repo in repos:
-            url = f"{self.settings.github_git_url}/{repo}.git"
-            try:
-                path = ws.checkout(guard, repo, url,
-                                 lambda repo=repo: self._read(lambda: self.rt.tokens.for_repository(self.conn, repo)))
-            except (TokenError, PushError) as exc:
-                raise Failed(f"routinely: {exc}") from None
-            self.log(f"routinely: checked out {repo} at {path.name}")
+    def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any]) -> None:
+        """Mirrors, relays, then checkouts or a cached setup (workers/warm)."""
+        token_for = lambda repo: lambda: self._read(lambda: self.rt.tokens.for_repository(self.conn, repo))  # noqa: E731
+        self.warm = WarmStart(self.settings, self.id, routine_key, spec["environment"], ws, guard, token_for, self.log)
+        try:
+            self.warm.prepare(spec["repositories"])
+        except (TokenError, PushError) as exc:
+            raise Failed(f"routinely: {exc}") from None
+        if self.warm.notes:
+            self.outbox.update(warm_start=self.warm.summary())
 
     def _payload(self, raw: dict[bytes, bytes]) -> bytes | None:
         event_id = raw.get(b"event_id")
