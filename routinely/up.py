@@ -3,7 +3,8 @@
 Ctrl-C or SIGTERM stops every process it started: workers first (running sessions get
 ROUTINELY_SHUTDOWN_GRACE_SECONDS), Redis last. A process that dies — a worker, the
 scheduler, web or the embedded Redis — is restarted with backoff (one line each); the rest
-ride through meanwhile.
+ride through meanwhile. One that fails as it first starts (a port in use, a wrong setting)
+stops `up` with exit code 1 instead.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from routinely.config import ConfigError, Settings, embedded_redis_url
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a crashed process is started again
 RESTART_RESET = 60.0  # a process that ran this long restarts after RESTART_FIRST again
+START_SECONDS = 15.0  # a process that fails within this of its first start is not restarted: `up` stops
 STOP_MARGIN_SECONDS = 10.0  # past the sessions' grace: the worker's kill of their process groups
 
 
@@ -62,6 +64,7 @@ class Child:
     started: float = 0.0
     delay: float = 0.0
     restart_at: float | None = None
+    restarts: int = 0
 
     def launch(self) -> None:
         self.started, self.restart_at = time.monotonic(), None
@@ -72,16 +75,24 @@ class Child:
             self.proc = None
             self._backoff(time.monotonic())
 
-    def check(self, now: float) -> None:
+    def check(self, now: float) -> bool:
+        """Restart it if it exited; False when it could not even start (a configuration problem:
+        a port in use, a wrong setting), which stops `up`."""
         if self.restart_at is not None:
             if now >= self.restart_at:
+                self.restarts += 1
                 self.launch()
-            return
+            return True
         if self.proc is None or self.proc.poll() is None:
-            return
+            return True
+        if self.restarts == 0 and now - self.started < START_SECONDS and self.proc.returncode != 0:
+            print(f"routinely: {self.name} exited with code {self.proc.returncode} as it started; stopping",
+                  file=sys.stderr, flush=True)
+            return False
         self._backoff(now)
         print(f"routinely: {self.name} exited with code {self.proc.returncode}; restarting it in {self.delay:g} s",
               file=sys.stderr, flush=True)
+        return True
 
     def _backoff(self, now: float) -> None:
         # a process that ran a while gets a quick restart; one that keeps crashing, a slower one
@@ -136,10 +147,11 @@ def up(host: str, port: int, workers: int) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    code = 0
     while not stopping:
         now = time.monotonic()
-        for child in children:
-            child.check(now)
+        if not all([child.check(now) for child in children]):
+            code, stopping = 1, True
         time.sleep(0.2)
     # app processes first (workers give running sessions their grace), Redis last, so
     # workers can record what they were doing
@@ -150,4 +162,4 @@ def up(host: str, port: int, workers: int) -> int:
             child.proc.terminate()
     for child in apps + [c for c in children if c.name == "redis"]:
         child.stop(timeout)
-    return 0
+    return code

@@ -139,7 +139,7 @@ def test_a_sigkilled_worker_with_a_grandchild_is_reaped_and_cleaned(own_redis, r
         got = sessions.get(conn, settings, first["id"])
         assert got["status"] == "failed" and "stopped answering" in got["reason"]
         assert_nothing_left(settings, first["id"], agent, grandchild)
-        assert sid_not_started(conn, settings, first["id"])
+        assert_job_settled(conn, settings, first["id"])
         assert sessions.get(conn, settings, queued["id"])["status"] == "queued"
         worker = spawn(["worker", "--burst"], {**env, "ROUTINELY_AGENT": "true"}, tmp_path / "worker2.log")
         assert worker.wait(60) == 0
@@ -147,11 +147,6 @@ def test_a_sigkilled_worker_with_a_grandchild_is_reaped_and_cleaned(own_redis, r
     finally:
         stop(worker)
         assert stop(scheduler) == 0
-
-
-def sid_not_started(conn: redis.Redis, settings: Settings, sid: str) -> bool:
-    assert_job_settled(conn, settings, sid)
-    return True
 
 
 def test_sigterm_to_up_ends_a_running_session_after_the_grace(own_redis, remotes, tmp_path):
@@ -237,3 +232,21 @@ def _ping(conn: redis.Redis) -> bool:
         return bool(conn.ping())
     except redis.RedisError:
         return False
+
+
+def test_up_stops_when_a_process_cannot_even_start(own_redis, remotes, tmp_path):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    env = base_env(tmp_path, remotes, REDIS_URL=own_redis.url)
+    env.pop("PUBLIC_URL")
+    try:
+        up = spawn(["up", "--port", str(taken.getsockname()[1]), "--workers", "1"], env, tmp_path / "up.log")
+        assert up.wait(60) == 1  # not restarted forever: a port in use is a configuration problem
+    finally:
+        taken.close()
+    lines = (tmp_path / "up.log").read_text().splitlines()
+    assert [line for line in lines if line.startswith("routinely: web exited")] == [
+        "routinely: web exited with code 1 as it started; stopping"], lines

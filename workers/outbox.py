@@ -40,13 +40,19 @@ class Outbox:
                 cut = len(self._lines) - MAX_PENDING
                 del self._lines[:cut]
                 self._dropped += cut
-        self.flush()
+        self._soon()
 
     def update(self, **fields: Any) -> None:
         """Set fields of the session's record (as sessions.update), buffered like the log."""
         with self._buf:
             self._fields.update({k: "" if v is None else str(v) for k, v in fields.items()})
-        self.flush()
+        self._soon()
+
+    def _soon(self) -> None:
+        # while Redis is away only the heartbeat thread retries: the agent's output is never
+        # held up by a connect that times out
+        if not self.outage.down:
+            self.flush()
 
     def beat(self) -> None:
         self._beat_ms = int(self.clock() * 1000)
