@@ -222,8 +222,11 @@ def test_up_restarts_its_redis_and_the_session_rides_through(remotes, tmp_path):
     lines = (tmp_path / "up.log").read_text().splitlines()
     assert [line for line in lines if line.startswith("routinely: redis exited")] == [
         "routinely: redis exited with code -9; restarting it in 1 s"], lines
-    for who in ("worker", "scheduler"):  # each rode through, with one line for the outage
-        assert len([line for line in lines if line.startswith(f"routinely {who}: Redis at")]) == 1, lines
+    # the worker rode through with one line for the outage; the scheduler too (it may not have
+    # asked Redis anything while it was away); neither was restarted
+    assert len([line for line in lines if line.startswith("routinely worker: Redis at")]) == 1, lines
+    assert len([line for line in lines if line.startswith("routinely scheduler: Redis at")]) <= 1, lines
+    assert not [line for line in lines if line.startswith(("routinely: worker1 exited", "routinely: scheduler exited"))]
     assert "Traceback" not in "\n".join(lines)
 
 
