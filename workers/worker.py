@@ -71,6 +71,9 @@ class Worker(jobs.SimpleWorker):
     def teardown(self):
         return self._ride(super().teardown)
 
+    def set_shutdown_requested_date(self):  # runs inside the SIGTERM handler: must not raise
+        return self._ride(super().set_shutdown_requested_date)
+
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         while self.rt.outage.down and not self._stop_requested:
             self.rt.outage.wait(self.connection, stop=lambda: self._stop_requested)
