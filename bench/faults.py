@@ -103,10 +103,13 @@ class Stack:
                 c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
                 c.request("GET", "/api/sessions")
                 c.getresponse().read()
-                return
+                break
             except OSError:
                 time.sleep(0.2)
-        raise SystemExit("bench: routinely up did not answer; see " + str(tmp / "up.log"))
+        else:
+            raise SystemExit("bench: routinely up did not answer; see " + str(tmp / "up.log"))
+        while time.time() < end and self.conn.scard("rq:workers") < workers:
+            time.sleep(0.2)  # every session worker is listening before the first delivery
 
     def processes(self, needle: str) -> list[int]:
         found, todo = [], children(self.up.pid)
@@ -206,8 +209,8 @@ def experiment(name: str, args: argparse.Namespace) -> dict[str, int | str]:
     sender = Sender(stack.port, args.deliveries, args.concurrency)
 
     def fault() -> None:
-        while sender.sent < args.deliveries * 0.4:
-            time.sleep(0.01)
+        while sender.sent < args.deliveries * 0.4 or not stack.conn.zcard(keys.RUNNING):
+            time.sleep(0.01)  # mid-send, with sessions running
         if name == "redis-restart":
             stack.redis.halt()
             time.sleep(3)
