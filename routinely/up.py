@@ -24,7 +24,7 @@ from routinely.config import ConfigError, Settings, embedded_redis_url
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a crashed process is started again
 RESTART_RESET = 60.0  # a process that ran this long restarts after RESTART_FIRST again
-START_SECONDS = 15.0  # a process that exits with an error this soon after its first start is not restarted: `up` stops
+START_SECONDS = 30.0  # a process that exits with an error this soon after its first start is not restarted: `up` stops
 STOP_MARGIN_SECONDS = 10.0  # past the sessions' grace: the worker's kill of their process groups
 
 
