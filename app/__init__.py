@@ -30,12 +30,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
 
-    from app import api, fire, pages, webhooks
+    from app import api, auth, fire, metrics, pages, webhooks
 
+    auth.configure(app, settings.admin_token)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    metrics.install(app)
 
     @app.get("/healthz")
     def healthz():

@@ -7,7 +7,7 @@ from flask import Blueprint, current_app, request
 from app.responses import error, json_response
 from app.signature import verify
 from routinely.deliveries import DELIVERY_ID, decode
-from filters import EVENT_KINDS
+from filters import EVENT_KINDS, Fields
 
 bp = Blueprint("webhooks", __name__)
 
@@ -41,7 +41,12 @@ def receive():
     firing = decode(event, delivery, payload, body)
     kind, _, action = firing.event.partition(".")
     if kind in EVENT_KINDS and firing.repository:
-        route = lambda catalog: catalog.route(kind, action or None, firing.repository, payload)  # noqa: E731
+        def route(catalog):
+            # console (explain): keep the fields the filters read, for "why did nothing start"
+            fields = Fields(kind, payload)
+            matched = catalog.route(kind, action or None, firing.repository, payload, fields)
+            firing.fields = dict(fields)
+            return matched
     else:
         route = lambda catalog: []  # noqa: E731  (acknowledged and recorded, starts nothing)
     outcome = state.starter.fire(firing, route)

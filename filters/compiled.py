@@ -24,6 +24,10 @@ class Filter:
     def matches(self, fields: dict[str, Any]) -> bool:
         return self.predicate(fields[self.field])
 
+    def applies(self, kind: str) -> bool:
+        """Whether events of this kind are filtered by it (a base_branch filter skips releases)."""
+        return kind in self.kinds
+
 
 def _fail(msg: str) -> FilterError:
     return FilterError(msg)
@@ -121,4 +125,21 @@ def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:
 
 def matches_all(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> bool:
     """True when every filter that applies to this event kind holds (AND); none holds."""
-    return all(f.matches(fields) for f in filters if kind in f.kinds)
+    return first_failing(filters, fields, kind) is None
+
+
+def first_failing(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> Filter | None:
+    """The first filter that applies to this kind and does not hold, or None when all hold.
+
+    Routing and the explanation of a delivery that started nothing both ask this, so they
+    cannot disagree; like AND, it reads no field past the first failure.
+    """
+    for f in filters:
+        if f.applies(kind) and not f.matches(fields):
+            return f
+    return None
+
+
+def wants_event(events: Iterable[str], kind: str, event: str) -> bool:
+    """Whether a trigger's `events` list takes this event (`kind` alone means every action)."""
+    return kind in events or event in events

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis
 
-from filters import Fields, matches_all
+from filters import Fields, matches_all, wants_event
 from routinely import keys
 from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
 
@@ -40,11 +40,13 @@ class Catalog:
     def empty(cls) -> "Catalog":
         return cls({"accounts": {}, "connectors": {}, "routines": []}, 0)
 
-    def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any]) -> list[Routine]:
+    def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any],
+              fields: Fields | None = None) -> list[Routine]:
         """Routines with a github trigger matching this event (paused ones included).
 
         Cost depends on the routines indexed for this repository and event, not on the
-        size of the store; fields are read from the payload only when a filter needs them.
+        size of the store; fields are read from the payload only when a filter needs them
+        (pass `fields` to keep what was read: the event record stores it for the explanation).
         """
         repo = repo.lower()
         candidates = list(self._github.get((repo, kind), ()))
@@ -55,11 +57,11 @@ class Catalog:
         if not candidates:
             return []
         event = f"{kind}.{action}" if action else kind
-        fields = Fields(kind, payload)
+        fields = fields if fields is not None else Fields(kind, payload)
         matched = []
         for routine in candidates:
             for trig in routine.github:
-                if kind not in trig.events and event not in trig.events:
+                if not wants_event(trig.events, kind, event):
                     continue
                 if matches_all(trig.filters, fields, kind):
                     matched.append(routine)

@@ -57,6 +57,39 @@ def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, l
     return [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
 
 
+SCAN_CHUNK = 200
+
+
+def page(conn: redis.Redis, settings: Settings, routine: str | None = None, status: str | None = None,
+         kind: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], bool]:
+    """Sessions newest first matching every filter given: the `limit` after skipping `offset`
+    matches, and whether more follow. Reads the index in chunks, so a page costs what it shows
+    (plus what the filters skip), not the whole history."""
+    index = keys.sessions_of(routine) if routine else keys.SESSIONS
+    if not status and not kind:
+        ids_ = conn.zrevrange(index, offset, offset + limit)
+        rows = [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
+        return rows[:limit], len(rows) > limit
+    rows: list[dict[str, Any]] = []
+    skipped, start = 0, 0
+    while len(rows) <= limit:
+        ids_ = conn.zrevrange(index, start, start + SCAN_CHUNK - 1)
+        if not ids_:
+            break
+        start += len(ids_)
+        for raw in _fetch(conn, ids_):
+            if not raw or (status and raw.get(b"status", b"").decode() != status):
+                continue
+            public = to_public(raw, settings)
+            if kind and public["trigger"].get("kind") != kind:
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            rows.append(public)
+    return rows[:limit], len(rows) > limit
+
+
 def _fetch(conn: redis.Redis, session_ids: Iterable[bytes]) -> list[dict[bytes, bytes]]:
     pipe = conn.pipeline(transaction=False)
     for sid in session_ids:

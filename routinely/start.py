@@ -49,6 +49,8 @@ class Firing:
     installations: list[list[str]] = field(default_factory=list)  # ["set", repo, id] | ["del", repo]
     claim: str | None = None  # a key that makes the firing happen once (delivery id, scheduled run)
     claim_ttl: int = keys.DELIVERY_TTL
+    # console (explain): the filter fields routing read, kept on the event record as `fields`
+    fields: dict[str, Any] | None = None
 
     def trigger(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
@@ -162,6 +164,8 @@ class Starter:
             value = getattr(firing, name)
             if value is not None:
                 event_fields += [name, value]
+        if firing.fields is not None:  # console (explain): what the watching routines' filters read
+            event_fields += ["fields", orjson.dumps(firing.fields).decode()]
         control = {
             "version_key": keys.ROUTINES_VERSION,
             "version": str(catalog.version),

@@ -18,6 +18,7 @@ from app.signature import sign
 
 FIXTURES = Path(__file__).with_name("fixtures")
 SECRET = "test-webhook-secret"
+ADMIN_TOKEN = "test-admin-token"
 
 
 def free_port() -> int:

@@ -1,0 +1,136 @@
+"""GET /metrics: Prometheus text, behind the admin token.
+
+Two sources, each cheap where it is paid:
+- counted at the door, in process (prometheus-client): deliveries by event and outcome and
+  ingest latency, API fires by status. Under gunicorn every worker writes its own mmap file
+  in PROMETHEUS_MULTIPROC_DIR (app/gunicorn_conf.py sets and wipes it), and a scrape sums
+  them — a few µs per request, no Redis round trip on the hot path.
+- read from Redis at scrape time (what the door and the runner already write): drops by
+  routine and reason, sessions per routine, sessions of the last 24 h by status and their
+  durations, and the queue depth.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Iterable
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
+
+from app.auth import require_admin
+from routinely import catalog, keys, when
+from routinely.routines_view import drops
+
+bp = Blueprint("metrics", __name__)
+bp.before_request(require_admin)
+
+DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+_OUTCOMES = {202: "accepted", 401: "refused_signature", 400: "refused_bad_request", 413: "refused_too_large",
+             415: "refused_content_type", 503: "unavailable"}
+
+DELIVERIES = Counter("routinely_deliveries", "Webhook deliveries by event and outcome", ["event", "outcome"])
+INGEST = Histogram("routinely_ingest_seconds", "Time from a delivery's arrival to its answer",
+                   buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+FIRES = Counter("routinely_api_fires", "API trigger calls by HTTP status", ["status"])
+
+
+def install(app: Flask) -> None:
+    """Count at the door: a stamp before the receiver and the fire endpoint, a count after."""
+    app.before_request(_stamp)
+    app.after_request(_count)
+    app.register_blueprint(bp)
+
+
+def _stamp() -> None:
+    if request.endpoint in ("webhooks.receive", "fire.fire"):
+        g.metrics_t0 = time.perf_counter()
+
+
+def _count(response: Response) -> Response:
+    t0 = g.pop("metrics_t0", None)
+    if t0 is None:
+        return response
+    if request.endpoint == "fire.fire":
+        FIRES.labels(str(response.status_code)).inc()
+        return response
+    status = response.status_code
+    # the event label is GitHub's only once the signature held (else an attacker picks it)
+    event = request.headers.get("X-GitHub-Event", "") if status != 401 else "unverified"
+    if status == 200:
+        outcome = "ping" if event == "ping" else "duplicate"
+    else:
+        outcome = _OUTCOMES.get(status, f"http_{status}")
+    DELIVERIES.labels(event[:64] or "none", outcome).inc()
+    INGEST.observe(time.perf_counter() - t0)
+    return response
+
+
+class StoreCollector:
+    """Metrics read from Redis at scrape time."""
+
+    def __init__(self, conn: Any, queue_name: str) -> None:
+        self.conn, self.queue_name = conn, queue_name
+
+    def collect(self) -> Iterable[Any]:
+        conn = self.conn
+        cat = catalog.load(conn)
+        routines = list(cat.routines.values())
+        pipe = conn.pipeline(transaction=False)
+        for routine in routines:
+            pipe.hgetall(keys.drops(routine.key))
+            pipe.zcard(keys.sessions_of(routine.name))
+        replies = pipe.execute()
+        dropped = CounterMetricFamily("routinely_drops", "Firings dropped by admission, by routine and reason",
+                                      labels=["routine", "reason"])
+        made = GaugeMetricFamily("routinely_routine_sessions", "Sessions kept (30 days) per routine", labels=["routine"])
+        for i, routine in enumerate(routines):
+            for reason, n in drops(replies[2 * i]).items():
+                if isinstance(n, int):
+                    dropped.add_metric([routine.key, reason], n)
+            made.add_metric([routine.key], replies[2 * i + 1])
+        yield dropped
+        yield made
+        now = time.time()
+        ids_ = conn.zrangebyscore(keys.SESSIONS, (now - keys.DAY) * 1000, "+inf")
+        pipe = conn.pipeline(transaction=False)
+        for sid in ids_:
+            pipe.hmget(keys.session(sid.decode()), "status", "started_at", "finished_at")
+        by_status: dict[str, int] = {}
+        durations: list[float] = []
+        for status, started, finished in pipe.execute():
+            if status:
+                by_status[status.decode()] = by_status.get(status.decode(), 0) + 1
+            if started and finished:
+                durations.append(when.parse_iso(finished.decode()) - when.parse_iso(started.decode()))
+        states = GaugeMetricFamily("routinely_sessions_24h", "Sessions created in the last 24 h by status", labels=["status"])
+        for status, n in sorted(by_status.items()):
+            states.add_metric([status], n)
+        yield states
+        buckets, acc = [], 0
+        for bound in DURATION_BUCKETS:
+            acc = sum(1 for d in durations if d <= bound)
+            buckets.append((str(float(bound)), acc))
+        buckets.append(("+Inf", len(durations)))
+        yield GaugeHistogramMetricFamily("routinely_session_duration_seconds",
+                                         "Run time of the sessions finished in the last 24 h",
+                                         buckets=buckets, gsum_value=sum(durations))
+        queue = GaugeMetricFamily("routinely_queue_depth", "Sessions waiting for a worker")
+        queue.add_metric([], conn.llen(f"rq:queue:{self.queue_name}"))
+        yield queue
+
+
+@bp.get("/metrics")
+def metrics():
+    state = current_app.extensions["routinely"]
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)  # every gunicorn worker's door counts
+    else:
+        for metric in (DELIVERIES, INGEST, FIRES):
+            registry.register(metric)
+    registry.register(StoreCollector(state.conn, state.settings.queue_name))
+    return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
