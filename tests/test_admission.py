@@ -84,7 +84,10 @@ def test_two_hundred_concurrent_deliveries_against_a_cap_of_ten_on_two_hosts(con
 def create_app_client(redis_server, tmp_path):
     from routinely.config import Settings
 
-    return create_app(Settings(redis_url=redis_server.url, data_dir=tmp_path, webhook_secret=SECRET)).test_client()
+    client = create_app(Settings(redis_url=redis_server.url, data_dir=tmp_path, webhook_secret=SECRET,
+                                 admin_token="test-admin-token")).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-admin-token"
+    return client
 
 
 def test_a_window_resets_after_per_seconds(conn, settings):
