@@ -28,7 +28,24 @@ def test_json_api_responses_match_the_spec(client, conn, settings):
         (client.get("/healthz"), "/healthz", "get"),
         (client.post(f"/api/sessions/{sid}/cancel"), "/api/sessions/{id}/cancel", "post"),
         (client.post(f"/api/sessions/{sid}/cancel"), "/api/sessions/{id}/cancel", "post"),
+        (client.get("/api/routines/alice/r"), "/api/routines/{account}/{name}", "get"),
+        (client.get("/api/routines/alice/nope"), "/api/routines/{account}/{name}", "get"),
+        (client.post("/api/routines/alice/r/tokens"), "/api/routines/{account}/{name}/tokens", "post"),
+        (client.get("/api/routines/alice/r/tokens"), "/api/routines/{account}/{name}/tokens", "get"),
+        (client.delete("/api/routines/alice/r/tokens/trig_nope"), "/api/routines/{account}/{name}/tokens/{trigger_id}", "delete"),
+        (client.post("/api/routines/alice/r/run", json={"text": "t"}), "/api/routines/{account}/{name}/run", "post"),
+        (client.post("/api/routines/alice/r/run"), "/api/routines/{account}/{name}/run", "post"),  # 429: rate limit
+        (client.post("/api/routines/alice/r/pause"), "/api/routines/{account}/{name}/pause", "post"),
+        (client.post("/api/routines/alice/r/run"), "/api/routines/{account}/{name}/run", "post"),  # 400: paused
+        (client.post("/api/routines/alice/r/resume"), "/api/routines/{account}/{name}/resume", "post"),
+        (client.get("/api/schedules"), "/api/schedules", "get"),
+        (client.get("/api/usage"), "/api/usage", "get"),
+        (client.get("/metrics"), "/metrics", "get"),
+        (client.get("/api/events/nope"), "/api/events/{id}", "get"),
     ]
+    for e in client.get("/api/events").get_json():
+        checks.append((client.get(f"/api/events/{e['id']}"), "/api/events/{id}", "get"))
+    assert sorted({path for _, path, _ in checks} | {"/v1/claude_code/routines/{trigger_id}/fire"}) == sorted(openapi_check.SPEC["paths"])
     for resp, path, method in checks:
         openapi_check.check(resp, path, method)
     events = client.get("/api/events").get_json()
