@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import yaml
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 from markupsafe import Markup, escape
 
@@ -65,12 +66,6 @@ def _problem(status: int, message: str) -> tuple[str, int]:
     return render_template("problem.html", message=message, status=status), status
 
 
-def _routine_or_404(account: str, name: str):
-    cat = catalog.load(_state().conn)
-    routine = cat.routines.get(f"{account}/{name}")
-    return cat, routine
-
-
 @bp.get("/")
 def routines_page():
     state = _state()
@@ -79,17 +74,21 @@ def routines_page():
 
 
 @bp.get("/routines/<account>/<name>")
-def routine_page(account: str, name: str, new_token: dict[str, str] | None = None, status: int = 200):
+def routine_page(account: str, name: str):
+    return _routine(account, name)
+
+
+def _routine(account: str, name: str, new_token: dict[str, str] | None = None, status: int = 200):
+    """The routine page; `new_token` is shown on this response only (never stored in clear)."""
     state = _state()
-    cat, routine = _routine_or_404(account, name)
+    cat = catalog.load(state.conn)
+    routine = cat.routines.get(f"{account}/{name}")
     if routine is None:
         return _problem(404, f"No routine {account}/{name}.")
     row = routines_view.detail(state.conn, cat, state.settings, routine)
     page = _page_number()
     listed, more = sessions.page(state.conn, state.settings, routine.name, None, None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     listed = [s for s in listed if s["account"] == routine.account]
-    import yaml
-
     definition = yaml.safe_dump(row["definition"], sort_keys=False, allow_unicode=True)
     return render_template("routine.html", r=row, definition=definition, sessions=listed, page=page, more=more,
                            new_token=new_token), status
@@ -135,9 +134,8 @@ def create_token_page(account: str, name: str):
         made = control.create_token(state.conn, state.settings, f"{account}/{name}")
     except control.Refused as exc:
         return _problem(exc.status, str(exc))
-    # shown once, on this response only; never stored in clear, never in a redirect URL
-    resp = routine_page(account, name, new_token=made, status=201)
-    return resp
+    # shown once, on this response only: never stored in clear, never in a redirect URL
+    return _routine(account, name, new_token=made, status=201)
 
 
 @bp.post("/routines/<account>/<name>/tokens/<trigger_id>/revoke")

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from filters.explain import condition
-from routinely import admission, keys, when
+from routinely import admission, control, keys, when
 from routinely.catalog import Catalog
 from routinely.config import Settings
 from routinely.routine_file import Routine
@@ -36,7 +36,7 @@ def drops(raw: dict[bytes, bytes]) -> dict[str, Any]:
 
 
 def drop_total(d: dict[str, Any]) -> int:
-    return sum(v for k, v in d.items() if isinstance(v, int))
+    return sum(v for v in d.values() if isinstance(v, int) and not isinstance(v, bool))
 
 
 def schedule_words(spec: dict[str, Any]) -> str:
@@ -98,10 +98,10 @@ def schedules(conn: redis.Redis, cat: Catalog, now: float) -> list[dict[str, Any
     return rows
 
 
-def listing(conn: redis.Redis, cat: Catalog, settings: Settings | None = None,
+def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
             only: list[Routine] | None = None) -> list[dict[str, Any]]:
-    """Every routine (or `only` these) as a row; one pipelined round trip for the counters."""
-    now = settings.clock() if settings else __import__("time").time()
+    """Every routine (or `only` these) as a row; two pipelined round trips whatever their number."""
+    now = settings.clock()
     routines = only if only is not None else list(cat.routines.values())
     pipe = conn.pipeline(transaction=False)
     for routine in routines:
@@ -111,10 +111,8 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings | None = None,
         pipe.zrevrange(keys.sessions_of(routine.name), 0, 19)
     replies = pipe.execute()
     by_key = schedule_rows(conn, cat, now)
-    last_ids = []
-    for i, routine in enumerate(routines):
-        ids_ = [s.decode() for s in replies[3 * i + 2]]
-        last_ids.append(ids_)
+    # the session index is per routine name: look a little way back for this account's last one
+    last_ids = [[sid.decode() for sid in replies[3 * i + 2]] for i in range(len(routines))]
     pipe = conn.pipeline(transaction=False)
     for ids_ in last_ids:
         for sid in ids_:
@@ -150,14 +148,15 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings | None = None,
             "timezone": account.timezone,
             "drops": drops(replies[3 * i]),
         })
+        d = rows[-1]["drops"]
+        # dropping now: the last drop's window has not reopened yet
+        rows[-1]["dropping"] = bool(d.get("retry_at")) and when.parse_iso(d["retry_at"]) > now
     return rows
 
 
 def detail(conn: redis.Redis, cat: Catalog, settings: Settings, routine: Routine) -> dict[str, Any]:
     """One routine's row plus its definition as applied and its API triggers (ids only)."""
-    from routinely.control import tokens
-
     row = listing(conn, cat, settings, [routine])[0]
     row["definition"] = routine.spec
-    row["tokens"] = tokens(conn, routine)
+    row["tokens"] = control.tokens(conn, routine)
     return row

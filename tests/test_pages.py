@@ -106,7 +106,23 @@ def test_every_page_renders(settings, conn, client):
     assert "schedule: every day at 09:00 (Asia/Tokyo)" in home and "1 / 25" in home
     events = html.unescape(client.get("/events").data.decode())
     assert "does not match regex" in events and "Why nothing started" in events
+    assert 'manual · <a href="/routines/alice/r">alice/r</a>' not in events and '<a href="/routines/alice/r">alice/r</a>' in events
     assert client.get("/routines/alice/nope").status_code == 404
+
+
+def test_a_routine_dropping_now_says_so_until_its_window_reopens(client, conn, settings):
+    apply(conn, {"name": "r", "triggers": [{"api": {}}], "rate_limit": {"events": 1, "per_seconds": 3600}})
+    assert client.post("/api/routines/alice/r/run").status_code == 201
+    dropped = client.post("/api/routines/alice/r/run")
+    assert dropped.status_code == 429 and 0 < int(dropped.headers["Retry-After"]) <= 3600
+    row = client.get("/api/routines").get_json()[0]
+    assert row["dropping"] is True and row["drops"]["routine_rate_limit"] == 1 and row["runs_today"] == 1
+    home = client.get("/").data.decode()
+    assert "dropping now" in home and "routine rate limit" in home
+    event = client.get("/api/events").get_json()[0]
+    assert event["dropped"][0]["reason"] == "routine_rate_limit"
+    explained = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
+    assert explained["summary"] == "matched, then dropped: routine_rate_limit"
 
 
 def test_steering_from_pages_needs_csrf_and_refusals_store_nothing(settings, conn):
@@ -152,6 +168,11 @@ def test_the_management_api(client, conn, settings):
     assert event["kind"] == "manual" and event["routine"] == "alice/r"  # the event names its routine
     made = client.post("/api/routines/alice/r/tokens").get_json()
     assert made["trigger_id"].startswith("trig_") and made["token"].startswith("rtn_")
+    fired = client.post(f"/v1/claude_code/routines/{made['trigger_id']}/fire", json={"text": "x"}, headers={
+        "Authorization": f"Bearer {made['token']}", "anthropic-version": "2023-06-01",
+        "anthropic-beta": "experimental-cc-routine-2026-04-01"})
+    assert fired.status_code == 200
+    assert client.get("/api/events").get_json()[0]["routine"] == "alice/r"  # an api firing names its routine too
     listed = client.get("/api/routines/alice/r/tokens").get_json()
     assert listed == [{"trigger_id": made["trigger_id"], "name": "r", "account": "alice", "live": True}]
     assert client.delete(f"/api/routines/alice/r/tokens/{made['trigger_id']}").get_json() == {"revoked": [made["trigger_id"]]}
@@ -159,7 +180,7 @@ def test_the_management_api(client, conn, settings):
     assert client.post("/api/routines/alice/r/pause").get_json() == {"name": "r", "account": "alice", "paused": True}
     assert client.post("/api/routines/alice/r/resume").get_json()["paused"] is False
     usage = client.get("/api/usage").get_json()
-    assert usage[0]["account"] == "alice" and len(usage[0]["days"]) == 30 and usage[0]["days"][-1]["runs"] == 1
+    assert usage[0]["account"] == "alice" and len(usage[0]["days"]) == 30 and usage[0]["days"][-1]["runs"] == 2
 
 
 @pytest.mark.parametrize("method,path,kwargs,status", [
