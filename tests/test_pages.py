@@ -235,3 +235,28 @@ def test_metrics_count_at_the_door_and_read_the_store(client, conn, settings):
     assert 'routinely_sessions_24h{status="queued"} 1.0' in text
     assert "routinely_queue_depth 1.0" in text and "routinely_ingest_seconds_bucket" in text
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_usage_counts_runs_per_local_day_against_the_cap(client, conn, settings):
+    from datetime import datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from tests.support import Clock
+
+    apply(conn, {"name": "r", "triggers": [{"api": {}}]},
+          account={"name": "alice", "plan": "pro", "extra_usage": True, "timezone": "Asia/Tokyo",
+                   "rate_limit": {"events": 1000, "per_seconds": 3600}})
+    now = settings.clock()
+    earlier = settings.with_(clock=Clock(now - 3 * 86_400))
+    for _ in range(2):
+        fire_one(earlier, conn, "r", Firing(kind="manual"))
+    for _ in range(6):  # the pro cap is 5: the sixth runs metered
+        fire_one(settings, conn, "r", Firing(kind="manual"))
+    alice = client.get("/api/usage").get_json()[0]
+    today = datetime.fromtimestamp(now, ZoneInfo("Asia/Tokyo")).date()
+    assert alice["daily_cap"] == 5 and alice["runs"] == 8 and alice["metered"] == 1
+    assert alice["days"][-1] == {"date": today.isoformat(), "runs": 6, "metered": 1}
+    assert alice["days"][-4] == {"date": (today - timedelta(days=3)).isoformat(), "runs": 2, "metered": 0}
+    page = html.unescape(client.get("/usage").data.decode())
+    assert page.count("<rect") >= 30 and f"{today.isoformat()}: 6 run(s), 1 metered" in page
+    assert "metered runs</dt><dd>1" in page
