@@ -2,7 +2,7 @@
 
 Two sources, each cheap where it is paid:
 - counted at the door, in process (prometheus-client): deliveries by event and outcome and
-  ingest latency, API fires by status. Under gunicorn every worker writes its own mmap file
+  ingest latency (a WSGI wrapper around the webhook door), API fires by status. Under gunicorn every worker writes its own mmap file
   in PROMETHEUS_MULTIPROC_DIR (app/gunicorn_conf.py sets and wipes it), and a scrape sums
   them — a few µs per request, no Redis round trip on the hot path.
 - read from Redis at scrape time (what the door and the runner already write): drops by
@@ -15,10 +15,11 @@ import os
 import time
 from typing import Any, Iterable
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFamily, GaugeMetricFamily
 
+from app import webhooks
 from app.auth import require_admin
 from routinely import catalog, keys, when
 from routinely.routines_view import drops
@@ -27,8 +28,8 @@ bp = Blueprint("metrics", __name__)
 bp.before_request(require_admin)
 
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
-_OUTCOMES = {202: "accepted", 401: "refused_signature", 400: "refused_bad_request", 413: "refused_too_large",
-             415: "refused_content_type", 503: "unavailable"}
+_OUTCOMES = {202: "accepted", 401: "refused_signature", 400: "refused_bad_request", 405: "refused_method",
+             413: "refused_too_large", 415: "refused_content_type", 500: "internal_error", 503: "unavailable"}
 
 DELIVERIES = Counter("routinely_deliveries", "Webhook deliveries by event and outcome", ["event", "outcome"])
 INGEST = Histogram("routinely_ingest_seconds", "Time from a delivery's arrival to its answer",
@@ -37,33 +38,49 @@ FIRES = Counter("routinely_api_fires", "API trigger calls by HTTP status", ["sta
 
 
 def install(app: Flask) -> None:
-    """Count at the door: a stamp before the receiver and the fire endpoint, a count after."""
-    app.before_request(_stamp)
-    app.after_request(_count)
+    """Count at the doors: the webhook door (WSGI, in front of Flask) and the fire endpoint."""
+    app.wsgi_app = DeliveryCounter(app.wsgi_app)  # type: ignore[method-assign]
+    app.after_request(_count_fire)
     app.register_blueprint(bp)
 
 
-def _stamp() -> None:
-    if request.endpoint in ("webhooks.receive", "fire.fire"):
-        g.metrics_t0 = time.perf_counter()
+class DeliveryCounter:
+    """WSGI middleware around the webhook door: each delivery's outcome and latency."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("PATH_INFO") != webhooks.PATH:
+            return self.app(environ, start_response)
+        t0 = time.perf_counter()
+        seen: list[int] = []
+
+        def counting_start_response(status: str, headers: Any, *exc_info: Any) -> Any:
+            seen.append(int(status[:3]))
+            return start_response(status, headers, *exc_info)
+
+        body = self.app(environ, counting_start_response)  # the door answers at once: one bytes chunk
+        count_delivery(environ.get("HTTP_X_GITHUB_EVENT", ""), seen[0] if seen else 500, time.perf_counter() - t0)
+        return body
 
 
-def _count(response: Response) -> Response:
-    t0 = g.pop("metrics_t0", None)
-    if t0 is None:
-        return response
-    if request.endpoint == "fire.fire":
-        FIRES.labels(str(response.status_code)).inc()
-        return response
-    status = response.status_code
-    # the event label is GitHub's only once the signature held (else an attacker picks it)
-    event = request.headers.get("X-GitHub-Event", "") if status != 401 else "unverified"
+def count_delivery(event: str, status: int, seconds: float) -> None:
+    # the event label is GitHub's only on an answer given after the signature held (a
+    # refusal may come before it, and then anybody picks the label)
+    if status not in (200, 202, 500) or not event:
+        event = "unverified"
     if status == 200:
         outcome = "ping" if event == "ping" else "duplicate"
     else:
         outcome = _OUTCOMES.get(status, f"http_{status}")
-    DELIVERIES.labels(event[:64] or "none", outcome).inc()
-    INGEST.observe(time.perf_counter() - t0)
+    DELIVERIES.labels(event[:64], outcome).inc()
+    INGEST.observe(seconds)
+
+
+def _count_fire(response: Response) -> Response:
+    if request.endpoint == "fire.fire":
+        FIRES.labels(str(response.status_code)).inc()
     return response
 
 

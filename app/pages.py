@@ -169,7 +169,7 @@ def session_page(session_id: str):
 @bp.post("/sessions/<session_id>/cancel")
 def cancel_page(session_id: str):
     state = _state()
-    outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()), state.settings.queue_name)
+    outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()))
     if outcome == "unknown":
         return render_template("missing.html", session_id=session_id), 404
     if outcome == "finished":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,9 @@ import redis
 
 from routinely import api_tokens, catalog, control, events, routines_view, sessions, when
 from routinely.config import ConfigError, Settings
-from routinely.control import Refused, fire_one  # noqa: F401  (fire_one: the one run path; tests import it here)
+from routinely.control import Refused
 from routinely.routine_file import ApplyError, load_yaml
-from routinely.start import Firing, iso
+from routinely.start import Firing, fire_one, iso  # fire_one: re-exported for callers of the CLI's
 from routinely.store import connect
 
 
@@ -117,7 +118,9 @@ def cmd_sessions(args, settings: Settings) -> None:
             print(f"{name + ':':<11}{value}")
         return
     if args.action == "cancel":
-        outcome = sessions.cancel(_conn(settings), args.id, iso(settings.clock()), settings.queue_name)
+        if not args.id:
+            raise CliError("usage: routinely sessions cancel SESSION_ID")
+        outcome = sessions.cancel(_conn(settings), args.id, iso(settings.clock()))
         if outcome == "unknown":
             raise CliError(f"no session {args.id!r}: `routinely sessions` lists them")
         if outcome == "finished":
@@ -229,18 +232,20 @@ def _schedule_from_args(args) -> dict[str, Any]:
     return schedule
 
 
-def cmd_scheduler(args, settings: Settings) -> None:
-    from workers.scheduler import run
+def _become(module: str, *argv: str) -> None:
+    """Replace this process with `python -m module` (same pid, signals and environment):
+    the CLI launches the worker processes without importing them."""
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
 
+
+def cmd_scheduler(args, settings: Settings) -> None:
     _conn(settings)
-    run(settings)
+    _become("workers.scheduler")
 
 
 def cmd_worker(args, settings: Settings) -> None:
-    from workers.worker import run
-
     _conn(settings)
-    run(settings, burst=args.burst)
+    _become("workers.worker", *(["--burst"] if args.burst else []))
 
 
 def cmd_up(args, settings: Settings | None) -> None:

@@ -10,19 +10,13 @@ from typing import Any
 
 import redis
 
-from routinely import api_tokens, catalog, keys, sessions
+from routinely import api_tokens, catalog, keys
 from routinely.config import Settings
 from routinely.routine_file import Routine
-from routinely.start import Firing, Starter
+from routinely.start import FireRefused, Firing, fire_one
 
 
-class Refused(Exception):
-    """What was asked cannot be done; str() is the line to show, `status` the HTTP code."""
-
-    def __init__(self, message: str, status: int = 400, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
+Refused = FireRefused  # one refusal for every way in: message, HTTP status, retry_after
 
 
 def find(conn: redis.Redis, ref: str) -> Routine:
@@ -31,30 +25,6 @@ def find(conn: redis.Redis, ref: str) -> Routine:
         return catalog.load(conn).find(ref)
     except LookupError as exc:
         raise Refused(str(exc), 404) from None
-
-
-def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing) -> dict[str, Any]:
-    """Fire one named routine through the shared start path (admission included); the new session.
-
-    Raises Refused: 404 unknown routine, 400 paused, 429 dropped (with retry_after).
-    """
-    starter = Starter(conn, settings)
-
-    def route(cat):
-        try:
-            routine = cat.find(ref)
-        except LookupError as exc:
-            raise Refused(str(exc), 404) from None
-        firing.routine = firing.routine or routine.key  # the event names the routine it was for
-        return [routine]
-
-    outcome = starter.fire(firing, route)
-    if outcome.skipped:
-        raise Refused(f"routine {ref!r} is paused: resume it (`routinely resume {ref}`) first", 400)
-    if outcome.dropped:
-        d = outcome.dropped[0]
-        raise Refused(f"dropped ({d['reason']}): try again in {d['retry_after']} s", 429, d["retry_after"])
-    return sessions.get(conn, settings, outcome.sessions[0]["id"])
 
 
 def run_now(settings: Settings, conn: redis.Redis, ref: str, text: str | None = None) -> dict[str, Any]:

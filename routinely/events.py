@@ -80,7 +80,7 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
         return {"summary": f"routines do not start on {kind or 'unnamed'} events", "routines": rows}
     if not repo:
         return {"summary": "the delivery names no repository", "routines": rows}
-    fields = orjson.loads(raw.get(b"fields") or b"{}")
+    fields = orjson.loads(raw.get(b"filter_fields") or b"{}")  # kept by the receiver (routinely.catalog.route)
     done = {r["name"] for r in rows}
     watching = [r for r in catalog.routines.values() if r.github and repo.lower() in {x.lower() for x in r.repositories}]
     for routine in watching:

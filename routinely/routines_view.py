@@ -15,6 +15,7 @@ from routinely import admission, control, keys, when
 from routinely.catalog import Catalog
 from routinely.config import Settings
 from routinely.routine_file import Routine
+from routinely.schedule_runs import field, next_runs
 from routinely.start import iso
 
 _DAY_NAMES = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
@@ -69,8 +70,6 @@ def trigger_words(trigger: dict[str, Any]) -> str:
 
 def schedule_rows(conn: redis.Redis, cat: Catalog, now: float) -> dict[str, list[dict[str, Any]]]:
     """routine key -> its schedules, each with `next_run_at` (ISO 8601 UTC, stagger included)."""
-    from workers.scheduler import field, next_runs  # the scheduler owns the persisted next runs
-
     upcoming = next_runs(conn, cat, now)
     out: dict[str, list[dict[str, Any]]] = {}
     for routine in cat.routines.values():

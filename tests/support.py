@@ -209,3 +209,9 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def admin(client):
+    """A Flask test client that presents the admin token (the API has no open mode)."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"
+    return client

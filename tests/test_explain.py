@@ -132,8 +132,8 @@ def test_a_delivery_that_started_nothing_is_explained_everywhere(client, conn, r
         "paused-one": ["matched, but the routine is paused (skipped)"],
     }
     assert client.get(f"/api/events/{headers['X-GitHub-Delivery']}").get_json()["id"] == event["id"]  # by delivery id
-    stored = conn.hget(f"rly:event:{event['id']}", "fields")
-    assert json.loads(stored) == {"title": "Fix login"}  # only what the filters read
+    stored = conn.hget(f"rly:event:{event['id']}", "filter_fields")
+    assert json.loads(stored) == {"title": "Fix login"}  # only what the watching routines' filters read
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "routinely.cli", "explain", headers["X-GitHub-Delivery"]],
                          env=env, capture_output=True, text=True)
@@ -154,4 +154,4 @@ def test_a_repository_nobody_watches(client, conn):
     got = client.get(f"/api/events/{event['id']}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).get_json()
     assert got["explanation"]["summary"] == f"no routine watches {REPO}"
     assert got["explanation"]["routines"][0]["reasons"] == [f"repository {REPO} not in routine's repositories [acme/web]"]
-    assert conn.hget(f"rly:event:{event['id']}", "fields") == b"{}"
+    assert conn.hget(f"rly:event:{event['id']}", "filter_fields") is None  # nobody watches it: nothing kept
