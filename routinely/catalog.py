@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis
 
-from filters import Fields, matches_all
+from filters import Fields, matches_all, wants_event
 from routinely import keys
 from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
 
@@ -84,7 +84,7 @@ class Catalog:
         matched = []
         for routine in candidates:
             for trig in routine.github:
-                if kind not in trig.events and event not in trig.events:
+                if not wants_event(trig.events, kind, event):
                     continue
                 if matches_all(trig.filters, fields, kind):
                     matched.append(routine)
