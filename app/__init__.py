@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from app import api, auth, fire, metrics, pages
 
-    auth.configure(app, settings.admin_token)
+    auth.configure(app, settings.admin_token, settings.public_url)
     # POST /webhooks/github is answered in front of Flask (app/webhooks.py says why)
     app.wsgi_app = WebhookDoor(app.wsgi_app, app.extensions["routinely"], app.logger)  # type: ignore[method-assign]
     app.register_blueprint(fire.bp)

@@ -23,14 +23,15 @@ SESSION_LIFETIME = timedelta(hours=12)
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def configure(app: Flask, admin_token: str | None) -> None:
+def configure(app: Flask, admin_token: str | None, public_url: str) -> None:
     """Sign session cookies with a key derived from the admin token (shared by every web
-    worker and host that has the token, never the token itself)."""
+    worker and host that has the token, never the token itself); Secure behind https."""
     key = hmac.new(admin_token.encode(), b"routinely console session v1", hashlib.sha256).digest() \
         if admin_token else secrets.token_bytes(32)
     app.secret_key = key
     app.config.update(SESSION_COOKIE_NAME=SESSION_COOKIE, SESSION_COOKIE_HTTPONLY=True,
-                      SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME)
+                      SESSION_COOKIE_SAMESITE="Lax", PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+                      SESSION_COOKIE_SECURE=public_url.startswith("https://"))
 
 
 def token_ok(token: str | None) -> bool:

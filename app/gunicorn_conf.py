@@ -39,13 +39,34 @@ loglevel = _log_level()
 
 
 def _metrics_dir() -> str:
+    """This server's folder of per-worker metric files: DATA_DIR/metrics/MASTER_PID (two
+    servers may share a data dir); folders of servers no longer running are removed."""
+    import shutil
+
     from routinely.config import default_data_dir
 
-    data_dir = os.environ.get("ROUTINELY_DATA_DIR", "").strip() or default_data_dir()
-    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.path.join(os.path.expanduser(data_dir), "metrics", str(os.getpid()))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    else:
+        data_dir = os.environ.get("ROUTINELY_DATA_DIR", "").strip() or default_data_dir()
+        parent = os.path.join(os.path.expanduser(data_dir), "metrics")
+        path = os.path.join(parent, str(os.getpid()))
+        for name in os.listdir(parent) if os.path.isdir(parent) else ():
+            if name.isdigit() and name != str(os.getpid()) and not _alive(int(name)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # before any worker imports prometheus_client
     return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 METRICS_DIR = _metrics_dir()

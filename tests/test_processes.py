@@ -69,3 +69,47 @@ def test_up_makes_an_admin_token_prints_a_sign_in_link_and_the_api_needs_it(redi
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_metrics_sum_the_door_counts_of_every_gunicorn_worker(redis_server, tmp_path):
+    import http.client
+    import time
+
+    from tests.support import SECRET, body_of, delivery_headers, fixture
+
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp_path),
+           "ROUTINELY_ADMIN_TOKEN": "t", "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "3"}
+    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"), "--bind",
+                            f"127.0.0.1:{port}", "app:create_app()"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    def request(method, path, body=b"", headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request(method, path, body, headers or {})
+        r = c.getresponse()
+        return r.status, r.read().decode()
+
+    try:
+        for _ in range(100):
+            try:
+                request("GET", "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        body = body_of(fixture("pull_request.opened.json"))
+        for i in range(12):  # new connections: gunicorn spreads them over its workers
+            headers = delivery_headers("pull_request", body)
+            if i % 3 == 0:
+                headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+            request("POST", "/webhooks/github", body, headers)
+        assert request("GET", "/metrics")[0] == 401
+        status, text = request("GET", "/metrics", headers={"Authorization": "Bearer t"})
+        assert status == 200
+        assert 'routinely_deliveries_total{event="pull_request",outcome="accepted"} 8.0' in text
+        assert 'routinely_deliveries_total{event="unverified",outcome="refused_signature"} 4.0' in text
+        assert "routinely_ingest_seconds_count 12.0" in text
+        dirs = list((tmp_path / "metrics").iterdir())
+        assert len(dirs) == 1 and list(dirs[0].glob("counter_*.db"))  # one file per worker that counted, summed above
+    finally:
+        web.terminate()
+        web.wait(30)
