@@ -260,3 +260,27 @@ def test_usage_counts_runs_per_local_day_against_the_cap(client, conn, settings)
     page = html.unescape(client.get("/usage").data.decode())
     assert page.count("<rect") >= 30 and f"{today.isoformat()}: 6 run(s), 1 metered" in page
     assert "metered runs</dt><dd>1" in page
+
+
+def test_sessions_filter_by_status_and_kind_and_page(client, conn, settings):
+    from tests.support import Clock
+
+    apply(conn, {"name": "r", "triggers": [{"api": {}}]}, {"name": "s", "triggers": [{"api": {}}]})
+    clock = Clock(settings.clock())
+    ticking = settings.with_(clock=clock)
+
+    def fire(name, kind):
+        clock.t += 1  # a second apart: newest-first order is certain
+        return fire_one(ticking, conn, name, Firing(kind=kind))["id"]
+
+    made = [fire("r", "manual") for _ in range(4)] + [fire("s", "api") for _ in range(3)]
+    for sid in made[:2] + made[4:5]:
+        assert client.post(f"/api/sessions/{sid}/cancel").get_json()["result"] == "canceled"
+    ids = lambda q: [s["id"] for s in client.get(f"/api/sessions?{q}").get_json()]  # noqa: E731
+    assert ids("status=canceled") == [made[4], made[1], made[0]]
+    assert ids("status=canceled&kind=manual") == [made[1], made[0]]
+    assert ids("status=queued&routine=s") == [made[6], made[5]]
+    assert ids("kind=api&limit=2&offset=1") == [made[5], made[4]]
+    assert ids("limit=3&offset=5") == [made[1], made[0]]
+    page = client.get("/sessions?status=canceled&kind=manual").data.decode()
+    assert made[0] in page and made[1] in page and made[2] not in page and made[4] not in page
