@@ -8,7 +8,7 @@ from flask import Flask, request
 
 from app.responses import error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
-from routinely.catalog import CatalogCache
+from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.start import Starter
 from routinely.store import connect
@@ -19,6 +19,10 @@ class State:
     settings: Settings
     conn: redis.Redis
     starter: Starter
+
+    def catalog(self) -> Catalog:
+        """The applied configuration, compiled once per stored version (pages and API)."""
+        return self.starter.cache.current(self.conn)
 
 
 def create_app(settings: Settings | None = None) -> Flask:

@@ -10,7 +10,7 @@ from flask import Blueprint, Response, abort, current_app, request
 
 from app.auth import require_admin
 from app.responses import error, json_response
-from routinely import catalog, control, events, routines_view, session_log, sessions, usage
+from routinely import control, events, routines_view, session_log, sessions, usage
 from routinely.start import iso
 
 bp = Blueprint("api", __name__)
@@ -112,24 +112,24 @@ def list_events():
 @bp.get("/api/events/<event_id>")
 def get_event(event_id: str):
     """One event (by event or delivery id); `explanation` when it started nothing."""
-    conn = _state().conn
-    raw = events.find(conn, event_id)
+    state = _state()
+    raw = events.find(state.conn, event_id)
     if raw is None:
         return error(404, f"no event or delivery {event_id!r} (events are kept 7 days): GET /api/events lists them")
-    return json_response({**events.to_public(raw), "explanation": events.explain(raw, catalog.load(conn))})
+    return json_response({**events.to_public(raw), "explanation": events.explain(raw, state.catalog())})
 
 
 @bp.get("/api/routines")
 def list_routines():
     """The applied routines: triggers in words, next run, today's runs against the cap, drops."""
     state = _state()
-    return json_response(routines_view.listing(state.conn, catalog.load(state.conn), state.settings))
+    return json_response(routines_view.listing(state.conn, state.catalog(), state.settings))
 
 
 @bp.get("/api/routines/<account>/<name>")
 def get_routine(account: str, name: str):
     state = _state()
-    cat = catalog.load(state.conn)
+    cat = state.catalog()
     routine = cat.routines.get(f"{account}/{name}")
     if routine is None:
         return error(404, f"no routine {account}/{name}: GET /api/routines lists them")
@@ -196,13 +196,13 @@ def revoke_token(account: str, name: str, trigger_id: str):
 @bp.get("/api/schedules")
 def list_schedules():
     state = _state()
-    return json_response(routines_view.schedules(state.conn, catalog.load(state.conn), state.settings.clock()))
+    return json_response(routines_view.schedules(state.conn, state.catalog(), state.settings.clock()))
 
 
 @bp.get("/api/usage")
 def get_usage():
     state = _state()
-    return json_response(usage.usage(state.conn, catalog.load(state.conn), state.settings.clock()))
+    return json_response(usage.usage(state.conn, state.catalog(), state.settings.clock()))
 
 
 def _ref(account: str, name: str) -> str:

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 
 from app import webhooks
 from app.auth import require_admin
-from routinely import catalog, keys, when
+from routinely import keys, sessions, when
 from routinely.routines_view import drops
 
 bp = Blueprint("metrics", __name__)
@@ -87,12 +87,12 @@ def _count_fire(response: Response) -> Response:
 class StoreCollector:
     """Metrics read from Redis at scrape time."""
 
-    def __init__(self, conn: Any, queue_name: str) -> None:
-        self.conn, self.queue_name = conn, queue_name
+    def __init__(self, state: Any) -> None:
+        self.state = state
 
     def collect(self) -> Iterable[Any]:
-        conn = self.conn
-        cat = catalog.load(conn)
+        conn, queue_name = self.state.conn, self.state.settings.queue_name
+        cat = self.state.catalog()
         routines = list(cat.routines.values())
         pipe = conn.pipeline(transaction=False)
         for routine in routines:
@@ -109,14 +109,9 @@ class StoreCollector:
             made.add_metric([routine.key], replies[2 * i + 1])
         yield dropped
         yield made
-        now = time.time()
-        ids_ = conn.zrangebyscore(keys.SESSIONS, (now - keys.DAY) * 1000, "+inf")
-        pipe = conn.pipeline(transaction=False)
-        for sid in ids_:
-            pipe.hmget(keys.session(sid.decode()), "status", "started_at", "finished_at")
         by_status: dict[str, int] = {}
         durations: list[float] = []
-        for status, started, finished in pipe.execute():
+        for status, started, finished in sessions.fields_since(conn, time.time() - keys.DAY, "status", "started_at", "finished_at"):
             if status:
                 by_status[status.decode()] = by_status.get(status.decode(), 0) + 1
             if started and finished:
@@ -134,7 +129,7 @@ class StoreCollector:
                                          "Run time of the sessions finished in the last 24 h",
                                          buckets=buckets, gsum_value=sum(durations))
         queue = GaugeMetricFamily("routinely_queue_depth", "Sessions waiting for a worker")
-        queue.add_metric([], conn.llen(f"rq:queue:{self.queue_name}"))
+        queue.add_metric([], conn.llen(f"rq:queue:{queue_name}"))
         yield queue
 
 
@@ -149,5 +144,5 @@ def metrics():
     else:
         for metric in (DELIVERIES, INGEST, FIRES):
             registry.register(metric)
-    registry.register(StoreCollector(state.conn, state.settings.queue_name))
+    registry.register(StoreCollector(state))
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

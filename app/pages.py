@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from markupsafe import Markup, escape
 
 from app import auth
-from routinely import catalog, control, events, routines_view, sessions, usage, when
+from routinely import control, events, routines_view, sessions, usage, when
 from routinely.start import iso
 
 bp = Blueprint("pages", __name__)
@@ -69,7 +69,7 @@ def _problem(status: int, message: str) -> tuple[str, int]:
 @bp.get("/")
 def routines_page():
     state = _state()
-    rows = routines_view.listing(state.conn, catalog.load(state.conn), state.settings)
+    rows = routines_view.listing(state.conn, state.catalog(), state.settings)
     return render_template("routines.html", rows=rows)
 
 
@@ -81,7 +81,7 @@ def routine_page(account: str, name: str):
 def _routine(account: str, name: str, new_token: dict[str, str] | None = None, status: int = 200):
     """The routine page; `new_token` is shown on this response only (never stored in clear)."""
     state = _state()
-    cat = catalog.load(state.conn)
+    cat = state.catalog()
     routine = cat.routines.get(f"{account}/{name}")
     if routine is None:
         return _problem(404, f"No routine {account}/{name}.")
@@ -151,7 +151,7 @@ def sessions_page():
     kind = request.args.get("kind") if request.args.get("kind") in ("github", "api", "schedule", "manual") else None
     page = _page_number()
     rows, more = sessions.page(state.conn, state.settings, routine, status, kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    names = sorted({r.name for r in catalog.load(state.conn).routines.values()})
+    names = sorted({r.name for r in state.catalog().routines.values()})
     return render_template("sessions.html", rows=rows, more=more, page=page, names=names,
                            f={"routine": routine or "", "status": status or "", "kind": kind or ""},
                            statuses=sessions.STATUSES)
@@ -179,14 +179,14 @@ def cancel_page(session_id: str):
 
 @bp.get("/events")
 def events_page():
-    conn = _state().conn
-    return render_template("events.html", rows=events.explained(conn, catalog.load(conn), 200))
+    state = _state()
+    return render_template("events.html", rows=events.explained(state.conn, state.catalog(), 200))
 
 
 @bp.get("/usage")
 def usage_page():
     state = _state()
-    return render_template("usage.html", accounts=usage.usage(state.conn, catalog.load(state.conn), state.settings.clock()))
+    return render_template("usage.html", accounts=usage.usage(state.conn, state.catalog(), state.settings.clock()))
 
 
 @bp.get("/login")

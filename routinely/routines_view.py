@@ -107,7 +107,7 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
         account = cat.accounts[routine.account]
         pipe.hgetall(keys.drops(routine.key))
         pipe.get(keys.daily_count(account.name, admission.local_day(account, now)[0]))
-        pipe.zrevrange(keys.sessions_of(routine.name), 0, 19)
+        pipe.zrevrange(keys.sessions_of(routine.name), 0, 4)
     replies = pipe.execute()
     by_key = schedule_rows(conn, cat, now)
     # the session index is per routine name: look a little way back for this account's last one

@@ -2,10 +2,11 @@
 metered runs and drops by reason, for the last 30 days.
 
 Read from the session records (kept 30 days) rather than the daily counters (kept 2 days),
-so it costs one pipelined read of the retained sessions; today's count is the cap's own.
+in a few script calls inside Redis (sessions.fields_since); today's count is the cap's own.
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import Counter
 from datetime import datetime, timedelta
 from typing import Any
@@ -13,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from routinely import admission, keys, when
+from routinely import admission, keys, sessions, when
 from routinely.catalog import Catalog
 from routinely.routines_view import drops
 
@@ -21,30 +22,25 @@ DAYS = 30
 
 
 def usage(conn: redis.Redis, cat: Catalog, now: float) -> list[dict[str, Any]]:
-    ids_ = conn.zrangebyscore(keys.SESSIONS, (now - DAYS * keys.DAY - keys.DAY) * 1000, "+inf")
-    pipe = conn.pipeline(transaction=False)
-    for sid in ids_:
-        pipe.hmget(keys.session(sid.decode()), "account", "created_at", "metered")
-    runs: Counter[tuple[str, str]] = Counter()
-    metered: Counter[tuple[str, str]] = Counter()
-    zones = {name: ZoneInfo(a.timezone) for name, a in cat.accounts.items()}
-    for account, created, meter in pipe.execute():
-        if not account or not created or account.decode() not in zones:
+    rows = sessions.fields_since(conn, now - (DAYS + 1) * keys.DAY, "account", "created_at", "metered")
+    days_of = {name: _local_days(ZoneInfo(a.timezone), now) for name, a in cat.accounts.items()}
+    runs: dict[str, list[int]] = {name: [0] * DAYS for name in days_of}
+    metered: dict[str, list[int]] = {name: [0] * DAYS for name in days_of}
+    for account, created, meter in rows:
+        name = account.decode() if account else None
+        if name not in days_of or not created:
             continue
-        name = account.decode()
-        day = datetime.fromtimestamp(when.parse_iso(created.decode()), zones[name]).date().isoformat()
-        runs[(name, day)] += 1
-        if meter == b"1":
-            metered[(name, day)] += 1
+        # which local day: bisect the day's start instants (DST-proof, no per-row zone math)
+        i = bisect_right(days_of[name][1], when.parse_iso(created.decode())) - 1
+        if 0 <= i < DAYS:
+            runs[name][i] += 1
+            metered[name][i] += meter == b"1"
     routine_drops = _drops_by_account(conn, cat)
     out = []
     for name, account in cat.accounts.items():
-        today = datetime.fromtimestamp(now, zones[name]).date()
-        days = []
-        for back in range(DAYS - 1, -1, -1):
-            day = (today - timedelta(days=back)).isoformat()
-            days.append({"date": day, "runs": runs[(name, day)], "metered": metered[(name, day)]})
-        days[-1]["runs"] = max(days[-1]["runs"], int(conn.get(keys.daily_count(name, today.isoformat())) or 0))
+        dates = days_of[name][0]
+        days = [{"date": d, "runs": runs[name][i], "metered": metered[name][i]} for i, d in enumerate(dates)]
+        days[-1]["runs"] = max(days[-1]["runs"], int(conn.get(keys.daily_count(name, dates[-1])) or 0))
         out.append({
             "account": name,
             "plan": account.plan,
@@ -58,6 +54,14 @@ def usage(conn: redis.Redis, cat: Catalog, now: float) -> list[dict[str, Any]]:
             "cap_resets_at": when.utc_iso(now + admission.local_day(account, now)[1]),
         })
     return out
+
+
+def _local_days(tz: ZoneInfo, now: float) -> tuple[list[str], list[float]]:
+    """The last DAYS calendar days in `tz` (oldest first) and the instant each one starts."""
+    today = datetime.fromtimestamp(now, tz).date()
+    dates = [today - timedelta(days=back) for back in range(DAYS - 1, -1, -1)]
+    starts = [datetime.combine(d, datetime.min.time(), tz).timestamp() for d in dates]
+    return [d.isoformat() for d in dates], starts
 
 
 def _drops_by_account(conn: redis.Redis, cat: Catalog) -> dict[str, dict[str, int]]:
