@@ -284,3 +284,14 @@ def test_sessions_filter_by_status_and_kind_and_page(client, conn, settings):
     assert ids("limit=3&offset=5") == [made[1], made[0]]
     page = client.get("/sessions?status=canceled&kind=manual").data.decode()
     assert made[0] in page and made[1] in page and made[2] not in page and made[4] not in page
+
+
+def test_fields_since_reads_every_session_in_chunks(conn, settings, monkeypatch):
+    from routinely import sessions
+
+    apply(conn, {"name": "r", "triggers": [{"api": {}}]})
+    made = [fire_one(settings, conn, "r", Firing(kind="manual"))["id"] for _ in range(5)]
+    monkeypatch.setattr(sessions, "FIELDS_CHUNK", 2)
+    rows = sessions.fields_since(conn, settings.clock() - 60, "id", "status")
+    assert sorted(r[0].decode() for r in rows) == sorted(made) and {r[1] for r in rows} == {b"queued"}
+    assert sessions.fields_since(conn, settings.clock() + 60, "id") == []
