@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, abort, current_app, request
 
+from app import params
 from app.auth import require_admin
 from app.responses import error, json_response
 from routinely import control, events, routines_view, session_log, sessions, usage
@@ -21,17 +22,9 @@ def _state():
     return current_app.extensions["routinely"]
 
 
-def _number(name: str, default: int, lo: int, hi: int) -> int:
-    """`?name=`: a whole number lo..hi, else 400 (nothing read, nothing stored)."""
-    raw = request.args.get(name, str(default))
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        abort(error(400, f"{name} must be a whole number from {lo} to {hi}"))
-    return int(raw)
-
-
 def _limit() -> int:
-    """`?limit=`, default 100; anything but 1..MAX_LIMIT answers 400."""
-    return _number("limit", 100, 1, sessions.MAX_LIMIT)
+    """`?limit=`, default 100; anything but 1..MAX_LIMIT in ASCII digits answers 400."""
+    return params.limit(request.args)
 
 
 def _refused(exc: control.Refused) -> Response:
@@ -68,7 +61,7 @@ def list_sessions():
     if kind and kind not in ("github", "api", "schedule", "manual"):
         return error(400, "kind must be github, api, schedule or manual")
     rows, _ = sessions.page(state.conn, state.settings, request.args.get("routine") or None, status, kind,
-                            _number("offset", 0, 0, 10**6), _limit())
+                            params.offset(request.args), _limit())
     return json_response(rows)
 
 
@@ -86,9 +79,10 @@ def session_log_text(session_id: str):
     """The log as plain text; `?after=CURSOR` returns only newer lines (the page polls it).
     The cursor of the last line is in the X-Log-Cursor header."""
     state = _state()
+    after = params.log_cursor(request.args)
     if sessions.get_raw(state.conn, session_id) is None:
         return _no_session(session_id)
-    lines, cursor = session_log.read(state.conn, session_id, request.args.get("after") or None)
+    lines, cursor = session_log.read(state.conn, session_id, after)
     text = "".join(line + "\n" for line in lines)
     return Response(text, mimetype="text/plain", headers={"X-Log-Cursor": cursor or ""})
 
