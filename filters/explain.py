@@ -72,11 +72,12 @@ def missing_repository(repository: str, repositories: Iterable[str]) -> str:
     return f"repository {repository} not in routine's repositories [{', '.join(repositories)}]"
 
 
-def trigger_miss(trigger: Trigger, event: str, fields: dict[str, Any]) -> str | None:
+def trigger_miss(trigger: Trigger, event: str, fields: dict[str, Any], cut: int | None = None) -> str | None:
     """Why one github trigger did not take this event, or None when it did.
 
     `fields` are the filter fields recorded with the delivery; a field the trigger reads
     but the record lacks (its filters changed since the delivery) is said so, not guessed.
+    Strings recorded at `cut` characters were cut there: the sentence then says so.
     """
     kind = event.partition(".")[0]
     if not wants_event(trigger.events, kind, event):
@@ -85,11 +86,17 @@ def trigger_miss(trigger: Trigger, event: str, fields: dict[str, Any]) -> str | 
         failing = first_failing(trigger.filters, fields, kind)
     except KeyError as exc:
         return f"field {exc.args[0]} was not recorded with this delivery (the routine's filters changed since it arrived)"
-    return None if failing is None else describe(failing, fields[failing.field])
+    if failing is None:
+        return None
+    value = fields[failing.field]
+    text = describe(failing, value)
+    if cut is not None and any(isinstance(v, str) and len(v) >= cut for v in (value if isinstance(value, list) else [value])):
+        text += f" (recorded cut at {cut} characters: the rest was not kept)"
+    return text
 
 
 def routine_misses(repositories: Sequence[str], triggers: Sequence[Trigger], event: str, repository: str | None,
-                   fields: dict[str, Any]) -> list[str]:
+                   fields: dict[str, Any], cut: int | None = None) -> list[str]:
     """Per github trigger, the first condition that failed; [] when the routine would fire."""
     if not triggers:
         return ["the routine has no github trigger"]
@@ -97,7 +104,7 @@ def routine_misses(repositories: Sequence[str], triggers: Sequence[Trigger], eve
         return [missing_repository(repository or "(none)", repositories)]
     misses = []
     for trigger in triggers:
-        miss = trigger_miss(trigger, event, fields)
+        miss = trigger_miss(trigger, event, fields, cut)
         if miss is None:
             return []
         misses.append(miss)

@@ -10,7 +10,7 @@ import redis
 from filters import EVENT_KINDS, wants_event
 from filters.explain import missing_repository, routine_misses
 from routinely import keys
-from routinely.catalog import Catalog
+from routinely.catalog import RECORDED_CHARS, Catalog
 from routinely.sessions import MAX_LIMIT
 
 
@@ -86,7 +86,7 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
     for routine in watching:
         if routine.name in done:
             continue
-        misses = routine_misses(routine.repositories, routine.github, name, repo, fields)
+        misses = routine_misses(routine.repositories, routine.github, name, repo, fields, RECORDED_CHARS)
         rows.append({"name": routine.name, "account": routine.account,
                      "reasons": misses or ["matches now: the configuration changed since this delivery"]})
     if not watching:

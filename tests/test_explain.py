@@ -97,6 +97,10 @@ def test_the_event_the_first_failing_filter_and_long_values():
     assert trigger_miss(GithubTrigger(("pull_request",), filters), "pull_request.opened", fields) == \
         'author: "Codertocat" does not equal "someone"'
     assert len(show("x" * 500)) < 90
+    long_body = {"body": "x" * 1024}
+    body_filter = GithubTrigger(("pull_request",), compile_filters([{"field": "body", "op": "contains", "value": "y"}], ["pull_request"]))
+    assert trigger_miss(body_filter, "pull_request.opened", long_body, 1024).endswith("(recorded cut at 1024 characters: the rest was not kept)")
+    assert "cut" not in trigger_miss(body_filter, "pull_request.opened", {"body": "short"}, 1024)
     # a field the record lacks (the routine's filters changed since) is said, not guessed
     assert "not recorded" in trigger_miss(GithubTrigger(("pull_request",), filters), "pull_request.opened", {"base_branch": "master"})
 
