@@ -96,6 +96,9 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
                 rows.append({"name": routine.name, "account": routine.account,
                              "reasons": [missing_repository(repo, routine.repositories)]})
         return {"summary": f"no routine watches {repo}", "routines": rows}
+    if event["skipped"] or event["dropped"]:  # it matched: what stopped it comes first
+        stopped = [f"{n} is paused" for n in event["skipped"]] + [f"{d['routine']} was dropped ({d['reason']})" for d in event["dropped"]]
+        return {"summary": "matched, but " + "; ".join(stopped), "routines": rows}
     return {"summary": f"{len(watching)} routine(s) watch {repo}; none took this {name}", "routines": rows}
 
 
