@@ -159,3 +159,13 @@ def test_a_repository_nobody_watches(client, conn):
     assert got["explanation"]["summary"] == f"no routine watches {REPO}"
     assert got["explanation"]["routines"][0]["reasons"] == [f"repository {REPO} not in routine's repositories [acme/web]"]
     assert conn.hget(f"rly:event:{event['id']}", "filter_fields") is None  # nobody watches it: nothing kept
+
+
+def test_watched_but_not_taken_says_how_many_watch(client, conn):
+    apply(conn, {"name": "drafts", "triggers": [gh(["pull_request"], {"field": "is_draft", "op": "equals", "value": True})]})
+    body = body_of(fixture("pull_request.opened.json"))
+    client.post("/webhooks/github", data=body, headers=delivery_headers("pull_request", body))
+    event = client.get("/api/events").get_json()[0]
+    got = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
+    assert got == {"summary": f"1 routine(s) watch {REPO}; none took this pull_request.opened",
+                   "routines": [{"name": "drafts", "account": "alice", "reasons": ["is_draft: false does not equal true"]}]}
