@@ -295,3 +295,23 @@ def test_fields_since_reads_every_session_in_chunks(conn, settings, monkeypatch)
     rows = sessions.fields_since(conn, settings.clock() - 60, "id", "status")
     assert sorted(r[0].decode() for r in rows) == sorted(made) and {r[1] for r in rows} == {b"queued"}
     assert sessions.fields_since(conn, settings.clock() + 60, "id") == []
+
+
+def test_a_session_cookie_expires_after_its_lifetime(settings, conn, monkeypatch):
+    import time as clock
+
+    from itsdangerous.timed import TimestampSigner
+
+    from app.auth import SESSION_COOKIE, SESSION_LIFETIME
+
+    app = create_app(settings)
+    serializer = app.session_interface.get_signing_serializer(app)
+    fresh = serializer.dumps({"admin": True, "csrf": "c"})
+    monkeypatch.setattr(TimestampSigner, "get_timestamp",
+                        lambda self: int(clock.time() - SESSION_LIFETIME.total_seconds() - 60))
+    stale = serializer.dumps({"admin": True, "csrf": "c"})
+    monkeypatch.undo()
+    for cookie, status in ((fresh, 200), (stale, 401)):
+        client = app.test_client()
+        client.set_cookie(SESSION_COOKIE, cookie)
+        assert client.get("/api/routines").status_code == status
