@@ -109,25 +109,15 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
         pipe.get(keys.daily_count(account.name, admission.local_day(account, now)[0]))
         pipe.zrevrange(keys.sessions_of(routine.name), 0, 4)
     replies = pipe.execute()
+    lasts = _last_sessions(conn, routines, replies[2::3])
     by_key = schedule_rows(conn, cat, now)
-    # the session index is per routine name: look a little way back for this account's last one
-    last_ids = [[sid.decode() for sid in replies[3 * i + 2]] for i in range(len(routines))]
-    pipe = conn.pipeline(transaction=False)
-    for ids_ in last_ids:
-        for sid in ids_:
-            pipe.hmget(keys.session(sid), "account", "status", "created_at")
-    flat = iter(pipe.execute())
     rows = []
-    for i, routine in enumerate(routines):
+    for routine, raw_drops, today, last in zip(routines, replies[0::3], replies[1::3], lasts):
         account = cat.accounts[routine.account]
-        last = None
-        for sid in last_ids[i]:
-            acc, status, created = next(flat)
-            if last is None and acc is not None and acc.decode() == routine.account:
-                last = {"id": sid, "status": status.decode(), "created_at": created.decode()}
         items = by_key[routine.key]
         times = [s["next_run_at"] for s in items if s["next_run_at"]]
-        day, until_midnight = admission.local_day(account, now)
+        resets = now + admission.local_day(account, now)[1]
+        d = drops(raw_drops)
         rows.append({
             "name": routine.name,
             "account": routine.account,
@@ -139,18 +129,36 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
             "paused": routine.paused,
             "rate_limit": routine.rate_limit,
             "last_session": last,
-            "runs_today": int(replies[3 * i + 1] or 0),
+            "runs_today": int(today or 0),
             "daily_cap": account.daily_cap,
             "extra_usage": account.extra_usage,
-            "cap_resets_at": iso(now + until_midnight),
-            "cap_resets": when.local_and_relative(now + until_midnight, now, account.timezone),
+            "cap_resets_at": iso(resets),
+            "cap_resets": when.local_and_relative(resets, now, account.timezone),
             "timezone": account.timezone,
-            "drops": drops(replies[3 * i]),
+            "drops": d,
+            # dropping now: the last drop's window has not reopened yet
+            "dropping": bool(d.get("retry_at")) and when.parse_iso(d["retry_at"]) > now,
         })
-        d = rows[-1]["drops"]
-        # dropping now: the last drop's window has not reopened yet
-        rows[-1]["dropping"] = bool(d.get("retry_at")) and when.parse_iso(d["retry_at"]) > now
     return rows
+
+
+def _last_sessions(conn: redis.Redis, routines: list[Routine], recent: list[list[bytes]]) -> list[dict[str, str] | None]:
+    """Each routine's newest session. The session index is per routine name (shared by
+    accounts), so look a few back for this routine's account."""
+    pipe = conn.pipeline(transaction=False)
+    for ids_ in recent:
+        for sid in ids_:
+            pipe.hmget(keys.session(sid.decode()), "account", "status", "created_at")
+    found = iter(pipe.execute())
+    out: list[dict[str, str] | None] = []
+    for routine, ids_ in zip(routines, recent):
+        last = None
+        for sid in ids_:
+            account, status, created = next(found)
+            if last is None and account is not None and account.decode() == routine.account:
+                last = {"id": sid.decode(), "status": status.decode(), "created_at": created.decode()}
+        out.append(last)
+    return out
 
 
 def detail(conn: redis.Redis, cat: Catalog, settings: Settings, routine: Routine) -> dict[str, Any]:

@@ -164,6 +164,9 @@ def test_the_management_api(client, conn, settings):
     assert [r["name"] for r in client.get("/api/schedules").get_json()] == ["r"]
     ran = client.post("/api/routines/alice/r/run", json={"text": "hi"})
     assert ran.status_code == 201 and ran.get_json()["trigger"]["text"] == "hi"
+    last = client.get("/api/routines/alice/r").get_json()["last_session"]
+    assert last == {"id": ran.get_json()["id"], "status": "queued", "created_at": ran.get_json()["created_at"]}
+    assert client.get("/api/routines/alice/quiet").get_json()["last_session"] is None
     event = client.get("/api/events").get_json()[0]
     assert event["kind"] == "manual" and event["routine"] == "alice/r"  # the event names its routine
     made = client.post("/api/routines/alice/r/tokens").get_json()
