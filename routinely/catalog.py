@@ -173,12 +173,3 @@ class CatalogCache:
         with self._lock:
             self._catalog = load(conn)
             return self._catalog
-
-    def current(self, conn: redis.Redis) -> Catalog:
-        """The stored version, compiled once per version: one GET when nothing changed
-        (what the console's pages and API read; a firing checks staleness in its script)."""
-        catalog = self._catalog
-        stored = int(conn.get(keys.ROUTINES_VERSION) or 0)
-        if catalog is None or catalog.version != stored:
-            catalog = self.reload(conn)
-        return catalog

@@ -11,7 +11,7 @@ from app import create_app
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture, redis_snapshot
-from tests.test_receiver import REPO, apply, gh
+from tests.test_receiver import apply, gh
 
 
 def csrf_of(html: str) -> str:
