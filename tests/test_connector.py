@@ -336,3 +336,13 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_setting
         box.close()
     assert "github: http://127.0.0.1:" in said["own"] and "Connected" in said["own"] and "Failed" not in said["own"], said
     assert "401" in said["other"] and "Connected" not in said["other"].replace("Failed to connect", ""), said
+
+
+def test_a_connector_that_cannot_listen_says_so_in_one_line(conn, app_settings, tmp_path):
+    from workers.connector import ConnectorError
+
+    connector = Connector("sess_x", Policy.from_spec(spec()), str(tmp_path / "no-such-dir" / "github.sock"), conn, app_settings,
+                          InstallationTokens(app_settings), lambda repo, branch: False, lambda line: None)
+    with pytest.raises(ConnectorError, match="could not listen on"):
+        connector.start()
+    assert not connector._thread.is_alive()

@@ -170,7 +170,8 @@ class SessionRun:
         """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
         policy = Policy.from_spec(spec)
         self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
-                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+                                   self.rt.tokens, self.guard.pushed_branch, self.log)
+        self.connector.start()
         port = self.sandbox.add_door("github", self.connector.socket_path)
         return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
