@@ -137,7 +137,7 @@ def test_a_review_routine_fired_by_a_delivery_reviews_comments_and_shows_its_act
         assert f'href="{a["url"]}"' in page
     log = "\n".join(session_log.read(conn, sid)[0])
     assert "routinely: github create_pull_request_review octo/api#5: ok" in log
-    assert "routinely: github create_issue octo/api: refused: routinely: create_issue is not in" in log
+    assert "routinely: github create_issue octo/api: refused: create_issue is not in this routine's github.writes" in log
     assert INSTALLATION_TOKEN not in log and "Handle the error here" not in log
     token = (tmp_path / "token").read_text()
     assert token.startswith("Bearer ") and token.split()[1] not in log
