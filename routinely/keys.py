@@ -1,7 +1,8 @@
 """Every Redis key Routinely writes, named here and nowhere else.
 
 Each entry says who writes it, its shape and its lifetime, so nothing grows forever.
-All keys share the `rly:` prefix; RQ's own keys (`rq:*`) belong to RQ.
+All keys share the `rly:` prefix; RQ's own keys (`rq:*`) belong to RQ and are named in
+routinely/jobs.py.
 """
 from __future__ import annotations
 
@@ -25,7 +26,14 @@ def delivery(guid: str) -> str:
 
 
 def event(event_id: str) -> str:
-    """hash: the event record (see routinely.events); written by ingest; TTL EVENT_TTL."""
+    """hash: the event record (see routinely.events); written by the start script; TTL EVENT_TTL.
+
+    Fields: id, kind, received_at, trigger (JSON), delivery / event / repository / routine
+    when known, duplicate (0/1), sessions, dropped, skipped (JSON lists), and for a github
+    delivery to a repository that routines watch for that event kind, `filter_fields`:
+    JSON object {field: value} of every filter field those routines name, as routing read
+    it (strings cut to catalog.RECORDED_CHARS) — what "why did this not fire" needs.
+    """
     return f"{P}event:{event_id}"
 
 

@@ -37,13 +37,14 @@ for i = 1, n_sess do
   local k = 9 + (i - 1) * 7
   local sid, routine = ARGV[a], ARGV[a + 1]
   local reason, retry, metered = nil, 0, '0'
+  local counts = redis.call('MGET', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
   for w = 0, 1 do
-    if tonumber(redis.call('GET', KEYS[k + 1 + w]) or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
+    if tonumber(counts[w + 1] or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
       reason, retry = REASONS[w + 1], ARGV[a + 4 + 3 * w]
       break
     end
   end
-  if not reason and tonumber(redis.call('GET', KEYS[k + 3]) or '0') >= tonumber(ARGV[a + 8]) then
+  if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + 8]) then
     if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
   end
   local n_fields = tonumber(ARGV[a + 14])
