@@ -37,7 +37,7 @@ def event(event_id: str) -> str:
     return f"{P}event:{event_id}"
 
 
-EVENTS = P + "events"  # zset event id -> received ms; trimmed to EVENTS_KEPT by ingest
+EVENTS = P + "events"  # zset event id -> received ms (µs as the fraction, so close firings keep their order); trimmed to EVENTS_KEPT by the start script
 
 
 def payload(event_id: str) -> str:
@@ -50,7 +50,7 @@ def session(session_id: str) -> str:
     return f"{P}session:{session_id}"
 
 
-SESSIONS = P + "sessions"  # zset session id -> created ms; trimmed to SESSIONS_KEPT
+SESSIONS = P + "sessions"  # zset session id -> created ms (µs as the fraction); trimmed to SESSIONS_KEPT
 
 
 def sessions_of(routine_name: str) -> str:
