@@ -55,6 +55,11 @@ def session_log(session_id: str) -> str:
     return f"{P}log:{session_id}"
 
 
+def session_transcript(session_id: str) -> str:
+    """list of JSON transcript entries (routinely.transcript); written by the runner; TTL SESSION_TTL."""
+    return f"{P}transcript:{session_id}"
+
+
 def session_cancel(session_id: str) -> str:
     """string flag set by cancel, read by the runner; TTL 1 day."""
     return f"{P}cancel:{session_id}"

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from filters import EVENT_KINDS, Filter, FilterError, compile_filters
+from routinely import agent_spec
 from routinely.schedules import Schedule, ScheduleError, parse_schedule, stagger_seconds, zone
 
 PLANS = {"pro": 5, "max": 15, "team": 25, "enterprise": 25}
@@ -33,11 +34,11 @@ _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _HOST = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
 _TOP = {"accounts", "connectors", "routines"}
-_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"}
+_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"} | agent_spec.ACCOUNT_KEYS
 _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
     "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers",
-}
+} | agent_spec.ROUTINE_KEYS
 _ENV_KEYS = {"network", "allow_hosts", "env", "setup"}
 
 
@@ -189,6 +190,7 @@ def _accounts(raw: Any) -> dict[str, dict[str, Any]]:
             "extra_usage": _bool(acc.get("extra_usage", False), where, "extra_usage"),
             "timezone": tz,
             "rate_limit": _rate_limit(acc.get("rate_limit"), DEFAULT_ACCOUNT_LIMIT, where),
+            **agent_spec.account_fields(acc, where, _err),
         }
     return out
 
@@ -256,6 +258,7 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         "paused": _bool(raw.get("paused", False), where, "paused"),
         "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
         "triggers": [],
+        **agent_spec.routine_fields(raw, where, _err),
     }
     triggers = raw.get("triggers")
     if not isinstance(triggers, list) or not triggers:

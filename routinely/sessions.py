@@ -34,6 +34,9 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     out["metered"] = raw.get(b"metered") == b"1"
     out["url"] = f"{settings.public_url}/sessions/{out['id']}"
     out["log_url"] = f"{settings.public_url}/api/sessions/{out['id']}/log"
+    for name in ("usage", "agent_usage"):  # the gateway's metered record; what the agent itself reported
+        value = raw.get(name.encode())
+        out[name] = orjson.loads(value) if value else None
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,6 +129,8 @@ def test_a_github_session_runs_start_to_finish(client, conn, settings, env, remo
     # repositories at their default branches, several of them
     repos = report["repos"]
     assert [Path(p).name for p in repos] == ["api", "sdk"]
+    assert report["cwd"] == list(repos)[0]  # the agent starts in the first checkout
+    assert report["env"]["HOME"] == str(Path(report["root"]) / ".home")  # the session's own, session users off
     heads = [r["head"] for r in repos.values()]
     assert heads == ["ref: refs/heads/trunk", "ref: refs/heads/develop"]
     assert "REVIEW.md" in list(repos.values())[0]["files"]
@@ -181,7 +184,11 @@ def test_exit_codes_setup_failures_and_missing_agents(conn, env, remotes, tmp_pa
     assert "Traceback" not in log_text(conn, missing["id"])
 
     preset = fire_one(settings, conn, "r", Firing(kind="manual"))
-    run_worker({**env, "PATH": "/usr/bin:/bin"}, ROUTINELY_AGENT="claude")
+    bare = tmp_path / "bare-bin"  # a PATH with git and bash but no agent CLI
+    bare.mkdir()
+    for tool in ("git", "bash"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    run_worker({**env, "PATH": str(bare)}, ROUTINELY_AGENT="claude")
     assert sessions.get(conn, settings, preset["id"])["status"] == "failed"
     assert "the agent preset 'claude' needs `claude` on PATH" in log_text(conn, preset["id"])
 

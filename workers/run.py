@@ -6,8 +6,8 @@ worker died.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import socket
 import time
 from typing import Any
@@ -16,19 +16,16 @@ import orjson
 import redis
 from rq import get_current_job
 
-from routinely import catalog, keys, session_log, sessions
+from routinely import catalog, keys, session_log, sessions, transcript
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
-from workers import process, prompt
+from workers import agents, process, prompt
+from workers.agents.transcript import read_lines
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError
 from workers.workspace import Workspace
-
-CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
-PRESETS = {"claude": CLAUDE}
-
 
 class Runtime:
     """What a worker process keeps between sessions: settings, Redis, the token cache."""
@@ -139,14 +136,19 @@ class SessionRun:
                                lambda line: self.log(line), ids)
         try:
             self._checkout(workspace, self.guard, spec["repositories"])
-            argv = self._agent_argv()
         except Failed as exc:
             return "failed", None, str(exc)
         payload = self._payload(raw)
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+        mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+        try:
+            launch = agents.prepare(spec.get("agent"), self.settings.agent, workspace,
+                                    json.loads(mcp.read_text())["mcpServers"], env, as_root=self._agent_is_root())
+        except agents.AgentError as exc:
+            return "failed", None, str(exc)
+        env.update(launch.env)
         if self.sandbox.network != "full" or ids:
             self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
@@ -155,8 +157,32 @@ class SessionRun:
             result = self._command(["bash", "-c", spec["environment"]["setup"]], workspace, env, "", deadline)
             if result.outcome != "exited" or result.exit_code != 0:
                 return self._ended(result, "setup")
-        self.log(f"routinely: starting the agent: {argv[-1]}")
-        return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+        self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")
+        self.api_error: str | None = None
+        result = self._command(launch.argv, workspace, env, text, deadline, launch.cwd, self._agent_output(launch))
+        if self.api_error and result.outcome == "exited":
+            policy = self.sandbox.network
+            blocked = f"the routine's network policy ({policy}) blocks it" if policy != "full" else self.api_error
+            return "failed", result.exit_code, f"routinely: the agent could not reach its model API: {blocked}"
+        return self._ended(result, "agent")
+
+    def _agent_is_root(self) -> bool:
+        return self.sandbox.uid is None and os.geteuid() == 0
+
+    def _agent_output(self, launch: agents.Launch):
+        """The agent's lines: its structured events become transcript entries and readable
+        log lines; anything else goes to the log as it is."""
+        def on_lines(lines: list[str]) -> None:
+            reading = read_lines(launch.transcript, lines)
+            pipe = self.conn.pipeline(transaction=False)
+            for line in reading.log:
+                session_log.append(pipe, self.id, line)
+            transcript.append(pipe, self.id, reading.entries)
+            if reading.agent_usage is not None:
+                sessions.update(pipe, self.id, agent_usage=orjson.dumps(reading.agent_usage).decode())
+            pipe.execute()
+            self.api_error = self.api_error or reading.api_error
+        return on_lines
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
@@ -171,9 +197,10 @@ class SessionRun:
         self.log(f"routinely: the agent exited with code {code}")
         return ("succeeded" if code == 0 else "failed"), code, None if code == 0 else f"the agent exited with code {code}"
 
-    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
-        return process.run(self.sandbox.command(argv), ws.root, env, stdin, deadline, lambda lines: self.log(*lines),
-                           self.canceled, self.heartbeat)
+    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float,
+                 cwd: "os.PathLike[str] | None" = None, on_lines=None) -> process.Result:
+        return process.run(self.sandbox.command(argv), cwd or ws.root, env, stdin, deadline,
+                           on_lines or (lambda lines: self.log(*lines)), self.canceled, self.heartbeat)
 
     def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
         for repo in repos:
@@ -194,8 +221,8 @@ class SessionRun:
         service variables named in ROUTINELY_AGENT_ENV — nothing else of the worker's."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            # a session user cannot use the worker's home; it gets one of its own
-            "HOME": str(ws.home) if ws.ids else os.environ.get("HOME", str(ws.home)),
+            # always the session's own: no session reads or writes another's agent state
+            "HOME": str(ws.home),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }
@@ -216,13 +243,3 @@ class SessionRun:
         if trigger.get("text") is not None:
             env["ROUTINELY_TEXT"] = trigger["text"]
         return env
-
-    def _agent_argv(self) -> list[str]:
-        agent = self.settings.agent
-        if agent in PRESETS:
-            binary = PRESETS[agent].split()[0]
-            if shutil.which(binary, path=os.environ.get("PATH")) is None:
-                raise Failed(f"routinely: the agent preset '{agent}' needs `{binary}` on PATH: install it "
-                             "(npm install -g @anthropic-ai/claude-code) or set ROUTINELY_AGENT to a command")
-            return ["bash", "-c", PRESETS[agent]]
-        return ["bash", "-c", agent]
