@@ -36,6 +36,15 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    # the model gateway: where it forwards, and the credentials it swaps in (never a session's)
+    anthropic_api_url: str = "https://api.anthropic.com"
+    openai_api_url: str = "https://api.openai.com"
+    gemini_api_url: str = "https://generativelanguage.googleapis.com"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    claude_code_oauth_token: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+    gemini_api_key: str | None = field(default=None, repr=False)
+    prices_file: Path | None = None
     clock: Callable[[], float] = time.time
 
     @property
@@ -73,6 +82,14 @@ class Settings:
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
+        vendor_urls = {}
+        for name, default in (("ANTHROPIC", cls.anthropic_api_url), ("OPENAI", cls.openai_api_url),
+                              ("GEMINI", cls.gemini_api_url)):
+            vendor_urls[name] = (get(f"ROUTINELY_{name}_API_URL") or default).rstrip("/")
+            _check_http_url(f"ROUTINELY_{name}_API_URL", vendor_urls[name])
+        prices = get("ROUTINELY_PRICES")
+        if prices is not None and not Path(prices).is_file():
+            raise ConfigError(f"ROUTINELY_PRICES {prices!r} is not a readable file (a YAML or JSON price table)")
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -89,6 +106,14 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            anthropic_api_url=vendor_urls["ANTHROPIC"],
+            openai_api_url=vendor_urls["OPENAI"],
+            gemini_api_url=vendor_urls["GEMINI"],
+            anthropic_api_key=get("ANTHROPIC_API_KEY"),
+            claude_code_oauth_token=get("CLAUDE_CODE_OAUTH_TOKEN"),
+            openai_api_key=get("OPENAI_API_KEY"),
+            gemini_api_key=get("GEMINI_API_KEY"),
+            prices_file=Path(prices) if prices else None,
         )
 
 

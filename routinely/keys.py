@@ -60,6 +60,12 @@ def session_transcript(session_id: str) -> str:
     return f"{P}transcript:{session_id}"
 
 
+def usage_day(scope: str, ident: str, local_date: str) -> str:
+    """hash requests/tokens/cost_usd/unpriced_requests of one calendar day (the account's timezone), scope
+    "account" (name) or "routine" (key); HINCRBY by the model gateway (routinely.usage); TTL 40 days."""
+    return f"{P}usage:{scope}:{ident}:{local_date}"
+
+
 def session_cancel(session_id: str) -> str:
     """string flag set by cancel, read by the runner; TTL 1 day."""
     return f"{P}cancel:{session_id}"

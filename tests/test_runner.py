@@ -16,6 +16,7 @@ from routinely import catalog, keys, session_log, sessions
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.support import Remotes, body_of, delivery_headers, fixture, git
+from workers.gateway import session_env
 from workers.reaper import reap
 
 AGENTS = Path(__file__).with_name("agents")
@@ -114,7 +115,9 @@ def test_a_github_session_runs_start_to_finish(client, conn, settings, env, remo
     assert agent_env["ROUTINELY_TRIGGER"] == "github" and agent_env["LOG_LEVEL"] == "debug"
     assert agent_env["ALLOWED_FOR_AGENT"] == "yes"
     assert "ROUTINELY_TEXT" not in agent_env
-    assert set(agent_env) - {"PATH", "HOME", "LANG", "TMPDIR", "LOG_LEVEL", "REPORT", "ALLOWED_FOR_AGENT", "PWD", "SHLVL", "_", "OLDPWD"} == {
+    gateway = set(session_env("http://gw", "t"))  # the vendors' variables, pointing at the session's gateway
+    assert agent_env["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:") and agent_env["ANTHROPIC_API_KEY"].startswith("rly-session-")
+    assert set(agent_env) - gateway - {"PATH", "HOME", "LANG", "TMPDIR", "LOG_LEVEL", "REPORT", "ALLOWED_FOR_AGENT", "PWD", "SHLVL", "_", "OLDPWD"} == {
         "ROUTINELY_SESSION_ID", "ROUTINELY_ROUTINE", "ROUTINELY_TRIGGER", "ROUTINELY_PROMPT_FILE", "ROUTINELY_REPOS", "ROUTINELY_EVENT_FILE"}
     assert SENTINEL not in json.dumps(report) and "whsec-must-not-leak" not in json.dumps(report)
     # prompt: on stdin and in the file; the routine's words, then the untrusted block

@@ -22,6 +22,11 @@ from routinely.start import iso
 from routinely.store import connect
 from workers import agents, process, prompt
 from workers.agents.transcript import read_lines
+from workers.gateway import WITHHELD, Gateway
+from workers.gateway.session import open_gateway
+from workers.liveness import Liveness
+from routinely.agent_spec import DEFAULT_IDLE_MINUTES
+from routinely.prices import PriceError
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError
@@ -85,6 +90,8 @@ class SessionRun:
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
+        self.gateway: Gateway | None = None
+        self.liveness = Liveness(DEFAULT_IDLE_MINUTES, self.canceled)
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -106,6 +113,8 @@ class SessionRun:
         try:
             if self.sandbox is not None:
                 self.sandbox.close()  # no process of the session's user outlives it
+            if self.gateway is not None:
+                self.gateway.close()
             if self.guard is not None:
                 self.guard.close()
         finally:
@@ -140,6 +149,15 @@ class SessionRun:
             return "failed", None, str(exc)
         payload = self._payload(raw)
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
+        self.liveness.idle_seconds = spec.get("idle_timeout_minutes", DEFAULT_IDLE_MINUTES) * 60
+        try:
+            self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
+                                                     routine.account, cat.accounts[routine.account].timezone,
+                                                     spec.get("budget"), self.log)
+        except PriceError as exc:
+            return "failed", None, f"routinely: {exc}"
+        self.liveness.gateway = self.gateway
+        env.update(gateway_env)  # in a session the vendors' names point at its gateway
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
         workspace.write(".routinely/prompt.md", text)
         mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
@@ -160,6 +178,11 @@ class SessionRun:
         self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")
         self.api_error: str | None = None
         result = self._command(launch.argv, workspace, env, text, deadline, launch.cwd, self._agent_output(launch))
+        if self.gateway.stop_reason == "budget_exceeded":
+            spent = self.gateway.meter.total
+            self.log(f"routinely: budget_exceeded: spent {spent['input_tokens'] + spent['output_tokens']} input+output tokens, "
+                     f"cost {spent['cost_usd'] if spent['cost_usd'] is not None else 'unknown'} USD")
+            return "failed", result.exit_code, "budget_exceeded"
         if self.api_error and result.outcome == "exited":
             policy = self.sandbox.network
             blocked = f"the routine's network policy ({policy}) blocks it" if policy != "full" else self.api_error
@@ -173,6 +196,7 @@ class SessionRun:
         """The agent's lines: its structured events become transcript entries and readable
         log lines; anything else goes to the log as it is."""
         def on_lines(lines: list[str]) -> None:
+            self.liveness.output()
             reading = read_lines(launch.transcript, lines)
             pipe = self.conn.pipeline(transaction=False)
             for line in reading.log:
@@ -186,6 +210,9 @@ class SessionRun:
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
+        if result.outcome == "canceled" and self.liveness.reason == "stalled":
+            self.log(self.liveness.stalled_line())
+            return "timed_out", None, "stalled"
         if result.outcome == "timed_out":
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
         if result.outcome == "canceled":
@@ -199,8 +226,11 @@ class SessionRun:
 
     def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float,
                  cwd: "os.PathLike[str] | None" = None, on_lines=None) -> process.Result:
+        def plain(lines: list[str]) -> None:
+            self.liveness.output()
+            self.log(*lines)
         return process.run(self.sandbox.command(argv), cwd or ws.root, env, stdin, deadline,
-                           on_lines or (lambda lines: self.log(*lines)), self.canceled, self.heartbeat)
+                           on_lines or plain, self.liveness.should_stop, self.heartbeat)
 
     def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
         for repo in repos:
@@ -228,8 +258,12 @@ class SessionRun:
         }
         env.update(spec["environment"]["env"])
         env.update(self.sandbox.extra_env)
+        withheld = [name for name in self.settings.agent_env if name in WITHHELD]
+        if withheld:
+            self.log(f"routinely: withheld from the session: {', '.join(withheld)} (model credentials and base URLs "
+                     "stay with the model gateway)")
         for name in self.settings.agent_env:
-            if name in os.environ:
+            if name in os.environ and name not in WITHHELD:
                 env[name] = os.environ[name]
         env.update({
             "ROUTINELY_SESSION_ID": self.id,
