@@ -94,7 +94,7 @@ def over_daily_budget(conn: redis.Redis, account: str, timezone: str, daily_budg
 def _totals(raw: dict[bytes, bytes]) -> dict[str, Any]:
     out: dict[str, Any] = {"requests": int(raw.get(b"requests", 0))}
     out.update({name: int(raw.get(name.encode(), 0)) for name in TOKENS})
-    out["cost_usd"] = round(float(raw.get(b"cost_usd", 0)), 6)
+    out["cost_usd"] = round(float(raw.get(b"cost_usd", 0)), 9)
     out["unpriced_requests"] = int(raw.get(b"unpriced_requests", 0))
     return out
 
@@ -107,6 +107,6 @@ def add(total: dict[str, Any], model: str | None, delta: dict[str, Any], cost: f
         out[name] += int(delta.get(name) or 0)
     if model and model not in out["models"]:
         out["models"] = [*out["models"], model]
-    out["cost_usd"] = None if cost is None or out["cost_usd"] is None else round(out["cost_usd"] + cost, 6)
+    out["cost_usd"] = None if cost is None or out["cost_usd"] is None else round(out["cost_usd"] + cost, 9)
     return out
 
