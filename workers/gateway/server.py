@@ -151,9 +151,9 @@ class Gateway:
             async for chunk in resp.content.iter_any():
                 stream.feed(chunk)
                 await out.write(chunk)
-            await out.write_eof()
-            if stream.seen:
+            if stream.seen:  # counted before the stream ends: once the agent has its answer, so does the record
                 await self._count(stream.model or model_of(vendor, path, body), stream.tokens)
+            await out.write_eof()
             return out
         data = await resp.read()
         if resp.status < 400:
