@@ -48,10 +48,11 @@ def prepare(routine_agent: Mapping[str, Any] | None, default: str, ws: Workspace
                          f"({preset.install}) or set ROUTINELY_AGENT to a command")
     fill = {"workspace": str(ws.root), "home": str(ws.home), "base_url": gateway_env.get("OPENAI_BASE_URL", "")}
     argv = [preset.binary, *(part.format(**fill) for part in preset.argv)]
-    if model:
-        argv[1:1] = [preset.model_flag, model]
+    options = [preset.model_flag, model] if model else []
     for other in ws.repos[1:]:
-        argv[1:1] = [preset.add_dir_flag, str(other)]
+        options += [preset.add_dir_flag, str(other)]
+    at = len(argv) - 1 if argv[-1] == "-" else len(argv)  # before a trailing "read the prompt from stdin"
+    argv[at:at] = options
     env = {k: v.format(**fill) for k, v in preset.env.items()}
     if as_root:
         env.update(preset.root_env)
