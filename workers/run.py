@@ -22,6 +22,7 @@ from routinely.start import iso
 from routinely.store import connect
 from workers import agents, process, prompt
 from workers.agents.transcript import read_lines
+from workers.connector import Connector, ConnectorError, Policy
 from workers.gateway import WITHHELD, Gateway
 from workers.gateway.session import open_gateway
 from workers.liveness import Liveness
@@ -72,7 +73,7 @@ class SessionRun:
         pipe.execute()
 
     def heartbeat(self) -> None:
-        self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)})
+        self.conn.zadd(keys.RUNNING, {self.id: int(self.settings.clock() * 1000)})
 
     def canceled(self) -> bool:
         return bool(self.conn.exists(keys.session_cancel(self.id)))
@@ -82,7 +83,7 @@ class SessionRun:
         raw = sessions.get_raw(self.conn, self.id)
         if raw is None:
             return "missing"
-        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(time.time()),
+        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(self.settings.clock()),
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
             return raw[b"status"].decode()  # canceled before it started
@@ -90,6 +91,7 @@ class SessionRun:
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
+        self.connector: Connector | None = None
         self.gateway: Gateway | None = None
         self.liveness = Liveness(DEFAULT_IDLE_MINUTES, self.canceled)
         try:
@@ -101,7 +103,7 @@ class SessionRun:
             self._cleanup()
             if reason:
                 self.log(reason)
-            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
+            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(self.settings.clock()),
                                 exit_code=code, reason=reason if status != "succeeded" else None)
             self.conn.zrem(keys.RUNNING, self.id)
             self.conn.delete(keys.session_cancel(self.id))
@@ -111,6 +113,8 @@ class SessionRun:
 
     def _cleanup(self) -> None:
         try:
+            if self.connector is not None:
+                self.connector.close()  # its token answers 401 from here on
             if self.sandbox is not None:
                 self.sandbox.close()  # no process of the session's user outlives it
             if self.gateway is not None:
@@ -158,9 +162,13 @@ class SessionRun:
             return "failed", None, f"routinely: {exc}"
         self.liveness.gateway = self.gateway
         env.update(gateway_env)  # in a session the vendors' names point at its gateway
-        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
+        try:
+            github, paragraph = self._github_connector(spec)
+        except ConnectorError as exc:
+            return "failed", None, str(exc)
+        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
-        mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+        mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
         try:
             launch = agents.prepare(spec.get("agent"), self.settings.agent, workspace,
                                     json.loads(mcp.read_text())["mcpServers"], env, as_root=self._agent_is_root())
@@ -207,6 +215,14 @@ class SessionRun:
             pipe.execute()
             self.api_error = self.api_error or reading.api_error
         return on_lines
+
+    def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
+        policy = Policy.from_spec(spec)
+        self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
+                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+        port = self.sandbox.add_door("github", self.connector.socket_path)
+        return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
