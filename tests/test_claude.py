@@ -174,6 +174,11 @@ def test_claude_as_root_without_session_users_under_network_none(conn, settings,
     assert usage.spent_today(conn, "alice", "UTC", time.time()) == pytest.approx(s["usage"]["cost_usd"])
     assert usage.over_daily_budget(conn, "alice", "UTC", 0.001, time.time()) is not None
     assert usage.daily(conn, "routine", "alice/r", "UTC", time.time(), days=1)[0]["requests"] == s["usage"]["requests"]
+    shown = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions", "show", sid], env=env,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stderr
+    assert (f"usage (metered by the gateway): {s['usage']['requests']} requests, {s['usage']['input_tokens']} input"
+            in shown.stdout) and f"models {MODEL}" in shown.stdout and "reported by the agent: " in shown.stdout
 
 
 def test_a_token_budget_stops_a_runaway_agent(conn, settings, client, env, fake, world):
