@@ -62,8 +62,11 @@ def session_transcript(session_id: str) -> str:
 
 def usage_day(scope: str, ident: str, local_date: str) -> str:
     """hash requests/tokens/cost_usd/unpriced_requests of one calendar day (the account's timezone), scope
-    "account" (name) or "routine" (key); HINCRBY by the model gateway (routinely.usage); TTL 40 days."""
+    "account" (name) or "routine" (key); HINCRBY by the model gateway (routinely.model_usage); TTL 40 days."""
     return f"{P}usage:{scope}:{ident}:{local_date}"
+
+
+MODEL_METRICS = P + "usage:metrics"  # hash "tokens|routine|model|kind", "cost|routine|model", "stop|routine|reason" -> counter; by the gateway and runner; no TTL (Prometheus counters; fields bounded by routines x models)
 
 
 def session_cancel(session_id: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, keys, session_log, sessions, transcript, usage
+from routinely import catalog, keys, model_usage, session_log, sessions, transcript
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
@@ -171,9 +171,9 @@ def test_claude_as_root_without_session_users_under_network_none(conn, settings,
     assert list(Path(env["HOME"]).iterdir()) == []
     # the account's spend today is the session's; past daily_budget_usd, admission drops new firings
     s = sessions.get(conn, settings, sid)
-    assert usage.spent_today(conn, "alice", "UTC", time.time()) == pytest.approx(s["usage"]["cost_usd"])
-    assert usage.over_daily_budget(conn, "alice", "UTC", 0.001, time.time()) is not None
-    assert usage.daily(conn, "routine", "alice/r", "UTC", time.time(), days=1)[0]["requests"] == s["usage"]["requests"]
+    assert model_usage.spent_today(conn, "alice", "UTC", time.time()) == pytest.approx(s["usage"]["cost_usd"])
+    assert model_usage.over_daily_budget(conn, "alice", "UTC", 0.001, time.time()) is not None
+    assert model_usage.daily(conn, "routine", "alice/r", "UTC", time.time(), days=1)[0]["requests"] == s["usage"]["requests"]
     shown = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions", "show", sid], env=env,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
@@ -195,6 +195,7 @@ def test_a_token_budget_stops_a_runaway_agent(conn, settings, client, env, fake,
     assert s["usage"]["requests"] == 1
     assert "routinely: budget_exceeded: the session's budget of 100 tokens is spent (162 used)" in log
     assert any(e["kind"] == "error" and "budget_exceeded" in e["text"] for e in transcript.read(conn, sid))
+    assert ({"routine": "alice/r", "reason": "budget_exceeded"}, 1.0) in model_usage.metrics(conn)["stops"]
 
 
 def test_an_agent_that_sleeps_ends_stalled(conn, settings, client, env, world):
@@ -208,6 +209,7 @@ def test_an_agent_that_sleeps_ends_stalled(conn, settings, client, env, world):
     assert s["status"] == "timed_out" and s["reason"] == "stalled"
     assert took < 6 + 15
     assert "routinely: stalled: no model request and no log line since" in log_of(conn, sid)
+    assert ({"routine": "alice/r", "reason": "stalled"}, 1.0) in model_usage.metrics(conn)["stops"]
 
 
 def test_an_unreachable_vendor_fails_fast_with_one_line(conn, settings, client, env, world):

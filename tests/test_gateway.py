@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import http.client
 import pytest
 
-from routinely import keys, usage
+from routinely import keys, model_usage
 from routinely.prices import PriceError, Prices
 from tests.fake_models import USAGE, FakeMessages
 from tests.support import redis_snapshot
@@ -101,8 +101,11 @@ def test_the_real_key_reaches_the_vendor_and_usage_is_metered(conn, open_gateway
     record = json.loads(conn.hget(keys.session("session_gw1"), "usage"))
     assert record == {"requests": 1, **USAGE, "cost_usd": pytest.approx((120 * 3 + 30 * 15 + 7 * 3 + 5 * 3) / 1e6),
                       "models": ["claude-priced"]}
-    day = usage.daily(conn, "account", "alice", "UTC", time.time(), days=1)[0]
+    day = model_usage.daily(conn, "account", "alice", "UTC", time.time(), days=1)[0]
     assert day["requests"] == 1 and day["output_tokens"] == 30
+    metrics = model_usage.metrics(conn)
+    assert ({"routine": "alice/r", "model": "claude-priced", "kind": "output_tokens"}, 30.0) in metrics["tokens"]
+    assert metrics["cost_usd"][0][1] == pytest.approx(record["cost_usd"])
 
 
 def test_an_unpriced_model_counts_tokens_with_cost_unknown(conn, open_gateway):
@@ -112,7 +115,7 @@ def test_an_unpriced_model_counts_tokens_with_cost_unknown(conn, open_gateway):
     record = json.loads(conn.hget(keys.session("session_gw1"), "usage"))
     assert record["requests"] == 2 and record["input_tokens"] == 240 and record["cost_usd"] is None
     assert record["models"] == ["claude-priced", "mystery-model"]
-    assert usage.daily(conn, "routine", "alice/r", "UTC", time.time(), days=1)[0]["unpriced_requests"] == 1
+    assert model_usage.daily(conn, "routine", "alice/r", "UTC", time.time(), days=1)[0]["unpriced_requests"] == 1
 
 
 def test_openai_and_gemini_get_their_own_keys(open_gateway, fake):

@@ -16,7 +16,7 @@ import orjson
 import redis
 from rq import get_current_job
 
-from routinely import catalog, keys, session_log, sessions, transcript
+from routinely import catalog, keys, model_usage, session_log, sessions, transcript
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
@@ -190,6 +190,7 @@ class SessionRun:
             spent = self.gateway.meter.total
             self.log(f"routinely: budget_exceeded: spent {spent['input_tokens'] + spent['output_tokens']} input+output tokens, "
                      f"cost {spent['cost_usd'] if spent['cost_usd'] is not None else 'unknown'} USD")
+            model_usage.record_stop(self.conn, self.gateway.meter.routine_key, "budget_exceeded")
             return "failed", result.exit_code, "budget_exceeded"
         if self.api_error and result.outcome == "exited":
             policy = self.sandbox.network
@@ -228,6 +229,8 @@ class SessionRun:
         code = result.exit_code
         if result.outcome == "canceled" and self.liveness.reason == "stalled":
             self.log(self.liveness.stalled_line())
+            if self.gateway is not None:
+                model_usage.record_stop(self.conn, self.gateway.meter.routine_key, "stalled")
             return "timed_out", None, "stalled"
         if result.outcome == "timed_out":
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import orjson
 import redis
 
-from routinely import keys, usage
+from routinely import keys, model_usage
 from routinely.prices import Prices
 
 
@@ -29,7 +29,7 @@ class Meter:
     timezone: str
     budget: Budget = field(default_factory=Budget)
     clock: Callable[[], float] = time.time
-    total: dict[str, Any] = field(default_factory=usage.empty)
+    total: dict[str, Any] = field(default_factory=model_usage.empty)
     priced_cost: float = 0.0  # what the priced models cost; the budget's measure when some are unpriced
     last_request: float = field(default_factory=time.monotonic)
     stop_reason: str | None = None
@@ -45,13 +45,13 @@ class Meter:
     def tokens_left(self) -> int | None:
         if self.budget.max_tokens is None:
             return None
-        return self.budget.max_tokens - usage.total_tokens(self.total)
+        return self.budget.max_tokens - model_usage.total_tokens(self.total)
 
     def exhausted(self) -> str | None:
         """One line saying which budget is spent, or None while there is some left."""
         left = self.tokens_left()
         if left is not None and left <= 0:
-            return f"the session's budget of {self.budget.max_tokens} tokens is spent ({usage.total_tokens(self.total)} used)"
+            return f"the session's budget of {self.budget.max_tokens} tokens is spent ({model_usage.total_tokens(self.total)} used)"
         if self.budget.max_cost_usd is not None and self.priced_cost >= self.budget.max_cost_usd:
             return f"the session's budget of ${self.budget.max_cost_usd:g} is spent (${self.priced_cost:.4f} used)"
         return None
@@ -60,7 +60,7 @@ class Meter:
         """Add one response; durable in Redis when it returns."""
         cost = self.prices.cost(model, tokens)
         with self._lock:
-            self.total = usage.add(self.total, model, tokens, cost)
+            self.total = model_usage.add(self.total, model, tokens, cost)
             self.priced_cost += cost or 0.0
-            usage.record(self.conn, self.session_id, self.routine_key, self.account, self.timezone, self.clock(),
-                         self.total, tokens, cost)
+            model_usage.record(self.conn, self.session_id, self.routine_key, self.account, self.timezone, self.clock(),
+                         self.total, model, tokens, cost)

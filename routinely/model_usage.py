@@ -38,7 +38,7 @@ def local_day(timezone: str, now: float) -> tuple[str, int]:
 
 
 def record(conn: redis.Redis, session_id: str, routine_key: str, account: str, timezone: str, now: float,
-           session_total: dict[str, Any], delta: dict[str, Any], delta_cost: float | None) -> None:
+           session_total: dict[str, Any], model: str | None, delta: dict[str, Any], delta_cost: float | None) -> None:
     """Write the session's whole record and add one response's tokens to today's totals."""
     day, _ = local_day(timezone, now)
     pipe = conn.pipeline(transaction=True)
@@ -54,7 +54,33 @@ def record(conn: redis.Redis, session_id: str, routine_key: str, account: str, t
         else:
             pipe.hincrbyfloat(key, "cost_usd", delta_cost)
         pipe.expire(key, DAYS_KEPT * keys.DAY)
+    label = f"{routine_key}|{model or 'unknown'}"
+    for name in TOKENS:
+        if delta.get(name):
+            pipe.hincrby(keys.MODEL_METRICS, f"tokens|{label}|{name}", int(delta[name]))
+    if delta_cost is not None:
+        pipe.hincrbyfloat(keys.MODEL_METRICS, f"cost|{label}", delta_cost)
     pipe.execute()
+
+
+def record_stop(conn: redis.Redis, routine_key: str, reason: str) -> None:
+    """Count a session the platform stopped: `budget_exceeded` or `stalled`."""
+    conn.hincrby(keys.MODEL_METRICS, f"stop|{routine_key}|{reason}", 1)
+
+
+def metrics(conn: redis.Redis) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Counters for /metrics: `tokens` (labels routine, model, kind), `cost_usd` (routine, model)
+    and `stops` (routine, reason), each a list of (labels, value)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {"tokens": [], "cost_usd": [], "stops": []}
+    for field, value in conn.hgetall(keys.MODEL_METRICS).items():
+        parts = field.decode().split("|")
+        if parts[0] == "tokens" and len(parts) == 4:
+            out["tokens"].append(({"routine": parts[1], "model": parts[2], "kind": parts[3]}, float(value)))
+        elif parts[0] == "cost" and len(parts) == 3:
+            out["cost_usd"].append(({"routine": parts[1], "model": parts[2]}, float(value)))
+        elif parts[0] == "stop" and len(parts) == 3:
+            out["stops"].append(({"routine": parts[1], "reason": parts[2]}, float(value)))
+    return out
 
 
 def daily(conn: redis.Redis, scope: str, ident: str, timezone: str, now: float, days: int = 30) -> list[dict[str, Any]]:
