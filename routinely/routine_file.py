@@ -58,6 +58,7 @@ class Account:
     extra_usage: bool
     timezone: str
     rate_limit: dict[str, int]
+    daily_budget_usd: float | None = None  # model spend per calendar day; past it firings drop (daily_budget)
 
 
 @dataclass(frozen=True)
@@ -401,4 +402,5 @@ def build_account(spec: dict[str, Any]) -> Account:
         extra_usage=spec["extra_usage"],
         timezone=spec["timezone"],
         rate_limit=spec["rate_limit"],
+        daily_budget_usd=spec.get("daily_budget_usd"),
     )

@@ -40,6 +40,7 @@ class FakeMessages:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # small writes go out at once (no delayed-ACK stalls)
 
             def log_message(self, *args: Any) -> None:
                 pass
