@@ -45,6 +45,7 @@ class Settings:
     openai_api_key: str | None = field(default=None, repr=False)
     gemini_api_key: str | None = field(default=None, repr=False)
     prices_file: Path | None = None
+    cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
     clock: Callable[[], float] = time.time
 
@@ -81,6 +82,7 @@ class Settings:
         users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
+        cache_max_gb = _seconds("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb, 0.0001, 1e6, "gigabytes")
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
@@ -116,6 +118,7 @@ class Settings:
             openai_api_key=get("OPENAI_API_KEY"),
             gemini_api_key=get("GEMINI_API_KEY"),
             prices_file=Path(prices) if prices else None,
+            cache_max_gb=cache_max_gb,
             scheduler_lease_seconds=lease,
         )
 
@@ -170,7 +173,7 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError(f"REDIS_URL {shown!r}: the database after the host must be a number, e.g. /0")
 
 
-def _seconds(name: str, raw: str | None, default: float, low: float, high: float) -> float:
+def _seconds(name: str, raw: str | None, default: float, low: float, high: float, unit: str = "seconds") -> float:
     if raw is None:
         return default
     try:
@@ -178,7 +181,7 @@ def _seconds(name: str, raw: str | None, default: float, low: float, high: float
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # NaN fails too
-        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g} (it is {raw!r})")
+        raise ConfigError(f"{name} must be a number of {unit} from {low:g} to {high:g} (it is {raw!r})")
     return value
 
 
