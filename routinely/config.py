@@ -34,6 +34,8 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     keep_workspaces: bool = False
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
+    sandbox: bool = True  # ROUTINELY_SANDBOX: off runs sessions unsandboxed (each says so)
+    sandbox_paths: tuple[str, ...] = ()  # ROUTINELY_SANDBOX_PATHS: host paths mounted read-only
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
     clock: Callable[[], float] = time.time
@@ -73,6 +75,7 @@ class Settings:
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
+        sandbox, sandbox_paths = _sandbox(get("ROUTINELY_SANDBOX"), get("ROUTINELY_SANDBOX_PATHS"))
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -89,7 +92,22 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            sandbox=sandbox,
+            sandbox_paths=sandbox_paths,
         )
+
+
+def _sandbox(mode: str | None, paths: str | None) -> tuple[bool, tuple[str, ...]]:
+    mode = (mode or "on").lower()
+    if mode not in ("on", "off"):
+        raise ConfigError(f"ROUTINELY_SANDBOX takes on or off, got {mode!r}")
+    listed = tuple(p.strip() for p in (paths or "").split(":") if p.strip())
+    for path in listed:
+        if not os.path.isabs(path):
+            raise ConfigError(f"ROUTINELY_SANDBOX_PATHS lists absolute host paths (colon-separated), got {path!r}")
+        if not os.path.exists(path):
+            raise ConfigError(f"ROUTINELY_SANDBOX_PATHS names {path}, which does not exist")
+    return mode == "on", tuple(os.path.normpath(p) for p in listed)
 
 
 def default_data_dir() -> str:

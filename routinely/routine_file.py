@@ -278,8 +278,8 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
         raise _err(where, f"environment.allow_hosts must be a list of host names (optionally *.domain or :port), got {hosts!r}")
     if network == "allowlist" and not hosts:
         raise _err(where, "environment.network allowlist needs at least one host in allow_hosts")
-    if network != "allowlist" and hosts:
-        raise _err(where, "environment.allow_hosts applies only with network: allowlist")
+    if network == "none" and hosts:
+        raise _err(where, "environment.allow_hosts applies with network: allowlist (the hosts) or full (private hosts it may reach)")
     variables = env.get("env") or {}
     if not isinstance(variables, dict):
         raise _err(where, "environment.env must map variable names to values")

@@ -39,15 +39,27 @@ def run(
     on_lines: Callable[[list[str]], None],
     canceled: Callable[[], bool],
     tick: Callable[[], None] = lambda: None,
+    *,
+    user: int | None = None,
+    pass_fds: tuple[int, ...] = (),
+    started: Callable[[int], None] = lambda pid: None,
 ) -> Result:
     """Run `argv` until it exits, `deadline` (monotonic) passes or `canceled()` turns true.
 
     `on_lines` gets batches of output lines (stdout and stderr merged) as they come;
-    `tick` runs about every second (heartbeats)."""
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_die_with_parent,
-    )
+    `tick` runs about every second (heartbeats). With `user`, the command starts as that
+    uid and gid (privileges dropped before exec). `pass_fds` are handed to the command and
+    closed here once it has them; `started` gets its pid."""
+    ids = {"user": user, "group": user, "extra_groups": []} if user is not None else {}
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent, pass_fds=pass_fds, **ids,
+        )
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
+    started(proc.pid)
     lines: "queue.Queue[str | None]" = queue.Queue()
 
     def feed() -> None:

@@ -23,7 +23,7 @@ from routinely.store import connect
 from workers import process, prompt
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
-from workers.sandbox import Sandbox, SandboxError
+from workers.sandbox import Sandbox, SandboxError, git_alternates
 from workers.workspace import Workspace
 
 CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
@@ -127,7 +127,9 @@ class SessionRun:
         deadline = time.monotonic() + spec["timeout_minutes"] * 60
         began = time.monotonic()
         try:
-            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log)
+            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log,
+                                        self.settings.sandbox, self.settings.sandbox_paths)
+            sessions.update(self.conn, self.id, sandbox="on" if self.sandbox.enabled else "off")
         except SandboxError as exc:
             return "failed", None, str(exc)  # fail closed: never more access than asked
         ids = self.sandbox.ids
@@ -136,19 +138,21 @@ class SessionRun:
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids)
+                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"))
         try:
             self._checkout(workspace, self.guard, spec["repositories"])
             argv = self._agent_argv()
         except Failed as exc:
             return "failed", None, str(exc)
+        self._share(workspace)
         payload = self._payload(raw)
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
         workspace.write(".routinely/prompt.md", text)
         workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
-        if self.sandbox.network != "full" or ids:
-            self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
+        if self.sandbox.enabled or ids:
+            self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
+                     + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
         if spec["environment"]["setup"]:
             self.log("routinely: running setup")
@@ -172,8 +176,19 @@ class SessionRun:
         return ("succeeded" if code == 0 else "failed"), code, None if code == 0 else f"the agent exited with code {code}"
 
     def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
-        return process.run(self.sandbox.command(argv), ws.root, env, stdin, deadline, lambda lines: self.log(*lines),
-                           self.canceled, self.heartbeat)
+        cmd = self.sandbox.command(argv, env, ws.root, ws.home)
+        return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, lambda lines: self.log(*lines),
+                           self.canceled, self.heartbeat, user=cmd.user, pass_fds=cmd.pass_fds,
+                           started=lambda pid: sessions.update(self.conn, self.id, sandbox_pid=pid, sandbox_uid=cmd.user))
+
+    def _share(self, ws: Workspace) -> None:
+        """What the sandbox mounts of the host: the workspace and relays, and the object stores
+        the checkouts borrow from."""
+        self.sandbox.share(ws.root, writable=True)
+        self.sandbox.share(ws.relays, writable=True)
+        for repo in ws.repos:
+            for store in git_alternates(repo):
+                self.sandbox.share(store)
 
     def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
         for repo in repos:
@@ -195,7 +210,7 @@ class SessionRun:
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
             # a session user cannot use the worker's home; it gets one of its own
-            "HOME": str(ws.home) if ws.ids else os.environ.get("HOME", str(ws.home)),
+            "HOME": str(ws.home) if ws.ids or self.sandbox.enabled else os.environ.get("HOME", str(ws.home)),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }

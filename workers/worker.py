@@ -5,14 +5,24 @@ lives as long as the worker, and a session's own runner enforces its timeout and
 """
 from __future__ import annotations
 
+import os
+import sys
+
 from rq import Queue, SimpleWorker
 
 from routinely.config import Settings
 from workers.reaper import reap
 from workers.run import Runtime
+from workers.sandbox import host as sandbox_host
 
 
 def run(settings: Settings, burst: bool = False) -> None:
+    problem = sandbox_host.problem(settings.session_users, os.environ.get("PATH")) if settings.sandbox else None
+    if problem:  # fail closed: never run a session with less isolation than the contract says
+        print(problem, file=sys.stderr)
+        sys.exit(1)
+    if not settings.sandbox:
+        print("routinely: ROUTINELY_SANDBOX=off: sessions run unsandboxed (each says so in its log and on its page)", file=sys.stderr)
     rt = Runtime(settings)
     Runtime._current = rt
     reap(rt.conn)
