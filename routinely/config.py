@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlparse
 
+from routinely import limits
+
 DEFAULT_BETAS = ("experimental-cc-routine-2026-04-01",)
 
 
@@ -36,6 +38,8 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     sandbox: bool = True  # ROUTINELY_SANDBOX: off runs sessions unsandboxed (each says so)
     sandbox_paths: tuple[str, ...] = ()  # ROUTINELY_SANDBOX_PATHS: host paths mounted read-only
+    session_limits: Mapping[str, int | float] = field(default_factory=dict)  # ROUTINELY_SESSION_LIMITS
+    cgroups: str = "auto"  # ROUTINELY_CGROUPS: auto | v2 | v1 | off (rlimits only)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
     clock: Callable[[], float] = time.time
@@ -76,6 +80,13 @@ class Settings:
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         sandbox, sandbox_paths = _sandbox(get("ROUTINELY_SANDBOX"), get("ROUTINELY_SANDBOX_PATHS"))
+        try:
+            session_limits = limits.parse_env(get("ROUTINELY_SESSION_LIMITS"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        cgroups = (get("ROUTINELY_CGROUPS") or "auto").lower()
+        if cgroups not in ("auto", "v2", "v1", "off"):
+            raise ConfigError(f"ROUTINELY_CGROUPS takes auto, v2, v1 or off (rlimits only), got {cgroups!r}")
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -94,6 +105,8 @@ class Settings:
             api_betas=betas,
             sandbox=sandbox,
             sandbox_paths=sandbox_paths,
+            session_limits=session_limits,
+            cgroups=cgroups,
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from filters import EVENT_KINDS, Filter, FilterError, compile_filters
+from routinely import limits
 from routinely.schedules import Schedule, ScheduleError, parse_schedule, stagger_seconds, zone
 
 PLANS = {"pro": 5, "max": 15, "team": 25, "enterprise": 25}
@@ -38,7 +39,7 @@ _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
     "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers",
 }
-_ENV_KEYS = {"network", "allow_hosts", "env", "setup"}
+_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "limits"}
 
 
 class ApplyError(ValueError):
@@ -295,7 +296,11 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
     setup = env.get("setup")
     if setup is not None and not isinstance(setup, str):
         raise _err(where, "environment.setup must be a shell script (a string)")
-    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup}
+    try:
+        session_limits = limits.check(env.get("limits") or {}, "environment.limits")
+    except ValueError as exc:
+        raise _err(where, str(exc)) from None
+    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits}
 
 
 def _trigger(trig: Any, where: str, routine: dict[str, Any], tz: str, now: float | None) -> dict[str, Any]:

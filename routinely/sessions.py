@@ -37,6 +37,8 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason
+    resources = raw.get(b"resources")
+    out["resources"] = orjson.loads(resources) if resources else None
     sandbox = _text(raw, "sandbox")
     if sandbox:
         out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)

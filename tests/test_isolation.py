@@ -389,6 +389,12 @@ def test_a_daemon_does_not_outlive_a_killed_worker(users, conn, settings, redis_
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert wait_for(lambda: host_processes_with(marker) == [], 10), host_processes_with(marker)
+        # the reaper finishes what the dead worker left: its session cgroup goes too
+        from workers.reaper import reap
+
+        assert reap(conn, timeout=0) == [made["id"]]
+        name = raw.get(b"sandbox_cgroup", b"").decode()
+        assert not name or not [p for p in Path("/sys/fs/cgroup").glob(f"**/routinely/{name}") if p.is_dir()]
     finally:
         proc.kill()
 

@@ -24,6 +24,7 @@ from workers import process, prompt
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, git_alternates
+from workers.sandbox.bounds import limits_for
 from workers.workspace import Workspace
 
 CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
@@ -108,7 +109,9 @@ class SessionRun:
     def _cleanup(self) -> None:
         try:
             if self.sandbox is not None:
-                self.sandbox.close()  # no process of the session's user outlives it
+                self.sandbox.close()  # no process of the session outlives it
+                if self.sandbox.resources() is not None:
+                    sessions.update(self.conn, self.id, resources=orjson.dumps(self.sandbox.resources()).decode())
             if self.guard is not None:
                 self.guard.close()
         finally:
@@ -128,7 +131,9 @@ class SessionRun:
         began = time.monotonic()
         try:
             self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log,
-                                        self.settings.sandbox, self.settings.sandbox_paths)
+                                        self.settings.sandbox, self.settings.sandbox_paths,
+                                        limits_for(spec["environment"], self.settings.session_limits),
+                                        self.settings.cgroups)
             sessions.update(self.conn, self.id, sandbox="on" if self.sandbox.enabled else "off")
         except SandboxError as exc:
             return "failed", None, str(exc)  # fail closed: never more access than asked
@@ -164,6 +169,10 @@ class SessionRun:
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
+        if notes := self.sandbox.notes():
+            self.log(*notes)
+        if limit := self.sandbox.ended():
+            return "failed", code, limit  # out of memory, disk limit exceeded
         if result.outcome == "timed_out":
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
         if result.outcome == "canceled":
@@ -178,13 +187,21 @@ class SessionRun:
     def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
         cmd = self.sandbox.command(argv, env, ws.root, ws.home)
         return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, lambda lines: self.log(*lines),
-                           self.canceled, self.heartbeat, user=cmd.user, pass_fds=cmd.pass_fds,
-                           started=lambda pid: sessions.update(self.conn, self.id, sandbox_pid=pid, sandbox_uid=cmd.user))
+                           lambda: self.canceled() or self.sandbox.over(), self.heartbeat, user=cmd.user,
+                           pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits,
+                           started=lambda pid: self._started(pid, cmd.user))
+
+    def _started(self, pid: int, uid: int | None) -> None:
+        """What the reaper needs to finish a session whose worker died: its sandbox's pid, uid, cgroup."""
+        bounds = self.sandbox.bounds
+        sessions.update(self.conn, self.id, sandbox_pid=pid, sandbox_uid=uid,
+                        sandbox_cgroup=bounds.name if bounds is not None and bounds.cgroup is not None else None)
 
     def _share(self, ws: Workspace) -> None:
         """What the sandbox mounts of the host: the workspace and relays, and the object stores
         the checkouts borrow from."""
         self.sandbox.share(ws.root, writable=True)
+        self.sandbox.watch(ws.root)
         self.sandbox.share(ws.relays, writable=True)
         for repo in ws.repos:
             for store in git_alternates(repo):

@@ -14,6 +14,7 @@ from routinely.config import Settings
 from workers.reaper import reap
 from workers.run import Runtime
 from workers.sandbox import host as sandbox_host
+from workers.sandbox.bounds import enforcer
 
 
 def run(settings: Settings, burst: bool = False) -> None:
@@ -21,6 +22,9 @@ def run(settings: Settings, burst: bool = False) -> None:
     if problem:  # fail closed: never run a session with less isolation than the contract says
         print(problem, file=sys.stderr)
         sys.exit(1)
+    notice = enforcer(settings.cgroups).notice
+    if notice:
+        print(notice, file=sys.stderr)
     if not settings.sandbox:
         print("routinely: ROUTINELY_SANDBOX=off: sessions run unsandboxed (each says so in its log and on its page)", file=sys.stderr)
     rt = Runtime(settings)

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Callable
 
 from workers.sandbox import bwrap, host
+from workers.sandbox.bounds import Bounds, enforcer
+from workers.sandbox.cgroup import Limits
 from workers.sandbox.egress import EgressProxy
 from workers.sandbox.launch import TcpBridge
 
 UID_BASE, UID_SPAN = 200_000, 100_000
 LAUNCHER = Path(__file__).with_name("launch.py")
-TMP_BYTES = 1024 * 1024 * 1024  # the private /tmp (#23 counts it against the session's memory)
 
 
 class SandboxError(Exception):
@@ -53,6 +54,8 @@ class Command:
     cwd: Path
     user: int | None = None
     pass_fds: tuple[int, ...] = ()
+    join: tuple[str, ...] = ()  # the session's cgroup (its procs files)
+    rlimits: tuple[tuple[int, int], ...] = ()  # the fallback where no cgroup can be used
 
 
 @dataclass
@@ -65,19 +68,28 @@ class Sandbox:
     doors: dict[str, Door] = field(default_factory=dict)
     readable: list[Path] = field(default_factory=list)
     writable: list[Path] = field(default_factory=list)
+    bounds: Bounds | None = None
     _door_dir: Path | None = None
 
     @classmethod
     def open(cls, environment: dict, session_id: str, session_users: bool, log: Callable[[str], None],
-             enabled: bool = True, paths: tuple[str, ...] = ()) -> "Sandbox":
+             enabled: bool = True, paths: tuple[str, ...] = (), limits: Limits = Limits(),
+             cgroups: str = "auto") -> "Sandbox":
         """Raises SandboxError when the sandbox cannot be built here (fail closed).
 
-        `enabled` is ROUTINELY_SANDBOX; `paths` is ROUTINELY_SANDBOX_PATHS."""
+        `enabled` is ROUTINELY_SANDBOX; `paths` is ROUTINELY_SANDBOX_PATHS; `limits` bound the
+        whole session (setup and agent share them), enforced as `cgroups` (ROUTINELY_CGROUPS) says."""
         uid = session_uid(session_id) if session_users else None
         if uid is not None and os.geteuid() != 0:
             raise SandboxError("routinely: session users need the worker to run as root; set ROUTINELY_SESSION_USERS=off to run sessions as the worker's user")
         box = cls(network=environment["network"], enabled=enabled, uid=uid,
                   allow_hosts=list(environment.get("allow_hosts") or []))
+        try:
+            box.bounds = Bounds.open(f"session-{session_id}", limits, enforcer(cgroups))
+        except OSError as exc:
+            raise SandboxError(f"routinely: cannot make the session's cgroup: {exc}") from None
+        if box.bounds.enforcer.notice:
+            log(box.bounds.enforcer.notice)
         if not enabled:
             log(f"routinely: sandbox off (ROUTINELY_SANDBOX=off): this session runs unsandboxed, "
                 f"network: {box.network} is not enforced")
@@ -131,6 +143,31 @@ class Sandbox:
         """Mount a host folder or file into the sandbox at the same path (call before command())."""
         (self.writable if writable else self.readable).append(Path(path))
 
+    # -- the session's bounds
+    def watch(self, workspace: Path) -> None:
+        """Count `workspace` against disk_mb (checked every few seconds while commands run)."""
+        if self.bounds is not None:
+            self.bounds.workspace = workspace
+
+    def over(self) -> bool:
+        """True when a limit says the running command must stop now (disk)."""
+        return self.bounds is not None and self.bounds.over() is not None
+
+    def ended(self) -> str | None:
+        """After a command: the reason when a limit stopped it (`out of memory (limit N MB)`,
+        `disk limit exceeded`), else None."""
+        return self.bounds.ended() if self.bounds is not None else None
+
+    def notes(self) -> list[str]:
+        """Log lines about limits the session ran into without being stopped (pids)."""
+        if self.bounds is None or self.bounds.cgroup is None or self.bounds.usage().pids_refused == 0:
+            return []
+        return [f"routinely: the session reached its pids limit ({self.bounds.limits.pids}): "
+                f"{self.bounds.usage().pids_refused} forks were refused"]
+
+    def resources(self) -> dict | None:
+        return self.bounds.resources() if self.bounds is not None else None
+
     def _door_ports(self) -> dict[int, str]:
         return {d.port: d.socket_path for d in self.doors.values() if d.name != "egress"}
 
@@ -151,17 +188,18 @@ class Sandbox:
     # -- the command
     def command(self, argv: list[str], env: dict[str, str], cwd: Path, home: Path) -> Command:
         """argv as it runs under this sandbox: bwrap as the session's uid, or bare when off."""
+        bounds = {"join": self.bounds.join, "rlimits": self.bounds.rlimits} if self.bounds else {}
         if not self.enabled:
-            return Command(argv, env, cwd, self.uid)
+            return Command(argv, env, cwd, self.uid, **bounds)
         readable = [*self.readable, *agent_paths(argv, env.get("PATH", ""))]
         walls = bwrap.Walls(uid=self.uid if self.uid is not None else os.geteuid(), home=home, cwd=cwd,
                             writable=_unique(self.writable), readable=_unique(p for p in readable if p.exists()),
-                            tmp_bytes=TMP_BYTES)
+                            tmp_bytes=(self.bounds.limits.memory_mb if self.bounds else 1024) * 1024 * 1024)
         launcher_args = []
         for door in self.doors.values():
             launcher_args += ["--door", door.socket_path, str(door.port)]
         full, fds = bwrap.command(walls, env, LAUNCHER.read_bytes(), host.bwrap() or "bwrap", host.python(), launcher_args, argv)
-        return Command(full, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd, self.uid, tuple(fds))
+        return Command(full, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd, self.uid, tuple(fds), **bounds)
 
     def close(self) -> None:
         for door in self.doors.values():
@@ -169,6 +207,8 @@ class Sandbox:
                 door.bridge.close()
         if self.proxy is not None:
             self.proxy.close()
+        if self.bounds is not None:
+            self.bounds.close()  # every process of the session, then its cgroup
         if self.uid is not None:
             kill_user(self.uid)
         if self._door_dir is not None:
@@ -232,3 +272,30 @@ def kill_user(uid: int) -> int:
         except (OSError, ProcessLookupError):
             continue
     return killed
+
+
+def finish(raw: dict[bytes, bytes]) -> bool:
+    """For the reaper, on the session's own host: end whatever is left of a session whose
+    worker died (its cgroup, its uid's processes) and remove its cgroup. True when nothing is
+    left (or the session ran on another host, which finishes its own)."""
+    import socket
+
+    from workers.sandbox.bounds import finish as finish_cgroup
+
+    if raw.get(b"host", b"").decode() != socket.gethostname():
+        return True
+    done = finish_cgroup(raw.get(b"sandbox_cgroup", b"").decode() or None)
+    uid = raw.get(b"sandbox_uid", b"").decode()
+    if uid.isdigit() and int(uid) >= UID_BASE:
+        kill_user(int(uid))
+        done = done and not any(_owned_by(int(uid)))
+    return done
+
+
+def _owned_by(uid: int):
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and entry.stat().st_uid == uid:
+                yield int(entry.name)
+        except OSError:
+            continue
