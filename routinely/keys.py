@@ -102,3 +102,14 @@ def schedule_fired(routine_key: str, schedule_id: str, run_at: int) -> str:
 SCHEDULER_LEASE = P + "scheduler:lease"  # string holder id, SET NX PX; the one active scheduler
 
 RUNNING = P + "running"  # zset session id -> last heartbeat ms; written by the runner, read by the reaper
+
+
+def session_actions(session_id: str) -> str:
+    """list of JSON actions ({tool, repo, number, url, status, at}): the github connector's writes,
+    RPUSH by the worker serving the session (routinely.actions); TTL SESSION_TTL."""
+    return f"{P}actions:{session_id}"
+
+
+def session_reads(session_id: str) -> str:
+    """int: how many reads the session's github connector made (INCR); TTL SESSION_TTL."""
+    return f"{P}reads:{session_id}"

@@ -367,7 +367,7 @@ def test_a_daemon_does_not_outlive_a_cancel(conn, settings, redis_server, world)
     try:
         assert wait_for(lambda: "PROBE-DAEMON started" in log_of(conn, made["id"]))
         assert host_processes_with(marker)  # the control: it was running
-        sessions.cancel(conn, made["id"], "2026-01-01T00:00:00Z", settings.queue_name)
+        sessions.cancel(conn, made["id"], "2026-01-01T00:00:00Z")
         assert wait_for(lambda: sessions.get(conn, settings, made["id"])["status"] == "canceled")
         assert wait_for(lambda: host_processes_with(marker) == [], 10)
     finally:
@@ -392,7 +392,7 @@ def test_a_daemon_does_not_outlive_a_killed_worker(users, conn, settings, redis_
         # the reaper finishes what the dead worker left: its session cgroup goes too
         from workers.reaper import reap
 
-        assert reap(conn, timeout=0) == [made["id"]]
+        assert reap(conn, time.time(), timeout=0) == [made["id"]]
         name = raw.get(b"sandbox_cgroup", b"").decode()
         assert not name or not [p for p in Path("/sys/fs/cgroup").glob(f"**/routinely/{name}") if p.is_dir()]
     finally:

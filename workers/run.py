@@ -21,6 +21,7 @@ from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
 from workers import process, prompt
+from workers.connector import Connector, ConnectorError, Policy
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, git_alternates
@@ -71,7 +72,7 @@ class SessionRun:
         pipe.execute()
 
     def heartbeat(self) -> None:
-        self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)})
+        self.conn.zadd(keys.RUNNING, {self.id: int(self.settings.clock() * 1000)})
 
     def canceled(self) -> bool:
         return bool(self.conn.exists(keys.session_cancel(self.id)))
@@ -81,7 +82,7 @@ class SessionRun:
         raw = sessions.get_raw(self.conn, self.id)
         if raw is None:
             return "missing"
-        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(time.time()),
+        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(self.settings.clock()),
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
             return raw[b"status"].decode()  # canceled before it started
@@ -89,6 +90,7 @@ class SessionRun:
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
+        self.connector: Connector | None = None
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -98,7 +100,7 @@ class SessionRun:
             self._cleanup()
             if reason:
                 self.log(reason)
-            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
+            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(self.settings.clock()),
                                 exit_code=code, reason=reason if status != "succeeded" else None)
             self.conn.zrem(keys.RUNNING, self.id)
             self.conn.delete(keys.session_cancel(self.id))
@@ -108,6 +110,8 @@ class SessionRun:
 
     def _cleanup(self) -> None:
         try:
+            if self.connector is not None:
+                self.connector.close()  # its token answers 401 from here on
             if self.sandbox is not None:
                 self.sandbox.close()  # no process of the session outlives it
                 if self.sandbox.resources() is not None:
@@ -151,10 +155,14 @@ class SessionRun:
             return "failed", None, str(exc)
         self._share(workspace)
         payload = self._payload(raw)
-        env = self._agent_env(workspace, routine.name, trigger, payload, spec)
-        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
+        try:
+            github, paragraph = self._github_connector(spec)
+        except ConnectorError as exc:
+            return "failed", None, str(exc)
+        env = self._agent_env(workspace, routine.name, trigger, payload, spec)  # after the doors: NO_PROXY lists them
+        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
         if self.sandbox.enabled or ids:
             self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
                      + (f", session user {ids[0]}" if ids else ""))
@@ -166,6 +174,14 @@ class SessionRun:
                 return self._ended(result, "setup")
         self.log(f"routinely: starting the agent: {argv[-1]}")
         return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+
+    def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
+        policy = Policy.from_spec(spec)
+        self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
+                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+        port = self.sandbox.add_door("github", self.connector.socket_path)
+        return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
@@ -231,8 +247,8 @@ class SessionRun:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }
+        env.update(self.sandbox.extra_env)  # the routine's env may override (e.g. ALL_PROXY: "" for SOCKS-less clients)
         env.update(spec["environment"]["env"])
-        env.update(self.sandbox.extra_env)
         for name in self.settings.agent_env:
             if name in os.environ:
                 env[name] = os.environ[name]

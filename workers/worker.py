@@ -8,9 +8,8 @@ from __future__ import annotations
 import os
 import sys
 
-from rq import Queue, SimpleWorker
-
-from routinely.config import Settings
+from routinely import jobs
+from routinely.config import ConfigError, Settings
 from workers.reaper import reap
 from workers.run import Runtime
 from workers.sandbox import host as sandbox_host
@@ -29,6 +28,19 @@ def run(settings: Settings, burst: bool = False) -> None:
         print("routinely: ROUTINELY_SANDBOX=off: sessions run unsandboxed (each says so in its log and on its page)", file=sys.stderr)
     rt = Runtime(settings)
     Runtime._current = rt
-    reap(rt.conn)
-    queue = Queue(settings.queue_name, connection=rt.conn)
-    SimpleWorker([queue], connection=rt.conn).work(burst=burst, with_scheduler=False, logging_level="WARNING")
+    reap(rt.conn, settings.clock())
+    jobs.worker(rt.conn, settings.queue_name).work(burst=burst, with_scheduler=False, logging_level="WARNING")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m workers.worker [--burst]` (what `routinely worker` becomes)."""
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"routinely worker: {exc}")
+    run(settings, burst="--burst" in argv)
+
+
+if __name__ == "__main__":
+    main()

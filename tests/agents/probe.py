@@ -122,6 +122,15 @@ if peers:
     attempt("write_other", lambda: open(os.path.join(root, others[0], "planted.txt"), "w").write("x"))
     attempt("list_data", lambda: sorted(os.listdir(data)))
     attempt("other_relays", lambda: os.listdir(os.path.join(data, "relays", others[0])))
+    def worker_environ():
+        pid = os.getppid()
+        while pid > 1:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            if b"workers.worker" in cmd:  # what `routinely worker` becomes (exec)
+                return open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
+            pid = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("PPid:")).split()[1])
+        raise LookupError("worker not found")
+    attempt("worker_environ", worker_environ)
 
 marker = os.environ.get("PROBE_DAEMON")
 if marker:
