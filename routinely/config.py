@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlparse
 
+from routinely import limits
+
 DEFAULT_BETAS = ("experimental-cc-routine-2026-04-01",)
 
 
@@ -34,6 +36,10 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     keep_workspaces: bool = False
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
+    sandbox: bool = True  # ROUTINELY_SANDBOX: off runs sessions unsandboxed (each says so)
+    sandbox_paths: tuple[str, ...] = ()  # ROUTINELY_SANDBOX_PATHS: host paths mounted read-only
+    session_limits: Mapping[str, int | float] = field(default_factory=dict)  # ROUTINELY_SESSION_LIMITS
+    cgroups: str = "auto"  # ROUTINELY_CGROUPS: auto | v2 | v1 | off (rlimits only)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
     # the model gateway: where it forwards, and the credentials it swaps in (never a session's)
@@ -94,6 +100,14 @@ class Settings:
         prices = get("ROUTINELY_PRICES")
         if prices is not None and not Path(prices).is_file():
             raise ConfigError(f"ROUTINELY_PRICES {prices!r} is not a readable file (a YAML or JSON price table)")
+        sandbox, sandbox_paths = _sandbox(get("ROUTINELY_SANDBOX"), get("ROUTINELY_SANDBOX_PATHS"))
+        try:
+            session_limits = limits.parse_env(get("ROUTINELY_SESSION_LIMITS"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        cgroups = (get("ROUTINELY_CGROUPS") or "auto").lower()
+        if cgroups not in ("auto", "v2", "v1", "off"):
+            raise ConfigError(f"ROUTINELY_CGROUPS takes auto, v2, v1 or off (rlimits only), got {cgroups!r}")
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -119,8 +133,25 @@ class Settings:
             gemini_api_key=get("GEMINI_API_KEY"),
             prices_file=Path(prices) if prices else None,
             cache_max_gb=cache_max_gb,
+            sandbox=sandbox,
+            sandbox_paths=sandbox_paths,
+            session_limits=session_limits,
+            cgroups=cgroups,
             scheduler_lease_seconds=lease,
         )
+
+
+def _sandbox(mode: str | None, paths: str | None) -> tuple[bool, tuple[str, ...]]:
+    mode = (mode or "on").lower()
+    if mode not in ("on", "off"):
+        raise ConfigError(f"ROUTINELY_SANDBOX takes on or off, got {mode!r}")
+    listed = tuple(p.strip() for p in (paths or "").split(":") if p.strip())
+    for path in listed:
+        if not os.path.isabs(path):
+            raise ConfigError(f"ROUTINELY_SANDBOX_PATHS lists absolute host paths (colon-separated), got {path!r}")
+        if not os.path.exists(path):
+            raise ConfigError(f"ROUTINELY_SANDBOX_PATHS names {path}, which does not exist")
+    return mode == "on", tuple(os.path.normpath(p) for p in listed)
 
 
 def default_data_dir() -> str:

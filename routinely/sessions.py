@@ -43,6 +43,11 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     warm = _text(raw, "warm_start")
     if warm:
         out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
+    resources = raw.get(b"resources")
+    out["resources"] = orjson.loads(resources) if resources else None
+    sandbox = _text(raw, "sandbox")
+    if sandbox:
+        out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
     return out
 
 

@@ -22,11 +22,12 @@ from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
 from tests.support import Remotes, redis_snapshot
-from workers.sandbox import netns_prefix
+from workers.sandbox import host
 
 CLAUDE = shutil.which("claude")
 pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the Claude Code CLI is not installed (bash .ci/run installs it)")
-needs_netns = pytest.mark.skipif(netns_prefix() is None, reason="this kernel forbids network namespaces")
+needs_netns = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None,
+                                 reason="this host cannot build the sandbox (bwrap, user namespaces)")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="session users need the worker to run as root")
 
 REAL_KEY = "sk-ant-real-key-only-the-gateway-holds-5b7e"

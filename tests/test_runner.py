@@ -43,6 +43,7 @@ def env(redis_server, remotes, settings, tmp_path) -> dict[str, str]:
         "PUBLIC_URL": settings.public_url,
         "ROUTINELY_AGENT": f"{sys.executable} {AGENTS / 'report.py'}",
         "ROUTINELY_SESSION_USERS": "off",  # these agents run the worker's own Python (under /root)
+        "ROUTINELY_SANDBOX": "off",  # they write their reports outside the workspace (test_isolation: the sandbox)
         "GITHUB_WEBHOOK_SECRET": "whsec-must-not-leak",
         "WORKER_SENTINEL": SENTINEL,
         "SLACK_TOKEN": "xoxb-for-the-connector",

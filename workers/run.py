@@ -29,7 +29,8 @@ from routinely.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.prices import PriceError
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
-from workers.sandbox import Sandbox, SandboxError, kill_user
+from workers.sandbox import Sandbox, SandboxError, git_alternates, kill_user
+from workers.sandbox.bounds import limits_for
 from workers.warm import WarmStart
 from workers.workspace import Workspace
 
@@ -117,7 +118,9 @@ class SessionRun:
             if self.connector is not None:
                 self.connector.close()  # its token answers 401 from here on
             if self.sandbox is not None:
-                self.sandbox.close()  # no process of the session's user outlives it
+                self.sandbox.close()  # no process of the session outlives it
+                if self.sandbox.resources() is not None:
+                    sessions.update(self.conn, self.id, resources=orjson.dumps(self.sandbox.resources()).decode())
             if self.gateway is not None:
                 self.gateway.close()
             if self.guard is not None:
@@ -140,7 +143,11 @@ class SessionRun:
         deadline = time.monotonic() + spec["timeout_minutes"] * 60
         began = time.monotonic()
         try:
-            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log)
+            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log,
+                                        self.settings.sandbox, self.settings.sandbox_paths,
+                                        limits_for(spec["environment"], self.settings.session_limits),
+                                        self.settings.cgroups)
+            sessions.update(self.conn, self.id, sandbox="on" if self.sandbox.enabled else "off")
         except SandboxError as exc:
             return "failed", None, str(exc)  # fail closed: never more access than asked
         ids = self.sandbox.ids
@@ -149,13 +156,13 @@ class SessionRun:
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids)
+                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"))
         try:
             self._checkout(workspace, self.guard, routine.key, spec)
         except Failed as exc:
             return "failed", None, str(exc)
+        self._share(workspace)
         payload = self._payload(raw)
-        env = self._agent_env(workspace, routine.name, trigger, payload, spec)
         self.liveness.idle_seconds = spec.get("idle_timeout_minutes", DEFAULT_IDLE_MINUTES) * 60
         try:
             self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
@@ -164,13 +171,14 @@ class SessionRun:
         except PriceError as exc:
             return "failed", None, f"routinely: {exc}"
         self.liveness.gateway = self.gateway
-        env.update(gateway_env)  # in a session the vendors' names point at its gateway
         try:
             github, paragraph = self._github_connector(spec)
         except ConnectorError as exc:
             return "failed", None, str(exc)
+        env = self._agent_env(workspace, routine.name, trigger, payload, spec)  # after the doors: NO_PROXY lists them
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
+        env.update(gateway_env)  # in a session the vendors' names point at its gateway
         mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
         try:
             launch = agents.prepare(spec.get("agent"), self.settings.agent, workspace,
@@ -178,8 +186,9 @@ class SessionRun:
         except agents.AgentError as exc:
             return "failed", None, str(exc)
         env.update(launch.env)
-        if self.sandbox.network != "full" or ids:
-            self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
+        if self.sandbox.enabled or ids:
+            self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
+                     + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
         # -- warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached
         before = self.warm.command()
@@ -235,6 +244,10 @@ class SessionRun:
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
+        if notes := self.sandbox.notes():
+            self.log(*notes)
+        if limit := self.sandbox.ended():
+            return "failed", code, limit  # out of memory, disk limit exceeded
         if result.outcome == "canceled" and self.liveness.reason == "stalled":
             self.log(self.liveness.stalled_line())
             if self.gateway is not None:
@@ -256,8 +269,27 @@ class SessionRun:
         def plain(lines: list[str]) -> None:
             self.liveness.output()
             self.log(*lines)
-        return process.run(self.sandbox.command(argv), cwd or ws.root, env, stdin, deadline,
-                           on_lines or plain, self.liveness.should_stop, self.heartbeat)
+        cmd = self.sandbox.command(argv, env, cwd or ws.root, ws.home)
+        return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, on_lines or plain,
+                           lambda: self.liveness.should_stop() or self.sandbox.over(), self.heartbeat, user=cmd.user,
+                           pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits,
+                           started=lambda pid: self._started(pid, cmd.user))
+
+    def _started(self, pid: int, uid: int | None) -> None:
+        """What the reaper needs to finish a session whose worker died: its sandbox's pid, uid, cgroup."""
+        bounds = self.sandbox.bounds
+        sessions.update(self.conn, self.id, sandbox_pid=pid, sandbox_uid=uid,
+                        sandbox_cgroup=bounds.name if bounds is not None and bounds.cgroup is not None else None)
+
+    def _share(self, ws: Workspace) -> None:
+        """What the sandbox mounts of the host: the workspace and relays, and the object stores
+        the checkouts borrow from."""
+        self.sandbox.share(ws.root, writable=True)
+        self.sandbox.watch(ws.root)
+        self.sandbox.share(ws.relays, writable=True)
+        for repo in ws.repos:
+            for store in git_alternates(repo):
+                self.sandbox.share(store)
 
     def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any]) -> None:
         """Mirrors, relays, then checkouts or a cached setup (workers/warm)."""
@@ -285,8 +317,8 @@ class SessionRun:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }
+        env.update(self.sandbox.extra_env)  # the routine's env may override (e.g. ALL_PROXY: "" for SOCKS-less clients)
         env.update(spec["environment"]["env"])
-        env.update(self.sandbox.extra_env)
         withheld = [name for name in self.settings.agent_env if name in WITHHELD]
         if withheld:
             self.log(f"routinely: withheld from the session: {', '.join(withheld)} (model credentials and base URLs "
