@@ -4,7 +4,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, make_response, redirect, render_template, request
 
 from app.auth import COOKIE, presented_token, token_ok
-from routinely import sessions
+from routinely import sessions, transcript
 
 bp = Blueprint("pages", __name__)
 
@@ -24,7 +24,17 @@ def session_page(session_id: str):
     found = sessions.get(state.conn, state.settings, session_id)
     if found is None:
         return render_template("missing.html", session_id=session_id), 404
-    return render_template("session.html", s=found)
+    return render_template("session.html", s=found, steps=transcript.steps(transcript.read(state.conn, session_id)))
+
+
+@bp.get("/sessions/<session_id>/transcript")
+def session_transcript(session_id: str):
+    """The transcript and usage part of the page, for its live refresh."""
+    state = current_app.extensions["routinely"]
+    found = sessions.get(state.conn, state.settings, session_id)
+    if found is None:
+        return "", 404
+    return render_template("_transcript.html", s=found, steps=transcript.steps(transcript.read(state.conn, session_id)))
 
 
 @bp.get("/login")

@@ -84,6 +84,17 @@ def cmd_run(args, settings: Settings) -> None:
 
 
 def cmd_sessions(args, settings: Settings) -> None:
+    if args.action == "show":
+        if not args.id:
+            raise CliError("usage: routinely sessions show SESSION_ID")
+        found = sessions.get(_conn(settings), settings, args.id)
+        if found is None:
+            raise CliError(f"no session {args.id!r}: `routinely sessions` lists them")
+        if args.json:
+            _print_json(found)
+        else:
+            print(sessions.describe(found))
+        return
     if args.action == "cancel":
         if not args.id:
             raise CliError("usage: routinely sessions cancel SESSION_ID")
@@ -260,8 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sessions", help="sessions, newest first; `sessions cancel ID` cancels one")
-    p.add_argument("action", nargs="?", choices=["cancel"])
+    p = sub.add_parser("sessions", help="sessions, newest first; `sessions show ID` shows one (usage included), `sessions cancel ID` cancels one")
+    p.add_argument("action", nargs="?", choices=["show", "cancel"])
     p.add_argument("id", nargs="?")
     p.add_argument("--routine")
     p.add_argument("--limit", type=int, default=100)

@@ -63,6 +63,20 @@ def session_log(session_id: str) -> str:
     return f"{P}log:{session_id}"
 
 
+def session_transcript(session_id: str) -> str:
+    """list of JSON transcript entries (routinely.transcript); written by the runner; TTL SESSION_TTL."""
+    return f"{P}transcript:{session_id}"
+
+
+def usage_day(scope: str, ident: str, local_date: str) -> str:
+    """hash requests/tokens/cost_usd/unpriced_requests of one calendar day (the account's timezone), scope
+    "account" (name) or "routine" (key); HINCRBY by the model gateway (routinely.model_usage); TTL 40 days."""
+    return f"{P}usage:{scope}:{ident}:{local_date}"
+
+
+MODEL_METRICS = P + "usage:metrics"  # hash "tokens|routine|model|kind", "cost|routine|model", "stop|routine|reason" -> counter; by the gateway and runner; no TTL (Prometheus counters; fields bounded by routines x models)
+
+
 def session_cancel(session_id: str) -> str:
     """string flag set by cancel, read by the runner; TTL 1 day."""
     return f"{P}cancel:{session_id}"

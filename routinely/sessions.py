@@ -34,13 +34,41 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     out["metered"] = raw.get(b"metered") == b"1"
     out["url"] = f"{settings.public_url}/sessions/{out['id']}"
     out["log_url"] = f"{settings.public_url}/api/sessions/{out['id']}/log"
+    for name in ("usage", "agent_usage"):  # the gateway's metered record; what the agent itself reported
+        value = raw.get(name.encode())
+        out[name] = orjson.loads(value) if value else None
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason
     warm = _text(raw, "warm_start")
     if warm:
         out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
+    resources = raw.get(b"resources")
+    out["resources"] = orjson.loads(resources) if resources else None
+    sandbox = _text(raw, "sandbox")
+    if sandbox:
+        out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
     return out
+
+
+def describe(s: dict[str, Any]) -> str:
+    """One session as `routinely sessions show` prints it: the record, the gateway's usage, the agent's report."""
+    lines = [f"{s['id']}  {s['status']}  {s['routine']} ({s['account']})  {s['trigger'].get('kind', '')}",
+             f"created {s['created_at']}  started {s['started_at'] or '-'}  finished {s['finished_at'] or '-'}"]
+    if s.get("reason"):
+        lines.append(f"reason: {s['reason']}")
+    u = s.get("usage")
+    if u:
+        cost = "unknown" if u["cost_usd"] is None else f"${u['cost_usd']:.4f}"
+        lines.append(f"usage (metered by the gateway): {u['requests']} requests, {u['input_tokens']} input, "
+                     f"{u['output_tokens']} output, {u['cache_creation_input_tokens']} cache write, "
+                     f"{u['cache_read_input_tokens']} cache read tokens, cost {cost}, models {', '.join(u['models']) or '-'}")
+    a = s.get("agent_usage")
+    if a:
+        lines.append(f"reported by the agent: {a.get('turns')} turns, {a.get('input_tokens')} input, "
+                     f"{a.get('output_tokens')} output tokens, cost {a.get('cost_usd')}")
+    lines.append(f"page: {s['url']}  log: {s['log_url']}")
+    return "\n".join(lines)
 
 
 def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:
