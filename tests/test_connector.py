@@ -21,7 +21,7 @@ from routinely import actions, keys, session_log
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
-from tests.test_isolation import needs_netns
+from tests.test_isolation import needs_sandbox as needs_netns
 from workers.github_auth import InstallationTokens
 from workers.sandbox import Sandbox
 
