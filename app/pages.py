@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from markupsafe import Markup, escape
 
 from app import auth
-from routinely import control, events, routines_view, sessions, usage, when
+from routinely import control, events, routines_view, sessions, transcript, usage, when
 from routinely.start import iso
 
 bp = Blueprint("pages", __name__)
@@ -163,7 +163,18 @@ def session_page(session_id: str):
     found = sessions.get(state.conn, state.settings, session_id)
     if found is None:
         return render_template("missing.html", session_id=session_id), 404
-    return render_template("session.html", s=found, final=found["status"] in sessions.FINAL)
+    return render_template("session.html", s=found, final=found["status"] in sessions.FINAL,
+                           steps=transcript.steps(transcript.read(state.conn, session_id)))
+
+
+@bp.get("/sessions/<session_id>/transcript")
+def session_transcript(session_id: str):
+    """The transcript and usage part of the session page, for its live refresh."""
+    state = _state()
+    found = sessions.get(state.conn, state.settings, session_id)
+    if found is None:
+        return "", 404
+    return render_template("_transcript.html", s=found, steps=transcript.steps(transcript.read(state.conn, session_id)))
 
 
 @bp.post("/sessions/<session_id>/cancel")

@@ -106,17 +106,7 @@ def cmd_sessions(args, settings: Settings) -> None:
         if args.json:
             _print_json(found)
             return
-        now = settings.clock()
-        t = found["trigger"]
-        rows = [["id", found["id"]], ["routine", f"{found['account']}/{found['routine']}"], ["status", found["status"]],
-                ["trigger", " · ".join(str(t[k]) for k in ("kind", "event", "delivery", "scheduled_for") if t.get(k))],
-                ["created", _when(found["created_at"], now)], ["started", _when(found["started_at"], now)],
-                ["finished", _when(found["finished_at"], now)],
-                ["exit code", "-" if found["exit_code"] is None else str(found["exit_code"])],
-                ["metered", "yes" if found["metered"] else "no"], ["reason", found.get("reason") or "-"],
-                ["page", found["url"]], ["log", found["log_url"]]]
-        for name, value in rows:
-            print(f"{name + ':':<11}{value}")
+        print(sessions.describe(found, settings.clock()))
         return
     if args.action == "cancel":
         if not args.id:
@@ -352,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="print {name, account, paused}")
         p.set_defaults(func=cmd_pause)
 
-    p = sub.add_parser("sessions", help="sessions, newest first; `sessions show ID`, `sessions cancel ID`")
+    p = sub.add_parser("sessions", help="sessions, newest first; `sessions show ID` shows one (usage included), `sessions cancel ID` cancels one")
     p.add_argument("action", nargs="?", choices=["show", "cancel"], help="show one session, or cancel a queued or running one")
     p.add_argument("id", nargs="?", help="the session id (session_…)")
     p.add_argument("--routine", help="only this routine's sessions")

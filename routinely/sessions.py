@@ -34,13 +34,50 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     out["metered"] = raw.get(b"metered") == b"1"
     out["url"] = f"{settings.public_url}/sessions/{out['id']}"
     out["log_url"] = f"{settings.public_url}/api/sessions/{out['id']}/log"
+    for name in ("usage", "agent_usage"):  # the gateway's metered record; what the agent itself reported
+        value = raw.get(name.encode())
+        out[name] = orjson.loads(value) if value else None
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason
     warm = _text(raw, "warm_start")
     if warm:
         out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
+    resources = raw.get(b"resources")
+    out["resources"] = orjson.loads(resources) if resources else None
+    sandbox = _text(raw, "sandbox")
+    if sandbox:
+        out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
     return out
+
+
+def describe(s: dict[str, Any], now: float) -> str:
+    """One session as `routinely sessions show` prints it: the record (times local, with
+    their zone), the gateway's usage, the agent's report."""
+    from routinely import when
+
+    def at(value: str | None) -> str:
+        return when.local_and_relative(when.parse_iso(value), now) if value else "-"
+
+    t = s["trigger"]
+    rows = [("id", s["id"]), ("routine", f"{s['account']}/{s['routine']}"), ("status", s["status"]),
+            ("trigger", " · ".join(str(t[k]) for k in ("kind", "event", "delivery", "scheduled_for") if t.get(k))),
+            ("created", at(s["created_at"])), ("started", at(s["started_at"])), ("finished", at(s["finished_at"])),
+            ("exit code", "-" if s["exit_code"] is None else str(s["exit_code"])),
+            ("metered", "yes" if s["metered"] else "no"), ("reason", s.get("reason") or "-")]
+    lines = [f"{name + ':':<11}{value}" for name, value in rows]
+    u = s.get("usage")
+    if u:
+        cost = "unknown" if u["cost_usd"] is None else f"${u['cost_usd']:.4f}"
+        lines.append(f"usage (metered by the gateway): {u['requests']} requests, {u['input_tokens']} input, "
+                     f"{u['output_tokens']} output, {u['cache_creation_input_tokens']} cache write, "
+                     f"{u['cache_read_input_tokens']} cache read tokens, cost {cost}, models {', '.join(u['models']) or '-'}")
+    a = s.get("agent_usage")
+    if a:
+        lines.append(f"reported by the agent: {a.get('turns')} turns, {a.get('input_tokens')} input, "
+                     f"{a.get('output_tokens')} output tokens, cost {a.get('cost_usd')}")
+    lines += [f"{'page:':<11}{s['url']}", f"{'log:':<11}{s['log_url']}"]
+    return "\n".join(lines)
 
 
 def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:

@@ -42,7 +42,8 @@ def app_settings(settings, key, tmp_path):
     remotes.create("octo/api")
     return settings.with_(github_app_id="12345", github_private_key=key[0], github_api_url=API,
                           github_git_url=remotes.url, keep_workspaces=True,
-                          agent=f"{sys.executable} {AGENTS / 'report.py'}")
+                          agent=f"{sys.executable} {AGENTS / 'report.py'}",
+                          sandbox=False)  # the agent writes its report outside the workspace
 
 
 def install(client):
@@ -73,7 +74,7 @@ def test_tokens_are_minted_with_the_app_jwt_cached_and_never_shown(app_settings,
     with respx.mock(assert_all_called=True) as mock:
         route = mock.post(f"{API}/app/installations/42/access_tokens").mock(side_effect=mint)
         first = fire_one(app_settings, conn, "a/r", Firing(kind="manual"))
-        assert SessionRun(rt, first["id"]).run() == "succeeded"
+        assert SessionRun(rt, first["id"]).run() == "succeeded", session_log.read(conn, first["id"])[0]
         second = fire_one(app_settings, conn, "a/r", Firing(kind="manual"))
         assert SessionRun(rt, second["id"]).run() == "succeeded"
     assert route.call_count == 1  # cached until shortly before it expires

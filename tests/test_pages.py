@@ -318,3 +318,23 @@ def test_a_session_cookie_expires_after_its_lifetime(settings, conn, monkeypatch
         client = app.test_client()
         client.set_cookie(SESSION_COOKIE, cookie)
         assert client.get("/api/routines").status_code == status
+
+
+def test_the_session_page_lists_the_connectors_actions_and_links_only_web_urls(client, conn, settings):
+    from routinely import actions
+
+    apply(conn, {"name": "r", "triggers": [{"api": {}}]})
+    s = fire_one(settings, conn, "r", Firing(kind="manual"))
+    actions.record(conn, s["id"], {"tool": "add_issue_comment", "repo": "octo/api", "number": 5, "status": "ok",
+                                   "url": "https://github.example/octo/api/issues/5#issuecomment-1", "at": "2026-12-01T10:00:00.000Z"})
+    actions.record(conn, s["id"], {"tool": "create_pull_request", "repo": "octo/api", "number": None, "status": "ok",
+                                   "url": "javascript:alert(1)", "at": "2026-12-01T10:00:01.000Z"})
+    actions.record(conn, s["id"], {"tool": "create_issue", "repo": "octo/api", "number": None, "status": "refused",
+                                   "url": None, "at": "2026-12-01T10:00:02.000Z"})
+    actions.count_read(conn, s["id"])
+    html = client.get(f"/sessions/{s['id']}").data.decode()
+    assert 'href="https://github.example/octo/api/issues/5#issuecomment-1"' in html
+    assert 'href="javascript:' not in html and "create_issue</code> octo/api · refused" in html
+    assert "(1 reads)" in html
+    got = client.get(f"/api/sessions/{s['id']}").get_json()
+    assert [a["status"] for a in got["actions"]] == ["ok", "ok", "refused"] and got["github_reads"] == 1

@@ -22,6 +22,7 @@ class Recorder:
         number = number if number is not None else call.number
         repo = repo or f"{call.owner}/{call.repo}"
         target = repo + (f"#{number}" if number else "")
+        detail = detail.removeprefix("routinely: ")
         self.log(f"routinely: github {call.tool} {target}: {status}" + (f": {detail}" if detail else ""))
         if call.write:
             actions.record(self.conn, self.session_id, {"tool": call.tool, "repo": repo, "number": number, "url": url,
