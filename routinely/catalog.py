@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import redis
 
-from filters import Fields, matches_all
+from filters import Fields, matches_all, parse_command
 from routinely import keys
-from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
+from routinely.routine_file import Account, GithubTrigger, Routine, build_account, build_routine, parse_config
 
 
 class Catalog:
@@ -41,10 +41,16 @@ class Catalog:
         return cls({"accounts": {}, "connectors": {}, "routines": []}, 0)
 
     def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any]) -> list[Routine]:
-        """Routines with a github trigger matching this event (paused ones included).
+        """Routines with a github trigger matching this event (paused ones included)."""
+        return [routine for routine, _ in self.matches(kind, action, repo, payload)]
+
+    def matches(self, kind: str, action: str | None, repo: str,
+                payload: dict[str, Any]) -> list[tuple[Routine, list[GithubTrigger]]]:
+        """Each routine with a github trigger matching this event, with those triggers.
 
         Cost depends on the routines indexed for this repository and event, not on the
         size of the store; fields are read from the payload only when a filter needs them.
+        Who may fire (roles, chain depth) is decided after this, by routinely.gate.
         """
         repo = repo.lower()
         candidates = list(self._github.get((repo, kind), ()))
@@ -58,12 +64,12 @@ class Catalog:
         fields = Fields(kind, payload)
         matched = []
         for routine in candidates:
-            for trig in routine.github:
-                if kind not in trig.events and event not in trig.events:
-                    continue
-                if matches_all(trig.filters, fields, kind):
-                    matched.append(routine)
-                    break
+            triggers = [trig for trig in routine.github
+                        if (kind in trig.events or event in trig.events)
+                        and (trig.command is None or _command(fields) == trig.command)
+                        and matches_all(trig.filters, fields, kind)]
+            if triggers:
+                matched.append((routine, triggers))
         return matched
 
     def find(self, ref: str) -> Routine:
@@ -79,6 +85,12 @@ class Catalog:
         if named:
             raise LookupError(f"routine {ref!r} exists in several accounts; name it as ACCOUNT/{ref}")
         raise LookupError(f"no routine named {ref!r}; `routinely list` shows the applied routines")
+
+
+def _command(fields: Fields) -> str | None:
+    """The /command a comment starts with (command triggers are validated to comment events)."""
+    found = parse_command(fields["body"])
+    return found[0] if found else None
 
 
 def save(conn: redis.Redis, config: dict[str, Any]) -> int:
