@@ -9,6 +9,7 @@ from flask import Flask
 from app.responses import error, json_response
 from routinely.catalog import CatalogCache
 from routinely.config import Settings
+from routinely.roles import Roles
 from routinely.start import Starter
 from routinely.store import connect
 
@@ -20,6 +21,7 @@ class State:
     settings: Settings
     conn: redis.Redis
     starter: Starter
+    roles: Roles  # who may fire (routinely.gate): asks GitHub only for triggers with roles
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -28,7 +30,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     conn = connect(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
+    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()), Roles(settings))
 
     from app import api, fire, pages, webhooks
 

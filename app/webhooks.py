@@ -6,8 +6,9 @@ from flask import Blueprint, current_app, request
 
 from app.responses import error, json_response
 from app.signature import verify
-from routinely.deliveries import DELIVERY_ID, decode
 from filters import EVENT_KINDS
+from routinely import gate
+from routinely.deliveries import DELIVERY_ID, decode
 
 bp = Blueprint("webhooks", __name__)
 
@@ -41,7 +42,8 @@ def receive():
     firing = decode(event, delivery, payload, body)
     kind, _, action = firing.event.partition(".")
     if kind in EVENT_KINDS and firing.repository:
-        route = lambda catalog: catalog.route(kind, action or None, firing.repository, payload)  # noqa: E731
+        route = lambda catalog: gate.route(catalog, state.conn, settings, state.roles,  # noqa: E731
+                                           kind, action or None, firing.repository, payload)
     else:
         route = lambda catalog: []  # noqa: E731  (acknowledged and recorded, starts nothing)
     outcome = state.starter.fire(firing, route)

@@ -36,6 +36,7 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     clock: Callable[[], float] = time.time
 
     @property
@@ -72,6 +73,9 @@ class Settings:
         users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
+        depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
+        if not depth.isdigit() or not 1 <= int(depth) <= 100:
+            raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         return cls(
             redis_url=redis_url,
@@ -89,6 +93,7 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            max_chain_depth=int(depth),
         )
 
 

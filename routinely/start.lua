@@ -66,6 +66,14 @@ for i, cand in ipairs(c.candidates) do
   end
 end
 
+-- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
+for _, r in ipairs(c.refused) do
+  redis.call('HINCRBY', r.drops_key, r.reason, 1)
+  redis.call('HSET', r.drops_key, 'last_at', c.now_iso, 'last_reason', r.reason, 'retry_at_ms', c.now_ms)
+  redis.call('EXPIRE', r.drops_key, c.session_ttl)
+  table.insert(dropped, {routine = r.routine, reason = r.reason, detail = r.detail, retry_after = 0})
+end
+
 if #sessions == 0 then drop_payload() end
 
 local function json_list(t)

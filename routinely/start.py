@@ -43,8 +43,10 @@ class Firing:
     routine: str | None = None  # the routine an api/schedule/manual firing is for (shown on its event)
     delivery: str | None = None  # X-GitHub-Delivery: deduplicated
     repository: str | None = None
-    text: str | None = None  # api: passed raw to the agent
+    text: str | None = None  # api: passed raw to the agent; github: the rest of a /command's line
+    command: str | None = None  # github: the /command a comment starts with (routinely.gate)
     scheduled_for: str | None = None
+    previous_run_at: str | None = None  # schedule: the routine's previous scheduled run ("" on the first)
     payload: bytes = b""  # github: the raw body, kept for the session when one is made
     installations: list[list[str]] = field(default_factory=list)  # ["set", repo, id] | ["del", repo]
     claim: str | None = None  # a key that makes the firing happen once (delivery id, scheduled run)
@@ -52,7 +54,7 @@ class Firing:
 
     def trigger(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
-        for name in ("event", "delivery", "text", "scheduled_for"):
+        for name in ("event", "delivery", "command", "text", "scheduled_for", "previous_run_at"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -68,7 +70,17 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)  # paused routines
 
 
-Router = Callable[[Catalog], list[Routine]]
+@dataclass
+class Routed:
+    """What routing decided beyond "these routines match" (routinely.gate): firings refused
+    before admission (`role`, `chain_depth`), recorded as drops, and the sessions' chain depth."""
+
+    routines: list[Routine]
+    refused: list[dict[str, Any]] = field(default_factory=list)  # {routine: Routine, reason, detail}
+    chain_depth: int = 1
+
+
+Router = Callable[[Catalog], "list[Routine] | Routed"]
 
 
 class Starter:
@@ -113,13 +125,17 @@ class Starter:
         """Route and start a firing. Raises redis.RedisError when Redis cannot be reached."""
         for _ in range(5):
             catalog = self.cache.get(self.conn)
-            result = self._run(firing, catalog, route(catalog))
+            routed = route(catalog)
+            if not isinstance(routed, Routed):
+                routed = Routed(routed)
+            result = self._run(firing, catalog, routed)
             if result is not None:
                 return result
             self.cache.reload(self.conn)  # configuration changed under us: route again
         raise redis.RedisError("the routine configuration keeps changing; try again")
 
-    def _run(self, firing: Firing, catalog: Catalog, matched: list[Routine]) -> Outcome | None:
+    def _run(self, firing: Firing, catalog: Catalog, routed: Routed) -> Outcome | None:
+        matched = routed.routines
         now = self.settings.clock()
         now_ms = int(now * 1000)
         event_id = ids.event_id()
@@ -144,6 +160,7 @@ class Starter:
                 "event_id", event_id,
                 "status", "queued",
                 "created_at", created,
+                "chain_depth", str(routed.chain_depth),
             ]
             blobs.append(self._job_data)
             candidates.append({
@@ -181,6 +198,8 @@ class Starter:
             "skipped": orjson.dumps(skipped).decode(),
             "event": {"id": event_id, "key": keys.event(event_id), "ttl": keys.EVENT_TTL, "fields": event_fields},
             "candidates": candidates,
+            "refused": [{"routine": r["routine"].name, "reason": r["reason"], "detail": r["detail"],
+                         "drops_key": keys.drops(r["routine"].key)} for r in routed.refused],
         }
         raw = self._execute([orjson.dumps(control), *blobs], control["payload_key"], firing.payload)
         result = orjson.loads(raw)

@@ -21,7 +21,7 @@ from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
 from workers import process, prompt
-from workers.github_auth import InstallationTokens, TokenError
+from routinely.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError
 from workers.workspace import Workspace
