@@ -215,6 +215,8 @@ class SessionRun:
             env["ROUTINELY_EVENT_FILE"] = str(ws.write(".routinely/event.json", payload))
         if trigger.get("text") is not None:
             env["ROUTINELY_TEXT"] = trigger["text"]
+        if trigger.get("kind") == "schedule":
+            env["ROUTINELY_PREVIOUS_RUN_AT"] = trigger.get("previous_run_at") or ""
         return env
 
     def _agent_argv(self) -> list[str]:
