@@ -131,11 +131,14 @@ def build(routine_prompt: str, trigger: dict[str, Any], payload: dict[str, Any] 
                      "The raw payload is in the file named by $ROUTINELY_EVENT_FILE.")
         if payload is not None:
             summarize = SUMMARIES.get(event.partition(".")[0])
-            if summarize is not None:
-                parts += ["", untrusted_block(f"github {event}", summarize(payload))]
-        if trigger.get("command"):
-            parts += [f"The comment starts with the command /{trigger['command']}; the rest of its line "
-                      "(also in $ROUTINELY_TEXT):", "", untrusted_block(f"/{trigger['command']} text", [trigger.get("text") or ""])]
+            lines = summarize(payload) if summarize is not None else []
+            if trigger.get("command"):
+                # the command's text is the commenter's words: it goes in the same block, never outside it
+                parts.append(f"The comment starts with the command /{trigger['command']}; the rest of that line is "
+                             "the `command text` in the block below (also in $ROUTINELY_TEXT).")
+                lines = [f"command: /{trigger['command']}", f"command text: {trigger.get('text') or ''}", *lines]
+            if lines:
+                parts += ["", untrusted_block(f"github {event}", lines)]
     elif kind == "schedule":
         parts.append(f"Scheduled run for {trigger.get('scheduled_for')} (UTC).")
         previous = trigger.get("previous_run_at")
