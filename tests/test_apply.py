@@ -20,7 +20,8 @@ def test_the_contract_example_applies_with_defaults_filled(conn):
     cat, diff = catalog.apply(conn, copy.deepcopy(EXAMPLE), NOW)
     assert diff == {"added": ["alice/pr-review"], "changed": [], "removed": []}
     routine = cat.routines["alice/pr-review"]
-    assert routine.api and len(routine.github) == 1 and len(routine.schedules) == 2
+    assert routine.api and len(routine.github) == 2 and len(routine.schedules) == 2
+    assert routine.github[1].command == "fix" and routine.github[1].roles == {"admin", "maintain", "write"}
     assert routine.spec["branch_prefix"] == "claude/"
     assert catalog.load(conn).routines["alice/pr-review"].spec == routine.spec
     assert cat.accounts["alice"].daily_cap == 15
