@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import create_app
 from routinely import catalog, chain, keys, sessions
+from tests import openapi_check
 from tests.support import Remotes, body_of, delivery_headers, fixture
 
 API = "https://ghe.example.test/api/v3"
@@ -117,6 +118,8 @@ def test_a_maintainers_fix_comment_starts_the_fix_routine_and_a_strangers_starts
     assert queued(conn) == before  # nothing enqueued
     assert not conn.exists(keys.payload(event["id"]))  # the stranger's payload is not kept
     assert conn.hget(keys.drops("alice/fix"), "role") == b"1"
+    openapi_check.check(client.get("/api/events"), "/api/events", "get")
+    openapi_check.check(client.get(f"/api/sessions/{made[0]['id']}"), "/api/sessions/{id}", "get")
 
 
 def test_roles_are_cached_briefly_and_asked_only_for_triggers_that_declare_them(app_settings, conn, github):
@@ -363,3 +366,8 @@ def test_scheduled_sessions_get_the_previous_run_in_env_and_prompt(conn, setting
     assert previous.startswith("2026-11-24T09:0") and previous.endswith("Z")
     assert datetime.fromisoformat(previous.replace("Z", "+00:00")) < datetime(2026, 11, 25, tzinfo=timezone.utc)
     assert f"The previous scheduled run was at {previous} (UTC" in seen[1]["stdin"]
+    from app import create_app as make
+
+    api = make(settings).test_client()
+    for sid in conn.zrange(keys.SESSIONS, 0, -1):
+        openapi_check.check(api.get(f"/api/sessions/{sid.decode()}"), "/api/sessions/{id}", "get")
