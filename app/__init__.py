@@ -4,16 +4,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import redis
-from flask import Flask
+from flask import Flask, request
 
 from app.responses import error, json_response
+from app.webhooks import MAX_BODY, WebhookDoor
 from routinely.catalog import CatalogCache
 from routinely.config import Settings
 from routinely.roles import Roles
 from routinely.start import Starter
 from routinely.store import connect
-
-MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
 
 
 @dataclass
@@ -32,9 +31,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()), Roles(settings))
 
-    from app import api, fire, pages, webhooks
+    from app import api, fire, pages
 
-    app.register_blueprint(webhooks.bp)
+    # POST /webhooks/github is answered in front of Flask (app/webhooks.py says why)
+    app.wsgi_app = WebhookDoor(app.wsgi_app, app.extensions["routinely"], app.logger)  # type: ignore[method-assign]
     app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
@@ -47,11 +47,17 @@ def create_app(settings: Settings | None = None) -> Flask:
             return json_response({"status": "unavailable", "redis": "unreachable"}, 503)
         return json_response({"status": "ok"})
 
-    @app.errorhandler(redis.RedisError)
+    @app.errorhandler(redis.ConnectionError)
+    @app.errorhandler(redis.TimeoutError)
     def redis_down(exc: redis.RedisError):
-        # GitHub shows the delivery as failed; a redelivery later starts it normally
-        app.logger.warning("redis unavailable: %s", type(exc).__name__)
+        app.logger.warning("redis unavailable (%s): answered 503 to %s %s", type(exc).__name__, request.method, request.path)
         return error(503, "the store (Redis) is unavailable; retry shortly")
+
+    @app.errorhandler(redis.ResponseError)
+    def redis_refused(exc: redis.ResponseError):
+        # Redis answered: an error reply is our bug (validation must stop bad input first), not an outage
+        app.logger.error("redis refused a command on %s %s: %s", request.method, request.path, str(exc)[:200])
+        return error(500, "internal error: the store refused a command; this is a bug, please report it")
 
     @app.errorhandler(413)
     def too_large(exc):
@@ -63,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(405)
     def not_allowed(exc):
-        return error(405, "method not allowed on this endpoint")
+        allowed = ", ".join(sorted(getattr(exc, "valid_methods", None) or ()))
+        return error(405, f"method not allowed on this endpoint; it takes {allowed}", {"Allow": allowed} if allowed else None)
 
     return app

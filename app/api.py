@@ -59,7 +59,7 @@ def session_log_text(session_id: str):
 @bp.post("/api/sessions/<session_id>/cancel")
 def cancel_session(session_id: str):
     state = current_app.extensions["routinely"]
-    outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()), state.settings.queue_name)
+    outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()))
     if outcome == "unknown":
         return _no_session(session_id)
     if outcome == "finished":

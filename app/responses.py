@@ -11,6 +11,6 @@ def json_response(data: Any, status: int = 200, headers: dict[str, str] | None =
     return Response(orjson.dumps(data), status=status, mimetype="application/json", headers=headers)
 
 
-def error(status: int, message: str) -> Response:
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
     """One line saying what is wrong and what to do."""
-    return json_response({"error": message}, status)
+    return json_response({"error": message}, status, headers)

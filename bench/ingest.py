@@ -66,9 +66,29 @@ routines:
 """
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live children."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total, todo = 0.0, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def redis_cpu(conn: redis.Redis) -> float:
+    info = conn.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 @contextmanager
-def serve(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
-    """Run `app` under the Procfile's gunicorn configuration; yield its base URL."""
+def serve(app: str, env: dict[str, str], workers: int) -> Iterator[tuple[str, int]]:
+    """Run `app` under the Procfile's gunicorn configuration; yield its base URL and pid."""
     port = free_port()
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
@@ -85,7 +105,7 @@ def serve(app: str, env: dict[str, str], workers: int) -> Iterator[str]:
                 break  # it answers (calibration apps have no /healthz)
             except OSError:
                 time.sleep(0.1)
-        yield url
+        yield url, web.pid
     finally:
         web.terminate()
         web.wait(10)
@@ -99,9 +119,20 @@ def drive(url: str, connections: int, seconds: int, wrk_env: dict[str, str]) -> 
     return dict(re.findall(r"(\w+)=([\d.]+)", line))
 
 
+def measured(url: str, pid: int | None, conn: redis.Redis, c: int, seconds: int, wrk_env: dict[str, str]) -> dict[str, str]:
+    """drive(), plus Redis CPU and web CPU per delivery in µs (web: the gunicorn tree)."""
+    web0, redis0 = tree_cpu(pid) if pid else 0.0, redis_cpu(conn)
+    got = drive(url, c, seconds, wrk_env)
+    n = max(1, int(got["requests"]))
+    got["redis_us"] = f"{(redis_cpu(conn) - redis0) / n * 1e6:.0f}"
+    got["web_us"] = f"{(tree_cpu(pid) - web0) / n * 1e6:.0f}" if pid else "-"
+    return got
+
+
 def line(name: str, c: int, got: dict[str, str], extra: str = "") -> str:
     return (f"{name:<34} c={c:<3} deliveries/s={float(got['rps']):>6.0f} p50_ms={got['p50_ms']:>6} "
-            f"p99_ms={got['p99_ms']:>6} non2xx={got['non2xx']} errors={got['errors']} {extra}").rstrip()
+            f"p99_ms={got['p99_ms']:>6} redis_us={got.get('redis_us', '-'):>4} web_us={got.get('web_us', '-'):>4} "
+            f"non2xx={got['non2xx']} errors={got['errors']} {extra}").rstrip()
 
 
 def apply(env: dict[str, str], routines: Path) -> None:
@@ -135,32 +166,36 @@ def main() -> None:
         apply(env, routines)
         print(f"gunicorn {args.workers} sync workers, body {len(body)} bytes, {os.cpu_count()} cores, "
               + ("no routine matching" if args.unmatched else "one matching routine"))
-        with serve("app:create_app()", env, args.workers) as url:
+        with serve("app:create_app()", env, args.workers) as (url, pid):
             drive(url, 8, 2, wrk_env)  # warm-up (its ids repeat later: answered as duplicates)
             for c in args.concurrency:
                 conn.flushall()  # our own throwaway server
                 apply(env, routines)
-                got = drive(url, c, args.seconds, wrk_env)
+                got = measured(url, pid, conn, c, args.seconds, wrk_env)
                 time.sleep(0.5)  # let in-flight deliveries land before counting
                 print(line("routinely", c, got, f"requests={got['requests']} events={conn.zcard('rly:events')} "
                            f"sessions={conn.zcard('rly:sessions')} jobs={conn.llen('rq:queue:routinely')}"), flush=True)
         if not args.compare:
             return
         conn.flushall()
+        redis0 = redis_cpu(conn)
         probot = subprocess.run(["bash", str(PROBOT)], env={**os.environ, "REDIS_URL": server.url,
                                 "SECS": str(args.seconds), "CONCURRENCY": " ".join(map(str, args.concurrency))},
                                 capture_output=True, text=True)
-        for row in probot.stdout.splitlines():
-            if "RESULT" in row:
-                c = int(re.search(r"c=(\d+)", row).group(1))
-                print(line("probot + ioredis MULTI", c, dict(re.findall(r"(\w+)=([\d.]+)", row))), flush=True)
+        rows = [row for row in probot.stdout.splitlines() if "RESULT" in row]
+        results = [dict(re.findall(r"(\w+)=([\d.]+)", row)) for row in rows]
+        total = sum(int(r.get("requests", 0)) for r in results) or 1
+        per = f"{(redis_cpu(conn) - redis0) / total * 1e6:.0f}"  # both concurrencies together
+        for row, got in zip(rows, results):
+            c = int(re.search(r"c=(\d+)", row).group(1))
+            print(line("probot + ioredis MULTI", c, {**got, "redis_us": per}), flush=True)
         if probot.returncode:
             print(f"probot: run-probot.sh failed ({probot.returncode}): {probot.stderr.strip()[-300:]}")
         for name, app in FLOORS.items():
-            with serve(app, env, args.workers) as url:
+            with serve(app, env, args.workers) as (url, pid):
                 drive(url, 8, 1, wrk_env)
                 for c in args.concurrency:
-                    print(line(name, c, drive(url, c, args.seconds, wrk_env)), flush=True)
+                    print(line(name, c, measured(url, pid, conn, c, args.seconds, wrk_env)), flush=True)
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,33 +1,65 @@
-"""Admission: the limits a firing must pass, in the contract's order, as data for the start script.
+"""Admission: which limits a firing must pass, in the contract's order, and the decision rule.
 
-The check-and-count itself runs inside the start script (one atomic step in Redis), so any
-number of web processes and hosts share exact counts. This module only says which
-counters, caps and windows apply at a given instant.
+`checks` says which counters apply at an instant (pure: no Redis). `decide` is the rule
+over their current values: the first rate window at its maximum drops the firing; past
+the daily cap a firing is dropped, or admitted as metered when the account allows extra
+usage. start.lua applies the same rule to the counters it reads, inside the one atomic
+step that also counts (so any number of web processes share exact counts); the tests
+check the script against `decide` (tests/test_start_plan.py).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Sequence
 from zoneinfo import ZoneInfo
 
 from routinely import keys
 from routinely.routine_file import Account, Routine
 
+# the order the windows are checked in; start.lua names reasons by this position
 REASONS = ("routine_rate_limit", "account_rate_limit", "daily_cap")
 
 
-def _window(scope: str, ident: str, limit: dict[str, int], now: float, reason: str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Window:
+    """One counter a firing must stay under: at `max` it is dropped for `retry_after` s."""
+
+    key: str
+    max: int
+    ttl: int  # seconds the counter lives once made
+    retry_after: int
+
+
+@dataclass(frozen=True)
+class Checks:
+    """One routine's admission: routine window, account window, then the daily cap."""
+
+    routine: Window
+    account: Window
+    cap: Window
+    extra_usage: bool  # past the cap: admitted and metered instead of dropped
+    drops_key: str
+
+    @property
+    def windows(self) -> tuple[Window, Window, Window]:
+        return (self.routine, self.account, self.cap)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    reason: str | None  # None: admitted
+    retry_after: int = 0
+    metered: bool = False
+
+
+def _window(scope: str, ident: str, limit: dict[str, int], now: float) -> Window:
     per = limit["per_seconds"]
     window = int(now // per)
     remaining = (window + 1) * per - now
-    return {
-        "key": keys.rate_window(scope, ident, per, window),
-        "max": limit["events"],
-        "ttl": math.ceil(remaining) + 1,
-        "retry_after": max(1, math.ceil(remaining)),
-        "reason": reason,
-    }
+    return Window(keys.rate_window(scope, ident, per, window), limit["events"], math.ceil(remaining) + 1,
+                  max(1, math.ceil(remaining)))
 
 
 def local_day(account: Account, now: float) -> tuple[str, int]:
@@ -38,20 +70,25 @@ def local_day(account: Account, now: float) -> tuple[str, int]:
     return local.date().isoformat(), max(1, math.ceil(next_midnight.timestamp() - now))
 
 
-def checks(routine: Routine, account: Account, now: float) -> dict[str, Any]:
-    """Limits for one routine's firing: rate windows in order, then the daily cap."""
+def checks(routine: Routine, account: Account, now: float) -> Checks:
+    """The limits one routine's firing at `now` must pass."""
     day, until_midnight = local_day(account, now)
-    return {
-        "limits": [
-            _window("routine", routine.key, routine.rate_limit, now, "routine_rate_limit"),
-            _window("account", account.name, account.rate_limit, now, "account_rate_limit"),
-        ],
-        "cap": {
-            "key": keys.daily_count(account.name, day),
-            "max": account.daily_cap,
-            "ttl": 2 * keys.DAY,
-            "extra_usage": account.extra_usage,
-            "retry_after": until_midnight,
-        },
-        "drops_key": keys.drops(routine.key),
-    }
+    return Checks(
+        routine=_window("routine", routine.key, routine.rate_limit, now),
+        account=_window("account", account.name, account.rate_limit, now),
+        cap=Window(keys.daily_count(account.name, day), account.daily_cap, 2 * keys.DAY, until_midnight),
+        extra_usage=account.extra_usage,
+        drops_key=keys.drops(routine.key),
+    )
+
+
+def decide(c: Checks, counts: Sequence[int]) -> Verdict:
+    """The decision for counter values `counts` (routine window, account window, cap)."""
+    for reason, window, count in zip(REASONS[:2], c.windows[:2], counts[:2]):
+        if count >= window.max:
+            return Verdict(reason, window.retry_after)
+    if counts[2] >= c.cap.max:
+        if c.extra_usage:
+            return Verdict(None, metered=True)
+        return Verdict(REASONS[2], c.cap.retry_after)
+    return Verdict(None)

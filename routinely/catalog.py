@@ -17,6 +17,17 @@ from routinely import keys
 from routinely.routine_file import Account, GithubTrigger, Routine, build_account, build_routine, parse_config
 
 
+RECORDED_CHARS = 1024
+
+
+def _short(value: Any) -> Any:
+    if isinstance(value, str):
+        return value[:RECORDED_CHARS]
+    if isinstance(value, list):
+        return [_short(v) for v in value[:100]]
+    return value
+
+
 class Catalog:
     """Accounts, connectors and routines of one stored version, indexed for routing."""
 
@@ -28,6 +39,8 @@ class Catalog:
         self.routines: dict[str, Routine] = {}
         # (lower(owner/repo), "kind" or "kind.action") -> routines with a github trigger on it
         self._github: dict[tuple[str, str], list[Routine]] = {}
+        # (lower(owner/repo), kind) -> the filter fields routines watching it for that kind name
+        self._watched: dict[tuple[str, str], set[str]] = {}
         for spec in config["routines"]:
             routine = build_routine(spec, self.accounts[spec["account"]].timezone)
             self.routines[routine.key] = routine
@@ -35,24 +48,37 @@ class Catalog:
             for repo in routine.repositories:
                 for event in wanted:
                     self._github.setdefault((repo.lower(), event), []).append(routine)
+                for trig in routine.github:
+                    for event in trig.events:
+                        kind = event.partition(".")[0]
+                        self._watched.setdefault((repo.lower(), kind), set()).update(
+                            f.field for f in trig.filters if kind in f.kinds)
 
     @classmethod
     def empty(cls) -> "Catalog":
         return cls({"accounts": {}, "connectors": {}, "routines": []}, 0)
 
-    def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any]) -> list[Routine]:
+    def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any],
+              record: dict[str, Any] | None = None) -> list[Routine]:
         """Routines with a github trigger matching this event (paused ones included)."""
-        return [routine for routine, _ in self.matches(kind, action, repo, payload)]
+        return [routine for routine, _ in self.matches(kind, action, repo, payload, record)]
 
-    def matches(self, kind: str, action: str | None, repo: str,
-                payload: dict[str, Any]) -> list[tuple[Routine, list[GithubTrigger]]]:
+    def matches(self, kind: str, action: str | None, repo: str, payload: dict[str, Any],
+                record: dict[str, Any] | None = None) -> list[tuple[Routine, list[GithubTrigger]]]:
         """Each routine with a github trigger matching this event, with those triggers.
 
         Cost depends on the routines indexed for this repository and event, not on the
         size of the store; fields are read from the payload only when a filter needs them.
-        Who may fire (roles, chain depth) is decided after this, by routinely.gate.
+        With `record`, it is filled with the value of every filter field named by the
+        routines watching this repository for events of this kind (what explains a
+        delivery that did not fire); strings are cut to RECORDED_CHARS. Who may fire
+        (roles, chain depth) is decided after this, by routinely.gate.
         """
         repo = repo.lower()
+        fields = Fields(kind, payload)
+        if record is not None:
+            for name in sorted(self._watched.get((repo, kind), ())):
+                record[name] = _short(fields[name])
         candidates = list(self._github.get((repo, kind), ()))
         if action:
             for routine in self._github.get((repo, f"{kind}.{action}"), ()):
@@ -61,7 +87,6 @@ class Catalog:
         if not candidates:
             return []
         event = f"{kind}.{action}" if action else kind
-        fields = Fields(kind, payload)
         matched = []
         for routine in candidates:
             triggers = [trig for trig in routine.github

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,8 @@ import redis
 from routinely import api_tokens, catalog, exposure, routines_view, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError, load_yaml
-from routinely.start import Firing, Starter, iso
+from routinely.schedule_runs import field, next_runs
+from routinely.start import FireRefused, Firing, fire_one, iso  # fire_one: re-exported for callers of the CLI's
 from routinely.store import connect
 
 
@@ -66,31 +68,16 @@ def cmd_list(args, settings: Settings) -> None:
               f"repos: {', '.join(row['repositories']) or '-'}{note}")
 
 
-def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing) -> dict[str, Any]:
-    """Fire one named routine through the shared start path; return the new session.
-
-    Raises CliError for an unknown or paused routine, or a dropped firing.
-    """
-    starter = Starter(conn, settings)
-
-    def route(cat):
-        try:
-            return [cat.find(ref)]
-        except LookupError as exc:
-            raise CliError(str(exc)) from None
-
-    outcome = starter.fire(firing, route)
-    if outcome.skipped:
-        raise CliError(f"routine {ref!r} is paused: set paused: false and apply")
-    if outcome.dropped:
-        d = outcome.dropped[0]
-        raise CliError(f"dropped ({d['reason']}): try again in {d['retry_after']} s")
-    return sessions.get(conn, settings, outcome.sessions[0]["id"])
+def _fire(settings: Settings, conn: redis.Redis, ref: str, firing: Firing) -> dict[str, Any]:
+    try:
+        return fire_one(settings, conn, ref, firing)
+    except FireRefused as exc:
+        raise CliError(str(exc)) from None
 
 
 def cmd_run(args, settings: Settings) -> None:
     conn = _conn(settings)
-    session = fire_one(settings, conn, args.name, Firing(kind="manual", text=args.text))
+    session = _fire(settings, conn, args.name, Firing(kind="manual", text=args.text))
     if args.json:
         _print_json(session)
     else:
@@ -101,7 +88,7 @@ def cmd_sessions(args, settings: Settings) -> None:
     if args.action == "cancel":
         if not args.id:
             raise CliError("usage: routinely sessions cancel SESSION_ID")
-        outcome = sessions.cancel(_conn(settings), args.id, iso(settings.clock()), settings.queue_name)
+        outcome = sessions.cancel(_conn(settings), args.id, iso(settings.clock()))
         if outcome == "unknown":
             raise CliError(f"no session {args.id!r}: `routinely sessions` lists them")
         if outcome == "finished":
@@ -138,8 +125,6 @@ def cmd_token(args, settings: Settings) -> None:
 
 
 def _schedule_rows(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
-    from workers.scheduler import field, next_runs
-
     cat = catalog.load(conn)
     upcoming = next_runs(conn, cat, settings.clock())
     rows = []
@@ -178,7 +163,7 @@ def cmd_schedule(args, settings: Settings) -> None:
     except LookupError as exc:
         raise CliError(str(exc)) from None
     if args.action == "run":
-        session = fire_one(settings, conn, routine.key, Firing(kind="schedule", routine=routine.key,
+        session = _fire(settings, conn, routine.key, Firing(kind="schedule", routine=routine.key,
                                                               scheduled_for=iso(settings.clock())))
         _print_json(session) if args.json else print(f"{session['id']} {session['url']}")
         return
@@ -209,18 +194,20 @@ def _schedule_from_args(args) -> dict[str, Any]:
     return schedule
 
 
-def cmd_scheduler(args, settings: Settings) -> None:
-    from workers.scheduler import run
+def _become(module: str, *argv: str) -> None:
+    """Replace this process with `python -m module` (same pid, signals and environment):
+    the CLI launches the worker processes without importing them."""
+    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
 
+
+def cmd_scheduler(args, settings: Settings) -> None:
     _conn(settings)
-    run(settings)
+    _become("workers.scheduler")
 
 
 def cmd_worker(args, settings: Settings) -> None:
-    from workers.worker import run
-
     _conn(settings)
-    run(settings, burst=args.burst)
+    _become("workers.worker", *(["--burst"] if args.burst else []))
 
 
 def cmd_up(args, settings: Settings | None) -> None:

@@ -36,6 +36,7 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
     max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     clock: Callable[[], float] = time.time
 
@@ -52,8 +53,7 @@ class Settings:
         get = lambda name: (env.get(name) or "").strip() or None  # noqa: E731
         data_dir = Path(get("ROUTINELY_DATA_DIR") or default_data_dir()).expanduser()
         redis_url = get("REDIS_URL") or embedded_redis_url(data_dir)
-        if urlparse(redis_url).scheme not in ("redis", "rediss", "unix"):
-            raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {redis_url!r}")
+        _check_redis_url(redis_url)
         public_url = (get("PUBLIC_URL") or _recorded_url(data_dir) or cls.public_url).rstrip("/")
         _check_http_url("PUBLIC_URL", public_url)
         api_url = (get("GITHUB_API_URL") or cls.github_api_url).rstrip("/")
@@ -73,6 +73,8 @@ class Settings:
         users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
+        lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
+                         cls.scheduler_lease_seconds, 1, 3600)
         depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
         if not depth.isdigit() or not 1 <= int(depth) <= 100:
             raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
@@ -93,6 +95,7 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            scheduler_lease_seconds=lease,
             max_chain_depth=int(depth),
         )
 
@@ -115,6 +118,48 @@ def _recorded_url(data_dir: Path) -> str | None:
 def embedded_redis_url(data_dir: Path) -> str:
     """The socket of the Redis that `routinely up` starts when REDIS_URL is unset."""
     return f"unix://{data_dir / 'redis' / 'redis.sock'}"
+
+
+def _redacted(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@", 1)
+    return url
+
+
+def _check_redis_url(url: str) -> None:
+    """A REDIS_URL that cannot work is one line now, not a traceback at the first request."""
+    shown = _redacted(url)
+    parsed = urlparse(url)
+    if parsed.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"REDIS_URL must start with redis://, rediss:// or unix://, got {shown!r}")
+    if parsed.scheme == "unix":
+        if not parsed.path:
+            raise ConfigError(f"REDIS_URL {shown!r} names no socket: use unix:///path/to/redis.sock")
+        return
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"REDIS_URL {shown!r} has no valid port: use redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0")
+    if not parsed.hostname:
+        raise ConfigError(f"REDIS_URL {shown!r} names no host: use redis://HOST:PORT/DB, e.g. redis://127.0.0.1:6379/0")
+    db = parsed.path.strip("/")
+    if db and not (db.isascii() and db.isdigit()):
+        raise ConfigError(f"REDIS_URL {shown!r}: the database after the host must be a number, e.g. /0")
+
+
+def _seconds(name: str, raw: str | None, default: float, low: float, high: float) -> float:
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # NaN fails too
+        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g} (it is {raw!r})")
+    return value
 
 
 def _check_http_url(name: str, value: str) -> None:

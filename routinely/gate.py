@@ -19,13 +19,16 @@ from routinely.config import Settings
 from routinely.roles import RoleError, Roles
 from routinely.routine_file import GithubTrigger
 from routinely.start import Routed
+from routinely.start_plan import Refused
 
 ROLE = "role"
 
 
 def route(catalog: Catalog, conn: redis.Redis, settings: Settings, roles: Roles,
-          kind: str, action: str | None, repo: str, payload: dict[str, Any]) -> Routed:
-    matches = catalog.matches(kind, action, repo, payload)
+          kind: str, action: str | None, repo: str, payload: dict[str, Any],
+          record: dict[str, Any] | None = None) -> Routed:
+    """The routines this event fires, and those refused with why. `record` as in Catalog.matches."""
+    matches = catalog.matches(kind, action, repo, payload, record)
     if not matches:
         return Routed([])
     live = [(routine, triggers) for routine, triggers in matches if not routine.paused]
@@ -36,7 +39,7 @@ def route(catalog: Catalog, conn: redis.Redis, settings: Settings, roles: Roles,
     if depth > settings.max_chain_depth:
         detail = (f"chain depth {depth} is past ROUTINELY_MAX_CHAIN_DEPTH {settings.max_chain_depth}"
                   + (f" (caused by session {cause})" if cause else ""))
-        return Routed(paused, [{"routine": r, "reason": chain.REASON, "detail": detail} for r, _ in live], depth)
+        return Routed(paused, [Refused(r, chain.REASON, detail) for r, _ in live], depth)
     allowed, refused = list(paused), []
     asked: dict[str, str] = {}  # one look-up per delivery, whatever the number of routines
     for routine, triggers in live:
@@ -44,7 +47,7 @@ def route(catalog: Catalog, conn: redis.Redis, settings: Settings, roles: Roles,
         if why is None:
             allowed.append(routine)
         else:
-            refused.append({"routine": routine, "reason": ROLE, "detail": why})
+            refused.append(Refused(routine, ROLE, why))
     return Routed(allowed, refused, depth)
 
 

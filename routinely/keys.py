@@ -103,6 +103,18 @@ SCHEDULER_LEASE = P + "scheduler:lease"  # string holder id, SET NX PX; the one 
 
 RUNNING = P + "running"  # zset session id -> last heartbeat ms; written by the runner, read by the reaper
 
+
+def session_actions(session_id: str) -> str:
+    """list of JSON actions ({tool, repo, number, url, status, at}): the github connector's writes,
+    RPUSH by the worker serving the session (routinely.actions); TTL SESSION_TTL."""
+    return f"{P}actions:{session_id}"
+
+
+def session_reads(session_id: str) -> str:
+    """int: how many reads the session's github connector made (INCR); TTL SESSION_TTL."""
+    return f"{P}reads:{session_id}"
+
+
 # -- who may fire, chains and schedules' memory (issue #16)
 ROLE_TTL = 60  # a changed permission counts within a minute
 CHAIN_TTL = DAY  # the webhook of a session's write arrives in seconds; redeliveries within hours

@@ -47,9 +47,13 @@ _TOP = {"accounts", "connectors", "routines"}
 _ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"}
 _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
-    "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers",
+    "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers", "github",
 }
 _ENV_KEYS = {"network", "allow_hosts", "env", "setup"}
+# the built-in github connector's write tools; `github.writes` names a subset (default: all)
+GITHUB_WRITES = ("add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue")
+_GITHUB_KEYS = {"writes", "max_writes", "draft_prs", "allow_approve"}
+BUILTIN_CONNECTORS = ("github",)
 
 
 class ApplyError(ValueError):
@@ -211,6 +215,8 @@ def _connectors(raw: Any) -> dict[str, dict[str, Any]]:
         raise ApplyError("connectors must be a mapping of name to an MCP server (as in .mcp.json)")
     for name, server in raw.items():
         where = f"connector {name!r}"
+        if name in BUILTIN_CONNECTORS:
+            raise _err(where, f"{name} is the built-in connector every session gets; give yours another name")
         if not isinstance(server, dict):
             raise _err(where, "must be a mapping such as {type: http, url: …} or {command: …, args: […]}")
         if "command" in server:
@@ -268,6 +274,7 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         "timeout_minutes": _minutes(raw.get("timeout_minutes", 60), where),
         "paused": _bool(raw.get("paused", False), where, "paused"),
         "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
+        "github": github_policy(raw.get("github"), where),
         "triggers": [],
     }
     triggers = raw.get("triggers")
@@ -277,6 +284,26 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
     for t_index, trig in enumerate(triggers, start=1):
         spec["triggers"].append(_trigger(trig, f"{where}, trigger {t_index}", spec, tz, now))
     return spec
+
+
+def github_policy(raw: Any, where: str = "") -> dict[str, Any]:
+    """The `github:` block, normalized with its defaults (also for routines stored before it existed)."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise _err(where, "github takes {writes: [...], max_writes: N, draft_prs: true|false, allow_approve: true|false}")
+    _unknown(raw, _GITHUB_KEYS, f"{where}, github" if where else "github")
+    writes = raw.get("writes", list(GITHUB_WRITES))
+    if not isinstance(writes, list) or not all(isinstance(w, str) for w in writes):
+        raise _err(where, f"github.writes must be a list of write tools ({', '.join(GITHUB_WRITES)}), got {writes!r}")
+    unknown = [w for w in writes if w not in GITHUB_WRITES]
+    if unknown:
+        raise _err(where, f"github.writes: {unknown} are not write tools of the github connector; known: {', '.join(GITHUB_WRITES)}")
+    return {
+        "writes": [w for w in GITHUB_WRITES if w in writes],
+        "max_writes": _int(raw.get("max_writes", 20), where, "github.max_writes", 0, 1000),
+        "draft_prs": _bool(raw.get("draft_prs", True), where, "github.draft_prs"),
+        "allow_approve": _bool(raw.get("allow_approve", False), where, "github.allow_approve"),
+    }
 
 
 def _environment(env: Any, where: str) -> dict[str, Any]:

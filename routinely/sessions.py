@@ -10,7 +10,7 @@ from typing import Any, Iterable
 import orjson
 import redis
 
-from routinely import keys
+from routinely import actions, jobs, keys
 from routinely.config import Settings
 
 STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "canceled")
@@ -46,8 +46,13 @@ def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:
 
 
 def get(conn: redis.Redis, settings: Settings, session_id: str) -> dict[str, Any] | None:
+    """One session with what its github connector did (`actions`, `github_reads`)."""
     raw = get_raw(conn, session_id)
-    return to_public(raw, settings) if raw else None
+    if not raw:
+        return None
+    out = to_public(raw, settings)
+    out["actions"], out["github_reads"] = actions.of_session(conn, session_id)
+    return out
 
 
 def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -96,7 +101,7 @@ def transition(conn: redis.Redis, session_id: str, allowed: Iterable[str], **fie
     return None if result == -1 else bool(result)
 
 
-def cancel(conn: redis.Redis, session_id: str, now_iso: str, queue_name: str) -> str:
+def cancel(conn: redis.Redis, session_id: str, now_iso: str) -> str:
     """Cancel a queued or running session; returns the outcome in one word.
 
     A queued session is canceled at once and its job taken off the queue; a running one is
@@ -106,12 +111,7 @@ def cancel(conn: redis.Redis, session_id: str, now_iso: str, queue_name: str) ->
     if done is None:
         return "unknown"
     if done:
-        from rq.job import Job
-
-        pipe = conn.pipeline(transaction=False)
-        pipe.lrem(f"rq:queue:{queue_name}", 0, session_id)
-        pipe.delete(Job.key_for(session_id))  # a job that never runs would keep its hash forever
-        pipe.execute()
+        jobs.cancel(conn, session_id)  # the job id is the session id
         return "canceled"
     raw = get_raw(conn, session_id) or {}
     if raw.get(b"status") == b"running":

@@ -1,99 +1,117 @@
--- One firing, atomically: stale-configuration check, delivery dedup, admission of each
--- matched routine (routine window, account window, daily cap: check all, then count),
--- session records, their RQ jobs, the event record and its indexes.
--- ARGV[1]: control JSON (see routinely/start.py); ARGV[1+i]: RQ job data of candidate i.
--- A delivery's raw payload is not an argument (Lua copies a big argument at ~1.3 ns a
--- byte, twice): the same MULTI SETs it at c.payload_key just before this script, and the
--- script deletes it again unless a session was made.
-local c = cjson.decode(ARGV[1])
+-- Apply one start plan atomically (routinely/start_plan.py builds it and documents the
+-- KEYS/ARGV layout). Order: configuration version, claim, then per session the admission
+-- rule of routinely/admission.py `decide` over its three counters; admitted sessions get
+-- their record, index entries and RQ job; finally the event record and installations.
+-- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
+-- retry_after)...}.
+local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap'}
+local now_ms, now_iso = tonumber(ARGV[4]), ARGV[5]
+local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
+local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
+local n_refused = tonumber(ARGV[18])
+local ev_from = 19
+local job_from = ev_from + n_event
+local inst_from = job_from + n_job
 
-local function drop_payload()
-  if c.payload_key ~= '' then redis.call('DEL', c.payload_key) end
+local function record_event(duplicate, sessions, dropped, skipped)
+  redis.call('HSET', event_key, 'duplicate', duplicate, 'sessions', sessions, 'dropped', dropped,
+    'skipped', skipped, unpack(ARGV, ev_from, job_from - 1))
+  redis.call('EXPIRE', event_key, event_ttl)
+  redis.call('ZADD', KEYS[3], now_ms, ARGV[8])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
 end
 
-local current = redis.call('GET', c.version_key) or '0'
-if current ~= c.version then
-  drop_payload()
-  return cjson.encode({stale = true})
+if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
+  if ARGV[3] == '1' then redis.call('DEL', KEYS[9]) end
+  return {0}
 end
 
-local event_fields = c.event.fields
-if c.dedup_key ~= '' and redis.call('EXISTS', c.dedup_key) == 1 then
-  -- a redelivery: recorded as its own event, starts nothing
-  redis.call('HSET', c.event.key, 'duplicate', '1', 'sessions', '[]', 'dropped', '[]', 'skipped', '[]', unpack(event_fields))
-  redis.call('EXPIRE', c.event.key, c.event.ttl)
-  redis.call('ZADD', c.events_key, c.now_ms, c.event.id)
-  redis.call('ZREMRANGEBYSCORE', c.events_key, '-inf', c.events_trim)
-  drop_payload()
-  return cjson.encode({duplicate = true})
+if ARGV[2] ~= '0' and not redis.call('SET', KEYS[8], ARGV[8], 'NX', 'EX', ARGV[2]) then
+  record_event('1', '[]', '[]', '[]')  -- a redelivery: its own event, starts nothing
+  if ARGV[3] == '1' then redis.call('DEL', KEYS[9]) end
+  return {1}
 end
 
-local sessions, dropped, session_ids = {}, {}, {}
-for i, cand in ipairs(c.candidates) do
-  local reason, retry = nil, 0
-  for _, lim in ipairs(cand.limits) do
-    if tonumber(redis.call('GET', lim.key) or '0') >= lim.max then
-      reason, retry = lim.reason, lim.retry_after
+local admitted, dropped, out_dropped, ids = {}, {}, {}, {}
+local a = inst_from + 3 * n_inst
+for i = 1, n_sess do
+  local k = 9 + (i - 1) * 7
+  local sid, routine = ARGV[a], ARGV[a + 1]
+  local reason, retry, metered = nil, 0, '0'
+  for w = 0, 1 do
+    if tonumber(redis.call('GET', KEYS[k + 1 + w]) or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
+      reason, retry = REASONS[w + 1], ARGV[a + 4 + 3 * w]
       break
     end
   end
-  local metered = '0'
-  if not reason and cand.cap and tonumber(redis.call('GET', cand.cap.key) or '0') >= cand.cap.max then
-    if cand.cap.extra_usage then metered = '1' else reason, retry = 'daily_cap', cand.cap.retry_after end
+  if not reason and tonumber(redis.call('GET', KEYS[k + 3]) or '0') >= tonumber(ARGV[a + 8]) then
+    if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
   end
+  local n_fields = tonumber(ARGV[a + 14])
   if reason then
-    redis.call('HINCRBY', cand.drops_key, reason, 1)
-    redis.call('HSET', cand.drops_key, 'last_at', c.now_iso, 'last_reason', reason, 'retry_at_ms', c.now_ms + retry * 1000)
-    redis.call('EXPIRE', cand.drops_key, c.session_ttl)
-    table.insert(dropped, {routine = cand.routine, reason = reason, retry_after = retry})
+    redis.call('HINCRBY', KEYS[k + 4], reason, 1)
+    redis.call('HSET', KEYS[k + 4], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms + tonumber(retry) * 1000)
+    redis.call('EXPIRE', KEYS[k + 4], session_ttl)
+    table.insert(dropped, {routine = routine, reason = reason, retry_after = tonumber(retry)})
+    table.insert(out_dropped, routine)
+    table.insert(out_dropped, reason)
+    table.insert(out_dropped, tonumber(retry))
   else
-    for _, lim in ipairs(cand.limits) do
-      if redis.call('INCR', lim.key) == 1 then redis.call('EXPIRE', lim.key, lim.ttl) end
+    for w = 0, 2 do
+      if redis.call('INCR', KEYS[k + 1 + w]) == 1 then redis.call('EXPIRE', KEYS[k + 1 + w], ARGV[a + 3 + 3 * w]) end
     end
-    if cand.cap and redis.call('INCR', cand.cap.key) == 1 then redis.call('EXPIRE', cand.cap.key, cand.cap.ttl) end
-    local s = cand.session
-    redis.call('HSET', s.key, 'metered', metered, unpack(s.fields))
-    redis.call('EXPIRE', s.key, c.session_ttl)
-    for _, index in ipairs(s.indexes) do
-      redis.call('ZADD', index, c.now_ms, s.id)
-      redis.call('ZREMRANGEBYSCORE', index, '-inf', c.sessions_trim)
-    end
-    redis.call('HSET', cand.job.key, 'data', ARGV[1 + i], unpack(cand.job.fields))
-    redis.call('SADD', c.queues_key, c.queue_key)
-    redis.call('RPUSH', c.queue_key, s.id)
-    table.insert(sessions, {id = s.id, routine = cand.routine, metered = metered == '1'})
-    table.insert(session_ids, s.id)
+    redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 15, a + 14 + n_fields))
+    redis.call('EXPIRE', KEYS[k + 5], session_ttl)
+    redis.call('ZADD', KEYS[k + 6], now_ms, sid)
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6])
+    redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
+      'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))
+    table.insert(ids, sid)
+    table.insert(admitted, sid)
+    table.insert(admitted, metered)
   end
+  a = a + 15 + n_fields
 end
 
 -- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
-for _, r in ipairs(c.refused) do
-  redis.call('HINCRBY', r.drops_key, r.reason, 1)
-  redis.call('HSET', r.drops_key, 'last_at', c.now_iso, 'last_reason', r.reason, 'retry_at_ms', c.now_ms)
-  redis.call('EXPIRE', r.drops_key, c.session_ttl)
-  table.insert(dropped, {routine = r.routine, reason = r.reason, detail = r.detail, retry_after = 0})
+for i = 1, n_refused do
+  local k = 9 + n_sess * 7 + i
+  local routine, reason = ARGV[a], ARGV[a + 1]
+  redis.call('HINCRBY', KEYS[k], reason, 1)
+  redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)
+  redis.call('EXPIRE', KEYS[k], session_ttl)
+  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + 2], retry_after = 0})
+  table.insert(out_dropped, routine)
+  table.insert(out_dropped, reason)
+  table.insert(out_dropped, 0)
+  a = a + 3
 end
 
-if #sessions == 0 then drop_payload() end
-
-local function json_list(t)
-  if #t == 0 then return '[]' end
-  return cjson.encode(t)
+if #ids > 0 then
+  local scored = {}
+  for _, sid in ipairs(ids) do
+    table.insert(scored, now_ms)
+    table.insert(scored, sid)
+  end
+  redis.call('ZADD', KEYS[4], unpack(scored))
+  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
+  redis.call('SADD', KEYS[6], KEYS[5])
+  redis.call('RPUSH', KEYS[5], unpack(ids))
+elseif ARGV[3] == '1' then
+  redis.call('DEL', KEYS[9])
 end
-redis.call('HSET', c.event.key, 'duplicate', '0', 'sessions', json_list(session_ids),
-  'dropped', json_list(dropped), 'skipped', c.skipped, unpack(event_fields))
-redis.call('EXPIRE', c.event.key, c.event.ttl)
-redis.call('ZADD', c.events_key, c.now_ms, c.event.id)
-redis.call('ZREMRANGEBYSCORE', c.events_key, '-inf', c.events_trim)
 
-for _, op in ipairs(c.installations) do
-  if op[1] == 'set' then
-    redis.call('HSET', c.installations_key, op[2], op[3])
+record_event('0', #ids > 0 and cjson.encode(ids) or '[]', #dropped > 0 and cjson.encode(dropped) or '[]', ARGV[11])
+
+for i = inst_from, inst_from + 3 * n_inst - 1, 3 do
+  if ARGV[i] == 'set' then
+    redis.call('HSET', KEYS[7], ARGV[i + 1], ARGV[i + 2])
   else
-    redis.call('HDEL', c.installations_key, op[2])
+    redis.call('HDEL', KEYS[7], ARGV[i + 1])
   end
 end
-if c.dedup_key ~= '' then
-  redis.call('SET', c.dedup_key, c.event.id, 'EX', c.dedup_ttl)
-end
-return cjson.encode({sessions = sessions, dropped = dropped})
+
+local out = {2, #ids}
+for _, v in ipairs(admitted) do table.insert(out, v) end
+for _, v in ipairs(out_dropped) do table.insert(out, v) end
+return out

@@ -180,7 +180,7 @@ def test_allowlist_reaches_allowed_hosts_through_the_proxy_only(conn, settings, 
 
 
 def test_allow_host_patterns():
-    from workers.egress import host_allowed
+    from workers.sandbox.egress import host_allowed
 
     allow = ["api.github.com", "*.pypi.org", "files.example.com:8443"]
     assert host_allowed("API.GitHub.com", 443, allow)

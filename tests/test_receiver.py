@@ -5,11 +5,10 @@ import time
 
 import pytest
 import redis
-from rq import Queue
 
 from app import create_app
 from app.signature import sign
-from routinely import catalog, keys
+from routinely import catalog, jobs, keys
 from tests.support import SECRET, CuttingProxy, body_of, delivery_headers, fixture, redis_snapshot
 
 REPO = "Codertocat/Hello-World"
@@ -51,9 +50,9 @@ def test_matching_delivery_makes_one_queued_session_per_routine(client, conn):
     ids = [s["id"] for s in body["sessions"]]
     assert all(i.startswith("session_") and len(i) == 34 for i in ids)
     assert sorted(queued_ids(conn)) == sorted(ids)
-    jobs = Queue("routinely", connection=conn).jobs
-    assert {j.func_name for j in jobs} == {"workers.run.run_session"}
-    assert sorted(j.id for j in jobs) == sorted(ids)  # the job id is the session id
+    queued = jobs.queue(conn, "routinely").jobs
+    assert {j.func_name for j in queued} == {"workers.run.run_session"}
+    assert sorted(j.id for j in queued) == sorted(ids)  # the job id is the session id
     session = client.get(f"/api/sessions/{ids[0]}").get_json()
     assert session["status"] == "queued" and session["account"] == "alice"
     assert session["trigger"] == {"kind": "github", "event": "pull_request.opened", "delivery": headers["X-GitHub-Delivery"]}

@@ -133,8 +133,13 @@ def test_a_github_session_runs_start_to_finish(client, conn, settings, env, remo
     assert "REVIEW.md" in list(repos.values())[0]["files"]
     assert "from-setup.txt" in report["files"]
     # only the routine's connectors, ${VAR} expanded from the worker's environment
-    assert report["mcp"] == {"mcpServers": {"slack": {"type": "http", "url": "https://mcp.example.com/slack",
-                                                      "headers": {"Authorization": "Bearer xoxb-for-the-connector"}}}}
+    servers = report["mcp"]["mcpServers"]
+    github = servers.pop("github")  # the built-in connector, beside the routine's own
+    assert servers == {"slack": {"type": "http", "url": "https://mcp.example.com/slack",
+                                 "headers": {"Authorization": "Bearer xoxb-for-the-connector"}}}
+    assert github["type"] == "http" and github["url"].startswith("http://127.0.0.1:") and github["url"].endswith("/mcp")
+    assert github["headers"]["Authorization"].startswith("Bearer ")
+    assert "The `github` MCP server in .mcp.json" in prompt
     log = log_text(conn, sid)
     assert "setting up" in log and "agent: started" in log and "agent: to stderr" in log and "✓" in log
     assert "routinely: the agent exited with code 0" in log
@@ -149,7 +154,7 @@ def test_all_connectors_when_the_routine_names_none_and_api_text(client, conn, e
     s = fire_one(settings, conn, "r", Firing(kind="api", text=text))
     run_worker(env)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["mcp"]["mcpServers"]) == {"slack", "linear"}
+    assert set(report["mcp"]["mcpServers"]) == {"slack", "linear", "github"}
     assert report["mcp"]["mcpServers"]["linear"]["env"] == {"K": ""}
     assert report["env"]["ROUTINELY_TEXT"] == text and report["env"]["ROUTINELY_TRIGGER"] == "api"
     assert text in report["stdin"]
@@ -256,7 +261,7 @@ def test_a_killed_worker_does_not_leave_its_session_running(conn, env, remotes, 
     agent, _ = map(int, (tmp_path / "report.json").read_text().split())
     wait_for(lambda: not _alive(agent), timeout=10)  # the agent does not outlive its worker
     assert sessions.get(conn, settings, s["id"])["status"] == "running"
-    assert reap(conn) == []  # its heartbeat is fresh for a minute
+    assert reap(conn, time.time()) == []  # its heartbeat is fresh for a minute
     assert reap(conn, now=time.time() + 61) == [s["id"]]
     got = sessions.get(conn, settings, s["id"])
     assert got["status"] == "failed" and got["finished_at"]

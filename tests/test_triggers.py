@@ -34,6 +34,7 @@ BOT = {"login": "routinely[bot]", "id": 9, "type": "Bot"}
 
 @pytest.fixture(scope="module")
 def private_key() -> str:
+    # githubkit caches an App JWT per app id in the process: an id of its own keeps other tests' keys apart
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
@@ -41,7 +42,7 @@ def private_key() -> str:
 
 @pytest.fixture
 def app_settings(settings, private_key):
-    return settings.with_(github_app_id="12345", github_private_key=private_key, github_api_url=API)
+    return settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=API)
 
 
 @pytest.fixture

@@ -121,7 +121,8 @@ def untrusted_block(source: str, lines: list[str]) -> str:
     )
 
 
-def build(routine_prompt: str, trigger: dict[str, Any], payload: dict[str, Any] | None) -> str:
+def build(routine_prompt: str, trigger: dict[str, Any], payload: dict[str, Any] | None, github: str = "") -> str:
+    """`github`: the paragraph about the github connector under the routine's policy."""
     kind = trigger.get("kind")
     parts = [routine_prompt.rstrip(), "", "---", f"This session was started by a {kind} trigger."]
     if kind == "github":
@@ -147,4 +148,6 @@ def build(routine_prompt: str, trigger: dict[str, Any], payload: dict[str, Any] 
     text = trigger.get("text")
     if text is not None and kind in ("api", "manual"):
         parts += ["The caller passed this text (also in $ROUTINELY_TEXT):", "", untrusted_block(f"{kind} text", [text])]
+    if github:
+        parts += ["", github]
     return "\n".join(parts) + "\n"

@@ -64,6 +64,7 @@ class Relay:
     path: Path
     url: str  # the real remote
     forwarded: dict[str, str] = field(default_factory=dict)  # ref -> sha the real remote has from us
+    pushed: set[str] = field(default_factory=set)  # refs this session forwarded (and did not delete since)
 
 
 def _refs(path: Path, env: dict[str, str]) -> dict[str, str]:
@@ -151,12 +152,26 @@ class PushGuard:
                 if done.returncode == 0:
                     if new:
                         relay.forwarded[ref] = new
+                        relay.pushed.add(ref)
                     else:
                         relay.forwarded.pop(ref, None)
+                        relay.pushed.discard(ref)
                     messages.append(f"routinely: forwarded {ref} to {relay.repo}" + ("" if new else " (deleted)"))
                 else:
                     messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {_clean(done.stderr)}")
             return messages
+
+    def pushed_branch(self, repo: str, branch: str) -> bool:
+        """Did this session push `branch` of `repo` through the guard to the real remote?
+        Syncs the relay first, so a push whose hook was skipped still counts once forwarded."""
+        relay = next((r for r in self.relays.values() if r.repo.lower() == repo.lower()), None)
+        if relay is None:
+            return False
+        ref = f"refs/heads/{branch}"
+        if ref not in relay.pushed:
+            for message in self.sync(relay):
+                self.log(message)
+        return ref in relay.pushed
 
     def close(self) -> None:
         """Last sync of every relay (hooks may have been deleted), then stop serving."""

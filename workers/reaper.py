@@ -4,8 +4,6 @@ Runs in the scheduler process every few seconds and when a worker starts.
 """
 from __future__ import annotations
 
-import time
-
 import redis
 
 from routinely import keys, session_log, sessions
@@ -14,9 +12,9 @@ from routinely.start import iso
 HEARTBEAT_TIMEOUT_SECONDS = 60  # runners beat every second; a minute of silence is a dead worker
 
 
-def reap(conn: redis.Redis, now: float | None = None, timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> list[str]:
-    """Mark running sessions with a stale heartbeat as failed; return their ids."""
-    now = time.time() if now is None else now
+def reap(conn: redis.Redis, now: float, timeout: float = HEARTBEAT_TIMEOUT_SECONDS) -> list[str]:
+    """Mark running sessions whose heartbeat is older than `timeout` at `now` (the settings'
+    clock) as failed; return their ids."""
     stale = conn.zrangebyscore(keys.RUNNING, "-inf", int((now - timeout) * 1000))
     reaped = []
     for raw_id in stale:

@@ -22,6 +22,7 @@ from routinely.start import iso
 from routinely.store import connect
 from workers import process, prompt
 from routinely.github_auth import InstallationTokens, TokenError
+from workers.connector import Connector, ConnectorError, Policy
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError
 from workers.workspace import Workspace
@@ -70,7 +71,7 @@ class SessionRun:
         pipe.execute()
 
     def heartbeat(self) -> None:
-        self.conn.zadd(keys.RUNNING, {self.id: int(time.time() * 1000)})
+        self.conn.zadd(keys.RUNNING, {self.id: int(self.settings.clock() * 1000)})
 
     def canceled(self) -> bool:
         return bool(self.conn.exists(keys.session_cancel(self.id)))
@@ -80,7 +81,7 @@ class SessionRun:
         raw = sessions.get_raw(self.conn, self.id)
         if raw is None:
             return "missing"
-        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(time.time()),
+        started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(self.settings.clock()),
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
             return raw[b"status"].decode()  # canceled before it started
@@ -88,6 +89,7 @@ class SessionRun:
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
+        self.connector: Connector | None = None
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -97,7 +99,7 @@ class SessionRun:
             self._cleanup()
             if reason:
                 self.log(reason)
-            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(time.time()),
+            sessions.transition(self.conn, self.id, ["running"], status=status, finished_at=iso(self.settings.clock()),
                                 exit_code=code, reason=reason if status != "succeeded" else None)
             self.conn.zrem(keys.RUNNING, self.id)
             self.conn.delete(keys.session_cancel(self.id))
@@ -107,6 +109,8 @@ class SessionRun:
 
     def _cleanup(self) -> None:
         try:
+            if self.connector is not None:
+                self.connector.close()  # its token answers 401 from here on
             if self.sandbox is not None:
                 self.sandbox.close()  # no process of the session's user outlives it
             if self.guard is not None:
@@ -144,9 +148,13 @@ class SessionRun:
             return "failed", None, str(exc)
         payload = self._payload(raw)
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)
-        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None)
+        try:
+            github, paragraph = self._github_connector(spec)
+        except ConnectorError as exc:
+            return "failed", None, str(exc)
+        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ)
+        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
         if self.sandbox.network != "full" or ids:
             self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
@@ -157,6 +165,14 @@ class SessionRun:
                 return self._ended(result, "setup")
         self.log(f"routinely: starting the agent: {argv[-1]}")
         return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+
+    def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
+        policy = Policy.from_spec(spec)
+        self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
+                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+        port = self.sandbox.add_door("github", self.connector.socket_path)
+        return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code

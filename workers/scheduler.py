@@ -19,11 +19,12 @@ from typing import Any
 
 import redis
 
-from routinely import catalog, keys
-from routinely.config import Settings
+from routinely import catalog, keys, schedule_runs
+from routinely.config import ConfigError, Settings
 from routinely.routine_file import Routine
 from routinely.schedules import Schedule
 from routinely.start import Firing, Starter, iso
+from routinely.schedule_runs import field
 from routinely.store import connect
 from workers.reaper import reap
 
@@ -40,30 +41,12 @@ return 0
 """
 
 
-def field(routine: Routine, schedule: Schedule) -> str:
-    return f"{routine.key}|{schedule.id}"
-
-
-def next_runs(conn: redis.Redis, cat: catalog.Catalog, now: float) -> dict[str, float | None]:
-    """Each schedule's next run (stagger included): the persisted one, else computed from now."""
-    stored = {k.decode(): float(v) for k, v in conn.hgetall(keys.SCHEDULES).items()}
-    out: dict[str, float | None] = {}
-    for routine in cat.routines.values():
-        for sch in routine.schedules:
-            f = field(routine, sch)
-            value = stored.get(f)
-            if value is None:
-                value = sch.next_run(now, routine.stagger)
-            out[f] = None if value is None or value < 0 else value
-    return out
-
-
 class Scheduler:
-    def __init__(self, conn: redis.Redis, settings: Settings, lease_seconds: float = 15.0) -> None:
+    def __init__(self, conn: redis.Redis, settings: Settings, lease_seconds: float | None = None) -> None:
         self.conn, self.settings = conn, settings
         self.starter = Starter(conn, settings)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
-        self.lease_ms = int(lease_seconds * 1000)
+        self.lease_ms = int((settings.scheduler_lease_seconds if lease_seconds is None else lease_seconds) * 1000)
         self._lease = conn.register_script(_LEASE)
 
     def lead(self) -> bool:
@@ -78,7 +61,7 @@ class Scheduler:
         """Fire what is due at `now`; returns what happened, one entry per schedule acted on."""
         now = self.settings.clock() if now is None else now
         cat = catalog.load(self.conn)
-        stored = {k.decode(): float(v) for k, v in self.conn.hgetall(keys.SCHEDULES).items()}
+        stored = schedule_runs.stored(self.conn)
         updates: dict[str, float] = {}
         done: list[dict[str, Any]] = []
         live = set()
@@ -144,8 +127,7 @@ class Scheduler:
 def run(settings: Settings) -> None:
     """The process loop: lead, tick, reap, about once a second, until SIGTERM or Ctrl-C."""
     conn = connect(settings)
-    lease = float(os.environ.get("ROUTINELY_SCHEDULER_LEASE_SECONDS", "15"))
-    scheduler = Scheduler(conn, settings, lease_seconds=lease)
+    scheduler = Scheduler(conn, settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -155,7 +137,7 @@ def run(settings: Settings) -> None:
             if scheduler.lead():
                 scheduler.tick()
             if time.monotonic() - last_reap > REAP_EVERY_SECONDS:
-                reap(conn)
+                reap(conn, settings.clock())
                 last_reap = time.monotonic()
         except redis.RedisError as exc:
             print(f"routinely scheduler: Redis unavailable ({type(exc).__name__}); retrying", file=sys.stderr, flush=True)
@@ -165,3 +147,16 @@ def run(settings: Settings) -> None:
         scheduler.release()
     except redis.RedisError:
         pass
+
+
+def main() -> None:
+    """`python -m workers.scheduler` (what `routinely scheduler` becomes)."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        sys.exit(f"routinely scheduler: {exc}")
+    run(settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -83,9 +83,12 @@ class Workspace:
         self.repos.append(target)
         return target
 
-    def write_mcp(self, connectors: Mapping[str, Any], wanted: list[str] | None, environ: Mapping[str, str]) -> Path:
+    def write_mcp(self, connectors: Mapping[str, Any], wanted: list[str] | None, environ: Mapping[str, str],
+                  builtin: Mapping[str, Any] | None = None) -> Path:
         """.mcp.json with the routine's connectors (all when it names none), ${VAR} expanded
-        from the service's environment at session start (unset variables become "")."""
+        from the service's environment at session start (unset variables become ""), and the
+        built-in ones (`github`) beside them, as given."""
         chosen = {name: connectors[name] for name in (wanted if wanted is not None else connectors)}
         expanded = json.loads(_VAR.sub(lambda m: json.dumps(environ.get(m.group(1), ""))[1:-1], json.dumps(chosen)))
+        expanded.update(builtin or {})
         return self.write(".mcp.json", json.dumps({"mcpServers": expanded}, indent=2) + "\n")

@@ -69,7 +69,7 @@ if peers:
         pid = os.getppid()
         while pid > 1:
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
-            if b"routinely.cli" in cmd and b"worker" in cmd:
+            if b"workers.worker" in cmd:  # what `routinely worker` becomes (exec)
                 return open(f"/proc/{pid}/environ", "rb").read().decode(errors="replace")
             pid = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("PPid:")).split()[1])
         raise LookupError("worker not found")

@@ -1,20 +1,19 @@
-"""The per-session egress proxy for `network: allowlist`.
+"""The per-session egress proxy: one of the session's doors.
 
-It listens on a unix socket only the worker (and the session's launcher, as root) can
-reach; inside the session's network namespace the launcher bridges 127.0.0.1:PORT to it.
+It listens on a unix socket in the session's door folder; inside the session's network
+namespace the launcher bridges 127.0.0.1:PORT to it.
 HTTP CONNECT (HTTPS) and absolute-URI HTTP requests reach hosts in allow_hosts; anything
 else answers 403 and is logged. Names are resolved here, outside the namespace.
 """
 from __future__ import annotations
 
-import os
-import shutil
 import socket
 import socketserver
-import tempfile
 import threading
 from typing import Callable
 from urllib.parse import urlsplit
+
+from workers.sandbox.launch import pump
 
 MAX_HEAD = 16 * 1024
 
@@ -34,32 +33,9 @@ def host_allowed(host: str, port: int, allow: list[str]) -> bool:
     return False
 
 
-def _pump(a: socket.socket, b: socket.socket) -> None:
-    def one(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-        for s in (src, dst):
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    t = threading.Thread(target=one, args=(b, a), daemon=True)
-    t.start()
-    one(a, b)
-    t.join(timeout=60)
-    a.close()
-    b.close()
-
-
 class EgressProxy:
-    def __init__(self, allow: list[str], log: Callable[[str], None]) -> None:
-        self.allow, self.log = allow, log
-        self._dir = tempfile.mkdtemp(prefix="rly-egress-")  # 0700, the worker's own
-        self.sock = os.path.join(self._dir, "p")
+    def __init__(self, allow: list[str], log: Callable[[str], None], sock: str) -> None:
+        self.allow, self.log, self.sock = allow, log, sock
         proxy = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -73,7 +49,6 @@ class EgressProxy:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
-        shutil.rmtree(self._dir, ignore_errors=True)
 
     def _refuse(self, client: socket.socket, status: str, why: str) -> None:
         body = f"routinely: {why}\n".encode()
@@ -123,4 +98,4 @@ class EgressProxy:
             rest = b""
         if rest:
             upstream.sendall(rest)
-        _pump(client, upstream)
+        pump(client, upstream)

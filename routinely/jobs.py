@@ -1,0 +1,90 @@
+"""RQ, confined: the one module that knows RQ's keys, its job hash and its serializer.
+
+Pinned to RQ 3 (pyproject: rq>=3,<4). The start script writes the job hash this module
+builds (RQ's own `Job.to_dict()`, made once per process), the worker reads jobs through
+`worker()`, and cancel goes through `cancel()`; nothing else imports rq.
+
+Jobs are JSON (RQ's JSONSerializer), never pickle: a worker here never unpickles, so a
+pickled job someone writes into the queue fails with a DeserializationError instead of
+running code (tests/test_jobs.py writes one).
+
+Why RQ and not a queue of our own: the worker, its failure registry and the runner's use of
+`get_current_job` work as they are. The cost is that RQ's keys (`rq:job:<id>`, job ids
+limited to [A-Za-z0-9_-]) cannot carry a Redis Cluster hash tag, so the start script's keys
+share one node's keyspace, not one cluster slot; a queue of our own would go behind
+`queue_key`/`JobTemplate`/`worker`/`cancel` without touching the start step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import redis
+from rq import Queue, SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+from rq.utils import utcformat
+
+RUN_SESSION = "workers.run.run_session"
+SERIALIZER = JSONSerializer
+QUEUES_KEY = Queue.redis_queues_keys  # the set of queue keys RQ workers discover
+RESULT_TTL = 86_400
+FAILURE_TTL = 7 * 86_400
+
+
+def queue_key(name: str) -> str:
+    return Queue.redis_queue_namespace_prefix + name
+
+
+def job_key(job_id: str) -> str:
+    return Job.key_for(job_id)
+
+
+def stamp(now: float) -> str:
+    """A time as RQ writes it in a job hash."""
+    return utcformat(datetime.fromtimestamp(now, timezone.utc))
+
+
+@dataclass(frozen=True)
+class JobTemplate:
+    """RQ's job hash for run_session, built once: every session's job differs only in its
+    id (= the session id, so no argument is stored), times, timeout and description."""
+
+    data: bytes  # zlib-compressed JSON of (func, instance, args, kwargs)
+    fields: tuple[tuple[str, str], ...]  # every other field but the per-job ones
+
+    @classmethod
+    def build(cls, conn: redis.Redis, queue_name: str) -> "JobTemplate":
+        job = Job.create(RUN_SESSION, id="template", connection=conn, status=JobStatus.QUEUED, origin=queue_name,
+                         result_ttl=RESULT_TTL, failure_ttl=FAILURE_TTL, serializer=SERIALIZER)
+        job.enqueued_at = datetime.now(timezone.utc)
+        mapping = job.to_dict()
+        data = mapping.pop("data")
+        for own in ("created_at", "enqueued_at", "timeout", "description"):
+            mapping.pop(own, None)
+        fields = tuple((k, v.value if isinstance(v, JobStatus) else str(v)) for k, v in mapping.items())
+        return cls(data, fields)
+
+    def flat(self) -> list[str]:
+        return [item for pair in self.fields for item in pair]
+
+
+def worker(conn: redis.Redis, queue_name: str) -> SimpleWorker:
+    """An RQ worker on Routinely's queue that reads jobs as JSON only."""
+    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
+    return SimpleWorker([queue], connection=conn, serializer=SERIALIZER)
+
+
+def queue(conn: redis.Redis, queue_name: str) -> Queue:
+    return Queue(queue_name, connection=conn, serializer=SERIALIZER)
+
+
+def cancel(conn: redis.Redis, job_id: str) -> None:
+    """Take a job off its queue and delete its hash (RQ's own Job.delete): a job that never
+    runs would otherwise keep its hash forever."""
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return
+    job.delete(remove_from_queue=True)

@@ -1,0 +1,276 @@
+"""The github connector on its own: a real MCP server on a unix socket, the real `mcp` client,
+real Redis; only GitHub's HTTP API is faked (a local server that records what reached it)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import tempfile
+from pathlib import Path
+
+import httpx2
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from routinely import actions, keys, session_log
+from routinely.routine_file import ApplyError, github_policy
+from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
+from workers.connector import Connector, Policy
+from routinely.github_auth import InstallationTokens
+
+WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
+
+
+@pytest.fixture(scope="module")
+def private_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+@pytest.fixture
+def fake():
+    server = FakeGitHub()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app_settings(settings, private_key, fake):
+    return settings.with_(github_app_id="12345", github_private_key=private_key, github_api_url=fake.url)
+
+
+def spec(**github) -> dict:
+    return {"repositories": ["octo/api", "octo/sdk"], "branch_prefix": "claude/",
+            "allow_unrestricted_branch_pushes": False, "github": github_policy(github or None)}
+
+
+class Session:
+    """A connector as the runner starts it, with a push guard stand-in listing pushed branches."""
+
+    def __init__(self, conn, settings, sid="sess_a", pushed=(), **github) -> None:
+        self.dir = tempfile.mkdtemp(prefix="rly-conn-")
+        self.sock = str(Path(self.dir) / "github.sock")
+        self.pushed = set(pushed)
+        self.lines: list[str] = []
+        self.conn, self.sid = conn, sid
+
+        def log(line: str) -> None:
+            self.lines.append(line)
+            session_log.append(conn, sid, line)
+
+        self.connector = Connector(sid, Policy.from_spec(spec(**github)), self.sock, conn, settings,
+                                   InstallationTokens(settings), lambda repo, branch: (repo, branch) in self.pushed, log).start()
+
+    async def _calls(self, calls, token):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=self.sock), headers=headers) as http:
+            async with Client(streamable_http_client("http://127.0.0.1/mcp", http_client=http)) as client:
+                if calls is None:
+                    return (await client.list_tools()).tools
+                return [await client.call_tool(name, args) for name, args in calls]
+
+    def call(self, *calls, token: str | None = "own"):
+        return asyncio.run(self._calls(list(calls), self.connector.token if token == "own" else token))
+
+    def tools(self):
+        return asyncio.run(self._calls(None, self.connector.token))
+
+    def status(self, token: str | None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx2.Client(transport=httpx2.HTTPTransport(uds=self.sock)) as http:
+            return http.post("http://127.0.0.1/mcp", headers={**headers, "Accept": "application/json, text/event-stream"},
+                             json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).status_code
+
+    def close(self):
+        self.connector.close()
+
+
+@pytest.fixture
+def installed(conn):
+    conn.hset(keys.INSTALLATIONS, mapping={"octo/api": 42, "octo/sdk": 42})
+
+
+def text(result) -> str:
+    return result.content[0].text
+
+
+def test_tools_are_listed_with_the_reference_names_and_arguments(conn, app_settings, installed):
+    s = Session(conn, app_settings)
+    try:
+        tools = {t.name: t for t in s.tools()}
+    finally:
+        s.close()
+    assert set(tools) == {"get_pull_request", "get_pull_request_files", "get_pull_request_diff", "list_pull_requests",
+                          "get_issue", "list_issues", "list_commits", "get_file_contents", *WRITES}
+    props = lambda name: tools[name].input_schema["properties"]  # noqa: E731
+    assert {"owner", "repo", "pull_number"} <= set(tools["get_pull_request"].input_schema["required"])
+    assert {"state", "labels", "since"} <= set(props("list_issues"))
+    assert {"body", "event", "comments"} <= set(props("create_pull_request_review"))
+    assert {"title", "body", "state", "labels", "assignees"} <= set(props("update_issue"))
+    assert tools["get_issue"].annotations.read_only_hint and not tools["add_issue_comment"].annotations.read_only_hint
+
+
+def test_calls_reach_github_with_the_installation_token_and_are_recorded(conn, app_settings, installed, fake):
+    s = Session(conn, app_settings, pushed={("octo/api", "claude/fix")})
+    try:
+        results = s.call(
+            ("get_pull_request", {"owner": "octo", "repo": "api", "pull_number": 5}),
+            ("get_pull_request_diff", {"owner": "octo", "repo": "api", "pull_number": 5}),
+            ("list_issues", {"owner": "octo", "repo": "api", "state": "OPEN", "labels": ["bug", "p1"], "since": "2026-11-30T09:00:00Z"}),
+            ("get_file_contents", {"owner": "octo", "repo": "api", "path": "src/app.py", "ref": "main"}),
+            ("add_issue_comment", {"owner": "octo", "repo": "api", "issue_number": 5, "body": "Summary: looks fine"}),
+            ("create_pull_request_review", {"owner": "octo", "repo": "api", "pull_number": 5, "body": "Two nits",
+                                            "event": "COMMENT", "comments": [{"path": "app.py", "line": 1, "body": "nit"}]}),
+            ("create_pull_request", {"owner": "octo", "repo": "api", "title": "Fix", "head": "claude/fix", "base": "main", "draft": False}),
+            ("update_issue", {"owner": "Octo", "repo": "API", "issue_number": 7, "labels": ["triaged"], "assignees": ["mona"]}),
+        )
+    finally:
+        s.close()
+    assert [r.is_error for r in results] == [False] * 8, [text(r) for r in results]
+    assert json.loads(text(results[0]))["number"] == 5
+    assert text(results[1]).startswith("diff --git")
+    assert text(results[3]) == "print('hello')\n"
+    assert json.loads(text(results[6]))["draft"] is True  # draft_prs defaults to true, whatever the agent asked
+    seen = fake.calls()
+    assert [(r.method, r.path) for r in seen] == [
+        ("GET", "/repos/octo/api/pulls/5"), ("GET", "/repos/octo/api/pulls/5"), ("GET", "/repos/octo/api/issues"),
+        ("GET", "/repos/octo/api/contents/src/app.py"), ("POST", "/repos/octo/api/issues/5/comments"),
+        ("POST", "/repos/octo/api/pulls/5/reviews"), ("POST", "/repos/octo/api/pulls"), ("PATCH", "/repos/octo/api/issues/7")]
+    assert {r.authorization for r in seen} == {f"token {INSTALLATION_TOKEN}"}
+    assert "diff" in seen[1].accept
+    assert seen[2].query == {"state": ["open"], "labels": ["bug,p1"], "since": ["2026-11-30T09:00:00Z"]}
+    assert seen[3].query == {"ref": ["main"]}
+    assert seen[4].body == {"body": "Summary: looks fine"}
+    assert seen[5].body == {"event": "COMMENT", "body": "Two nits", "comments": [{"path": "app.py", "line": 1, "body": "nit"}]}
+    assert seen[6].body == {"title": "Fix", "head": "claude/fix", "base": "main", "draft": True}
+    assert seen[7].body == {"labels": ["triaged"], "assignees": ["mona"]}
+    recorded, reads = actions.of_session(conn, "sess_a")
+    assert reads == 4
+    pr_number = json.loads(text(results[6]))["number"]
+    assert [(a["tool"], a["number"], a["status"]) for a in recorded] == [
+        ("add_issue_comment", 5, "ok"), ("create_pull_request_review", 5, "ok"), ("create_pull_request", pr_number, "ok"),
+        ("update_issue", 7, "ok")]
+    assert recorded[0]["url"].startswith("https://github.example/octo/api/issues/5#issuecomment-")
+    assert recorded[2]["url"] == f"https://github.example/octo/api/pull/{recorded[2]['number']}"
+    assert all(a["repo"].lower() == "octo/api" and a["at"].endswith("Z") for a in recorded)
+    log = "\n".join(session_log.read(conn, "sess_a")[0])
+    assert "routinely: github add_issue_comment octo/api#5: ok" in log
+    assert "Summary: looks fine" not in log and INSTALLATION_TOKEN not in log and "nit" not in log
+    assert INSTALLATION_TOKEN not in json.dumps(recorded)
+
+
+REFUSED = [
+    ("add_issue_comment", {"owner": "octo", "repo": "elsewhere", "issue_number": 1, "body": "x"}, "is not one of this routine's repositories"),
+    ("get_issue", {"owner": "evil", "repo": "api", "issue_number": 1}, "is not one of this routine's repositories"),
+    ("create_pull_request", {"owner": "octo", "repo": "api", "title": "t", "head": "main", "base": "trunk"}, "outside this routine's branch_prefix"),
+    ("create_pull_request", {"owner": "octo", "repo": "api", "title": "t", "head": "claude/never-pushed", "base": "main"}, "was not pushed to octo/api by this session"),
+    ("create_pull_request", {"owner": "octo", "repo": "api", "title": "t", "head": "fork:claude/fix", "base": "main"}, "another owner's repository"),
+    ("create_pull_request_review", {"owner": "octo", "repo": "api", "pull_number": 5, "event": "APPROVE"}, "APPROVE is refused"),
+    ("create_issue", {"owner": "octo", "repo": "api", "title": "t"}, "is not in this routine's github.writes"),
+]
+
+
+def test_refused_calls_never_reach_github(conn, app_settings, installed, fake):
+    s = Session(conn, app_settings, pushed={("octo/api", "claude/fix")},
+                writes=["add_issue_comment", "create_pull_request_review", "create_pull_request"], max_writes=2)
+    try:
+        results = s.call(*[(name, args) for name, args, _ in REFUSED])
+        # two writes allowed; the third is past max_writes
+        capped = s.call(*[("add_issue_comment", {"owner": "octo", "repo": "api", "issue_number": 5, "body": f"c{i}"}) for i in range(3)])
+    finally:
+        s.close()
+    for result, (_, _, why) in zip(results, REFUSED):
+        assert result.is_error and why in text(result) and "\n" not in text(result), text(result)
+    assert [r.is_error for r in capped] == [False, False, True]
+    assert "made its 2 writes (github.max_writes)" in text(capped[2])
+    assert [(r.method, r.path, r.body) for r in fake.calls()] == [
+        ("POST", "/repos/octo/api/issues/5/comments", {"body": "c0"}), ("POST", "/repos/octo/api/issues/5/comments", {"body": "c1"})]
+    recorded, reads = actions.of_session(conn, "sess_a")
+    assert reads == 0
+    assert [a["status"] for a in recorded] == ["refused"] * 6 + ["ok", "ok", "refused"]
+    assert all(a["url"] is None for a in recorded if a["status"] == "refused")
+
+
+def test_bearer_token_own_session_only(conn, app_settings, installed, fake):
+    a = Session(conn, app_settings, sid="sess_a")
+    b = Session(conn, app_settings, sid="sess_b")
+    try:
+        assert a.status(None) == 401
+        assert a.status("nope") == 401
+        assert a.status(b.connector.token) == 401
+        assert a.status(a.connector.token[:-1]) == 401
+        assert a.status(a.connector.token) != 401
+        with pytest.raises(Exception):
+            b.call(("add_issue_comment", {"owner": "octo", "repo": "api", "issue_number": 5, "body": "x"}), token=a.connector.token)
+        b.connector.finished = True  # what close() does first: a finished session's token is refused
+        assert b.status(b.connector.token) == 401
+    finally:
+        a.close()
+        b.close()
+    assert fake.calls() == [] and actions.of_session(conn, "sess_b") == ([], 0)
+    assert not Path(a.sock).exists()
+
+
+def test_without_an_app_every_tool_says_so(conn, settings, fake):
+    s = Session(conn, settings.with_(github_api_url=fake.url))
+    try:
+        results = s.call(("get_issue", {"owner": "octo", "repo": "api", "issue_number": 1}),
+                         ("add_issue_comment", {"owner": "octo", "repo": "api", "issue_number": 1, "body": "x"}))
+        assert len(s.tools()) == 13
+    finally:
+        s.close()
+    assert all(r.is_error and "the GitHub App is not configured" in text(r) for r in results)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("status,words", [(403, "lacks the issues: write permission"), (404, "answered 404"),
+                                          (401, "rejected the App's installation token")])
+def test_github_refusals_name_the_missing_permission(conn, app_settings, installed, fake, status, words):
+    fake.fail[("POST", "/repos/octo/api/issues/5/comments")] = status
+    s = Session(conn, app_settings)
+    try:
+        (result,) = s.call(("add_issue_comment", {"owner": "octo", "repo": "api", "issue_number": 5, "body": "x"}))
+    finally:
+        s.close()
+    assert result.is_error and words in text(result) and INSTALLATION_TOKEN not in text(result)
+    recorded, _ = actions.of_session(conn, "sess_a")
+    assert [a["status"] for a in recorded] == ["failed"]
+
+
+def test_a_repository_without_installation_fails_in_one_line(conn, app_settings, fake):
+    s = Session(conn, app_settings)
+    try:
+        (result,) = s.call(("get_issue", {"owner": "octo", "repo": "api", "issue_number": 1}))
+    finally:
+        s.close()
+    assert result.is_error and "no installation of the GitHub App covers octo/api" in text(result)
+    assert fake.requests == []
+
+
+def test_path_traversal_is_refused(conn, app_settings, installed, fake):
+    s = Session(conn, app_settings)
+    try:
+        (result,) = s.call(("get_file_contents", {"owner": "octo", "repo": "api", "path": "../../sdk/contents/x"}))
+    finally:
+        s.close()
+    assert result.is_error and fake.calls() == []
+
+
+def test_the_policy_block_is_validated_when_applied():
+    assert github_policy(None) == {"writes": WRITES, "max_writes": 20, "draft_prs": True, "allow_approve": False}
+    for bad, words in [({"writes": ["merge_pull_request"]}, "not write tools"), ({"max_writes": -1}, "github.max_writes"),
+                       ({"draft_prs": "yes"}, "github.draft_prs"), ({"approve": True}, "unknown key"), ([], "github takes")]:
+        with pytest.raises(ApplyError, match=words):
+            github_policy(bad, "routine 'r'")
+
+
+def test_the_prompt_paragraph_follows_the_policy():
+    text_ = Policy.from_spec(spec()).prompt(True)
+    assert "octo/api, octo/sdk" in text_ and "under `claude/`" in text_ and "draft" in text_ and "never APPROVE" in text_
+    narrow = Policy.from_spec(spec(writes=["add_issue_comment"], max_writes=3)).prompt(True)
+    assert "add_issue_comment, at most 3 writes" in narrow and "pull request must" not in narrow
+    assert "may not write" in Policy.from_spec(spec(writes=[])).prompt(True)
+    assert "no GitHub App is configured" in Policy.from_spec(spec()).prompt(False)

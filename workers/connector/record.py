@@ -1,0 +1,28 @@
+"""Every connector call, recorded: one session log line (tool, target, outcome — never the
+token or a body) and, for writes, an action on the session (routinely.actions)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import redis
+
+from routinely import actions
+from routinely.start import iso
+from workers.connector.tools import Call
+
+
+class Recorder:
+    def __init__(self, conn: redis.Redis, session_id: str, log: Callable[[str], None], clock: Callable[[], float]) -> None:
+        self.conn, self.session_id, self.log, self.clock = conn, session_id, log, clock
+
+    def __call__(self, call: Call, status: str, detail: str = "", number: int | None = None, url: str | None = None) -> None:
+        """status: ok (GitHub did it), refused (policy: GitHub not called), failed (GitHub said no)."""
+        number = number if number is not None else call.number
+        target = f"{call.owner}/{call.repo}" + (f"#{number}" if number else "")
+        self.log(f"routinely: github {call.tool} {target}: {status}" + (f": {detail}" if detail else ""))
+        if call.write:
+            repo = f"{call.owner}/{call.repo}"
+            actions.record(self.conn, self.session_id, {"tool": call.tool, "repo": repo, "number": number, "url": url,
+                                                        "status": status, "at": iso(self.clock())})
+        elif status == "ok":
+            actions.count_read(self.conn, self.session_id)

@@ -1,0 +1,152 @@
+"""One session's github connector: an MCP server (streamable HTTP) on a unix socket.
+
+It runs in a thread of the worker with its own asyncio loop (uvicorn), for the session's
+lifetime. Every HTTP request must carry the session's bearer token (compared in constant
+time); once the session is finished, every request answers 401. A tool call goes:
+policy (refused → one-line tool error, GitHub not called) → installation token → GitHub →
+record.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import secrets
+import threading
+import time
+from typing import Any, Callable
+
+import anyio.to_thread
+import redis
+import uvicorn
+from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import CallToolResult, TextContent
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from routinely.config import Settings
+from workers.connector.github import GitHubFailed, send
+from workers.connector.policy import Policy
+from workers.connector.record import Recorder
+from workers.connector.tools import Call, register, tool_error
+from routinely.github_auth import InstallationTokens, TokenError
+
+START_TIMEOUT_SECONDS = 10
+NOT_CONFIGURED = ("routinely: the GitHub App is not configured on this service (GITHUB_APP_ID and GITHUB_PRIVATE_KEY), "
+                  "so the github connector cannot act; ask the operator to configure it")
+# requests arrive through the session's bridge as http://127.0.0.1:PORT
+_LOCAL = TransportSecuritySettings(enable_dns_rebinding_protection=True,
+                                   allowed_hosts=["127.0.0.1", "127.0.0.1:*", "localhost", "localhost:*"],
+                                   allowed_origins=["http://127.0.0.1:*", "http://localhost:*"])
+
+
+class ConnectorError(Exception):
+    """The connector could not start; str() is the one line for the session log."""
+
+
+class Connector:
+    """Serve the github connector for one session at `socket_path`. `pushed(repo, branch)`
+    says whether this session pushed that branch through its push guard."""
+
+    def __init__(self, session_id: str, policy: Policy, socket_path: str, conn: redis.Redis, settings: Settings,
+                 tokens: InstallationTokens, pushed: Callable[[str, str], bool], log: Callable[[str], None]) -> None:
+        self.session_id, self.policy, self.socket_path = session_id, policy, socket_path
+        self.conn, self.settings, self.tokens, self.pushed = conn, settings, tokens, pushed
+        self.token = secrets.token_urlsafe(32)
+        self.finished = False
+        self.writes_made = 0
+        self._write_lock: asyncio.Lock | None = None
+        self.record = Recorder(conn, session_id, log, settings.clock)
+        mcp = MCPServer("github", instructions=policy.prompt(settings.github_app))
+        register(mcp, policy, self.run)
+        app = mcp.streamable_http_app(json_response=True, transport_security=_LOCAL)
+        config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_level="warning", lifespan="on",
+                                loop="asyncio", timeout_graceful_shutdown=2, access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name=f"github-connector-{session_id}", daemon=True)
+
+    def start(self) -> "Connector":
+        """Listen; returns once the socket accepts. Raises ConnectorError."""
+        self._thread.start()
+        end = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > end:
+                raise ConnectorError(f"routinely: the github connector could not listen on {self.socket_path}")
+            time.sleep(0.01)
+        return self
+
+    def mcp_entry(self, port: int) -> dict[str, Any]:
+        """The `github` entry of the session's .mcp.json."""
+        return {"type": "http", "url": f"http://127.0.0.1:{port}/mcp", "headers": {"Authorization": f"Bearer {self.token}"}}
+
+    def authorized(self, header: bytes | None) -> bool:
+        if self.finished or not header:
+            return False
+        scheme, _, presented = header.decode("latin-1").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), self.token.encode())
+
+    def close(self) -> None:
+        """From now on every request answers 401; then stop serving and remove the socket."""
+        self.finished = True
+        self._server.should_exit = True
+        self._thread.join(5)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(5)
+        try:
+            os.unlink(self.socket_path)
+        except FileNotFoundError:
+            pass
+
+    # -- a tool call
+    async def run(self, call: Call) -> CallToolResult:
+        if not self.settings.github_app:
+            self.record(call, "refused", "the GitHub App is not configured")
+            return tool_error(NOT_CONFIGURED)
+        full = self.policy.repository(call.owner, call.repo)
+        if call.write:
+            if self._write_lock is None:
+                self._write_lock = asyncio.Lock()
+            async with self._write_lock:  # the max_writes check and the count move together
+                refusal = await anyio.to_thread.run_sync(self._refusal, call)
+                if refusal is None:
+                    self.writes_made += 1
+        else:
+            refusal = self._refusal(call)
+        if refusal is not None:
+            self.record(call, "refused", refusal)
+            return tool_error(refusal)
+        try:
+            token = await anyio.to_thread.run_sync(self.tokens.for_repository, self.conn, full)
+            reply = await send(self.settings.github_api_url, token, full, call.request, call.permission)
+        except (TokenError, GitHubFailed) as exc:
+            line = str(exc) if str(exc).startswith("routinely:") else f"routinely: {exc}"
+            self.record(call, "failed", line)
+            return tool_error(line)
+        data = reply.json() if call.write else None
+        number = call.number or (data.get("number") if isinstance(data, dict) else None)
+        url = data.get("html_url") if isinstance(data, dict) else None
+        self.record(call, "ok", url or "", number=number, url=url)
+        return CallToolResult(content=[TextContent(type="text", text=call.shape(reply))])
+
+    def _refusal(self, call: Call) -> str | None:
+        return self.policy.refusal(call.tool, call.owner, call.repo, call.args, self.writes_made, self.pushed)
+
+
+class _BearerOnly:
+    """Every HTTP request carries this session's token, or answers 401 before MCP sees it."""
+
+    def __init__(self, app: ASGIApp, connector: Connector) -> None:
+        self.app, self.connector = app, connector
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            header = dict(scope["headers"]).get(b"authorization")
+            if not self.connector.authorized(header):
+                body = b'{"error": "unauthorized: this connector answers only its own session\'s token"}'
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
