@@ -16,7 +16,7 @@ import orjson
 import redis
 from rq import get_current_job
 
-from routinely import catalog, keys, session_log, sessions
+from routinely import catalog, chain, keys, session_log, sessions
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
@@ -139,8 +139,10 @@ class SessionRun:
             self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
+        depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids)
+                               lambda line: self.log(line), ids,
+                               on_forward=lambda repo, ref: chain.record(self.conn, repo, ref, self.id, depth))
         try:
             self._checkout(workspace, self.guard, spec["repositories"])
             argv = self._agent_argv()
