@@ -372,3 +372,27 @@ def test_scheduled_sessions_get_the_previous_run_in_env_and_prompt(conn, setting
     api = make(settings).test_client()
     for sid in conn.zrange(keys.SESSIONS, 0, -1):
         openapi_check.check(api.get(f"/api/sessions/{sid.decode()}"), "/api/sessions/{id}", "get")
+
+
+def test_refusals_travel_in_the_start_plan_with_their_drops_key_declared():
+    from routinely import jobs, start_plan
+    from routinely.catalog import Catalog
+    from routinely.routine_file import parse_config
+    from routinely.start import Firing
+
+    cat = Catalog(parse_config({"accounts": [{"name": "alice"}], "routines": [
+        {"name": n, "account": "alice", "prompt": "p", "repositories": [REPO], "triggers": [{"github": {"command": "fix"}}]}
+        for n in ("ok", "no")]}, None), 7)
+    ids = iter(["evt_1", "session_1"])
+    plan = start_plan.build(Firing(kind="github", event="issue_comment.created", command="fix", text="x"), cat,
+                            [cat.routines["alice/ok"]], 1_800_000_000.0, lambda kind: next(ids),
+                            refused=[start_plan.Refused(cat.routines["alice/no"], "role", "x has role read")],
+                            chain_depth=2)
+    assert dict(zip(plan.sessions[0].fields[::2], plan.sessions[0].fields[1::2]))["chain_depth"] == "2"
+    job = jobs.JobTemplate(data=b"d", fields=())
+    kv, argv = start_plan.encode(plan, job, "routinely")
+    assert kv[-1] == keys.drops("alice/no") and len(kv) == start_plan.FIXED_KEYS + start_plan.KEYS_PER_SESSION + 1
+    assert argv[16:18] == [1, 1]  # one session, one refusal
+    assert argv[-3:] == ["no", "role", "x has role read"]
+    trigger = json.loads(dict(zip(plan.event_fields[::2], plan.event_fields[1::2]))["trigger"])
+    assert trigger == {"kind": "github", "event": "issue_comment.created", "command": "fix", "text": "x"}
