@@ -42,7 +42,7 @@ def private_key() -> str:
 
 @pytest.fixture
 def app_settings(settings, private_key):
-    return settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=API)
+    return settings.with_(github_app_id="24680", github_private_key=private_key, github_api_url=API)
 
 
 @pytest.fixture
