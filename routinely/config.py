@@ -36,6 +36,7 @@ class Settings:
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
     max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     clock: Callable[[], float] = time.time
@@ -73,6 +74,7 @@ class Settings:
         users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
+        cache_max_gb = _seconds("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb, 0.0001, 1e6, "gigabytes")
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
         depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
@@ -95,6 +97,7 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            cache_max_gb=cache_max_gb,
             scheduler_lease_seconds=lease,
             max_chain_depth=int(depth),
         )
@@ -150,7 +153,7 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError(f"REDIS_URL {shown!r}: the database after the host must be a number, e.g. /0")
 
 
-def _seconds(name: str, raw: str | None, default: float, low: float, high: float) -> float:
+def _seconds(name: str, raw: str | None, default: float, low: float, high: float, unit: str = "seconds") -> float:
     if raw is None:
         return default
     try:
@@ -158,7 +161,7 @@ def _seconds(name: str, raw: str | None, default: float, low: float, high: float
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # NaN fails too
-        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g} (it is {raw!r})")
+        raise ConfigError(f"{name} must be a number of {unit} from {low:g} to {high:g} (it is {raw!r})")
     return value
 
 

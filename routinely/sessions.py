@@ -37,6 +37,9 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason
+    warm = _text(raw, "warm_start")
+    if warm:
+        out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
     return out
 
 
