@@ -27,8 +27,9 @@ def decode(event: str, delivery: str, payload: dict[str, Any], body: bytes) -> F
         firing.payload = body  # the agent gets it as $ROUTINELY_EVENT_FILE
     firing.installations = installation_changes(event, action, payload)
     if firing.event in COMMAND_EVENTS:
-        body = (payload.get("comment") or {}).get("body") if isinstance(payload.get("comment"), dict) else None
-        found = parse_command(body) if isinstance(body, str) else None
+        comment = payload.get("comment")
+        said = comment.get("body") if isinstance(comment, dict) else None
+        found = parse_command(said) if isinstance(said, str) else None
         if found:  # the session's trigger says which /command, and its line reaches the agent as text
             firing.command, firing.text = found
     return firing

@@ -18,10 +18,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from routinely import actions, keys, session_log
+from routinely.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
-from routinely.github_auth import InstallationTokens
 from tests.test_isolation import needs_netns
 from workers.sandbox import Sandbox
 

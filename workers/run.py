@@ -17,10 +17,10 @@ import redis
 
 from routinely import catalog, chain, jobs, keys, session_log, sessions
 from routinely.config import Settings
+from routinely.github_auth import InstallationTokens, TokenError
 from routinely.start import iso
 from routinely.store import connect
 from workers import process, prompt
-from routinely.github_auth import InstallationTokens, TokenError
 from workers.connector import Connector, ConnectorError, Policy
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, kill_user
