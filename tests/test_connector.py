@@ -18,11 +18,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from routinely import actions, keys, session_log
+from routinely.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
 from tests.test_isolation import needs_sandbox as needs_netns
-from workers.github_auth import InstallationTokens
 from workers.sandbox import Sandbox
 
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
