@@ -336,8 +336,15 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_setting
         for name, entry in (("own", connector.mcp_entry(port)),
                             ("other", {**connector.mcp_entry(port), "headers": {"Authorization": "Bearer someone-elses"}})):
             (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"github": entry}}))
-            done = subprocess.run(box.command([CLAUDE, "mcp", "list"]), cwd=project, env=env, capture_output=True,
-                                  text=True, timeout=60)
+            box.share(project, writable=True)
+            box.share(home, writable=True)
+            cmd = box.command([CLAUDE, "mcp", "list"], env, project, home)
+            try:
+                done = subprocess.run(cmd.argv, cwd=cmd.cwd, env=cmd.env, pass_fds=cmd.pass_fds, capture_output=True,
+                                      text=True, timeout=60)
+            finally:
+                for fd in cmd.pass_fds:
+                    os.close(fd)
             said[name] = done.stdout + done.stderr
     finally:
         connector.close()
