@@ -4,11 +4,13 @@
 -- their record, index entries and RQ job; finally the event record and installations.
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
+local KEYS_PER_SESSION = 8  -- routinely/start_plan.py KEYS_PER_SESSION
 local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap', 'daily_budget'}
 local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
 local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
 local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local ev_from = 18
+local n_refused = tonumber(ARGV[18])
+local ev_from = 19
 local job_from = ev_from + n_event
 local inst_from = job_from + n_job
 
@@ -34,7 +36,7 @@ end
 local admitted, dropped, out_dropped, ids = {}, {}, {}, {}
 local a = inst_from + 3 * n_inst
 for i = 1, n_sess do
-  local k = 9 + (i - 1) * 8
+  local k = 9 + (i - 1) * KEYS_PER_SESSION
   local sid, routine = ARGV[a], ARGV[a + 1]
   local reason, retry, metered = nil, 0, '0'
   local counts = redis.call('MGET', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
@@ -75,6 +77,20 @@ for i = 1, n_sess do
     table.insert(admitted, metered)
   end
   a = a + 17 + n_fields
+end
+
+-- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
+for i = 1, n_refused do
+  local k = 9 + n_sess * KEYS_PER_SESSION + i
+  local routine, reason = ARGV[a], ARGV[a + 1]
+  redis.call('HINCRBY', KEYS[k], reason, 1)
+  redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)
+  redis.call('EXPIRE', KEYS[k], session_ttl)
+  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + 2], retry_after = 0})
+  table.insert(out_dropped, routine)
+  table.insert(out_dropped, reason)
+  table.insert(out_dropped, 0)
+  a = a + 3
 end
 
 if #ids > 0 then

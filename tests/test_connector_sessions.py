@@ -18,7 +18,7 @@ from routinely import catalog, session_log
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
-from tests.support import Remotes, body_of, delivery_headers, fixture
+from tests.support import Remotes, admin, body_of, delivery_headers, fixture
 from tests.test_isolation import needs_sandbox
 from tests.test_runner import run_worker
 
@@ -48,7 +48,7 @@ def world(settings, private_key, fake, redis_server, tmp_path):
     remotes.create("octo/api", branch="main", files={"app.py": "print('hi')\n"})
     app_settings = settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake.url,
                                   github_git_url=remotes.url)
-    client = create_app(app_settings).test_client()
+    client = admin(create_app(app_settings).test_client())
     payload = fixture("installation.created.json")
     payload["installation"]["id"] = 42
     payload["repositories"] = [{"id": 1, "name": "api", "full_name": "octo/api", "private": True}]

@@ -33,7 +33,7 @@ def spend(conn, usd: float, tz: str = "Asia/Tokyo") -> None:
                        {"output_tokens": 1}, usd)
 
 
-def test_an_account_past_its_daily_budget_drops_the_next_firing(client, conn):
+def test_an_account_past_its_daily_budget_drops_the_next_firing(client, conn, settings):
     catalog.apply(conn, {"accounts": [{"name": "ops", "plan": "enterprise", "timezone": "Asia/Tokyo",
                                        "daily_budget_usd": 1.0}],
                          "routines": [{"name": "alerts", "account": "ops", "prompt": "p", "triggers": [{"api": {}}]}]},
@@ -55,7 +55,7 @@ def test_an_account_past_its_daily_budget_drops_the_next_firing(client, conn):
     assert int(conn.hget(keys.drops("ops/alerts"), "daily_budget")) == 1
     event = client.get("/api/events").get_json()[0]
     assert [(d["routine"], d["reason"]) for d in event["dropped"]] == [("alerts", "daily_budget")] and event["sessions"] == []
-    assert listing(conn, catalog.load(conn))[0]["drops"]["daily_budget"] == 1  # as /api/routines and `routinely list` show it
+    assert listing(conn, catalog.load(conn), settings)[0]["drops"]["daily_budget"] == 1  # as /api/routines and `routinely list` show it
 
 
 def test_the_budget_day_is_the_accounts_own(client, conn):
