@@ -24,7 +24,7 @@ from tests.support import Remotes, git
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
-out="$OUT_DIR/$ROUTINELY_SESSION_ID"; mkdir -p "$out"; cd api
+out="$OUT_DIR/$ROUTINELY_SESSION_ID"; mkdir -p "$out"; cd "${ROUTINELY_REPOS%% *}"  # the first checkout (where the agent starts)
 git rev-parse HEAD > "$out/head"; git status --porcelain > "$out/status"; ls -A > "$out/files"
 cat built.txt > "$out/built" 2>/dev/null || echo none > "$out/built"
 cat "$HOME/.cache/tool" > "$out/home" 2>/dev/null || echo none > "$out/home"
