@@ -8,7 +8,8 @@ local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap'}
 local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
 local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
 local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local ev_from = 18
+local n_refused = tonumber(ARGV[18])
+local ev_from = 19
 local job_from = ev_from + n_event
 local inst_from = job_from + n_job
 
@@ -71,6 +72,20 @@ for i = 1, n_sess do
     table.insert(admitted, metered)
   end
   a = a + 15 + n_fields
+end
+
+-- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
+for i = 1, n_refused do
+  local k = 9 + n_sess * 7 + i
+  local routine, reason = ARGV[a], ARGV[a + 1]
+  redis.call('HINCRBY', KEYS[k], reason, 1)
+  redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)
+  redis.call('EXPIRE', KEYS[k], session_ttl)
+  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + 2], retry_after = 0})
+  table.insert(out_dropped, routine)
+  table.insert(out_dropped, reason)
+  table.insert(out_dropped, 0)
+  a = a + 3
 end
 
 if #ids > 0 then
