@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
-from flask import Flask, request
+from flask import Flask, Response, request
 
+from app import params
 from app.responses import error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
-from routinely.catalog import CatalogCache
+from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.start import Starter
 from routinely.store import connect
+
+
+SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 
 @dataclass
@@ -19,6 +24,10 @@ class State:
     settings: Settings
     conn: redis.Redis
     starter: Starter
+
+    def catalog(self) -> Catalog:
+        """The applied configuration, compiled once per stored version (pages and API)."""
+        return self.starter.cache.current(self.conn)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -29,13 +38,22 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
     app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
 
-    from app import api, fire, pages
+    from app import api, auth, fire, metrics, pages
 
+    auth.configure(app, settings.admin_token, settings.public_url)
     # POST /webhooks/github is answered in front of Flask (app/webhooks.py says why)
     app.wsgi_app = WebhookDoor(app.wsgi_app, app.extensions["routinely"], app.logger)  # type: ignore[method-assign]
     app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    metrics.install(app)
+
+    if SPEC.is_file():
+        spec = SPEC.read_bytes()
+
+        @app.get("/openapi.yaml")
+        def openapi():
+            return Response(spec, mimetype="application/yaml")
 
     @app.get("/healthz")
     def healthz():
@@ -56,6 +74,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Redis answered: an error reply is our bug (validation must stop bad input first), not an outage
         app.logger.error("redis refused a command on %s %s: %s", request.method, request.path, str(exc)[:200])
         return error(500, "internal error: the store refused a command; this is a bug, please report it")
+
+    @app.errorhandler(params.BadParameter)
+    def bad_parameter(exc: params.BadParameter):
+        return error(400, str(exc))
 
     @app.errorhandler(413)
     def too_large(exc):

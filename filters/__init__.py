@@ -2,7 +2,7 @@
 
 No Redis, no Flask, no I/O: plain data in, booleans out.
 """
-from filters.compiled import Filter, FilterError, compile_filter, compile_filters, matches_all
+from filters.compiled import Filter, FilterError, compile_filter, compile_filters, first_failing, matches_all, wants_event
 from filters.fields import EVENT_KINDS, FIELDS, Fields, extract_fields
 
 __all__ = [
@@ -15,4 +15,6 @@ __all__ = [
     "Fields",
     "extract_fields",
     "matches_all",
+    "first_failing",
+    "wants_event",
 ]

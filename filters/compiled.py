@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import re2
+
 from filters.fields import BOOL, FIELDS, LIST
 from filters.operators import OPERATORS, compile_regex
 
@@ -23,6 +25,10 @@ class Filter:
 
     def matches(self, fields: dict[str, Any]) -> bool:
         return self.predicate(fields[self.field])
+
+    def applies(self, kind: str) -> bool:
+        """Whether events of this kind are filtered by it (a base_branch filter skips releases)."""
+        return kind in self.kinds
 
 
 def _fail(msg: str) -> FilterError:
@@ -83,24 +89,40 @@ def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
 
 def _string_test(op: str, value: Any, ignore_case: bool) -> Callable[[str], bool]:
     fn, shape = OPERATORS[op]
-    fold: Callable[[str], str] = str.casefold if ignore_case else (lambda s: s)
     if shape == "string":
         if not isinstance(value, str):
             raise _fail(f"op {op} takes a string value, got {value!r}")
-        operand: Any = fold(value)
-    elif shape == "list":
-        operand = frozenset(fold(v) for v in _string_list(value, op))
-    else:
-        if not isinstance(value, str):
-            raise _fail(f"op matches_regex takes a pattern string, got {value!r}")
-        try:
-            operand = compile_regex(value, ignore_case)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        return lambda v: fn(v, operand)  # RE2 folds case itself
-    if ignore_case:
-        return lambda v: fn(v.casefold(), operand)
+        if ignore_case:
+            return _folded(op, [value])
+        return lambda v: fn(v, value)
+    if shape == "list":
+        values = _string_list(value, op)
+        if ignore_case:
+            return _folded(op, values)
+        operand = frozenset(values)
+        return lambda v: fn(v, operand)
+    if not isinstance(value, str):
+        raise _fail(f"op matches_regex takes a pattern string, got {value!r}")
+    try:
+        operand = compile_regex(value, ignore_case)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     return lambda v: fn(v, operand)
+
+
+def _folded(op: str, values: list[str]) -> Callable[[str], bool]:
+    """`ignore_case` for the literal operators, through RE2 like matches_regex: one folding
+    (Unicode simple case folding) for every operator, so `K` equals the Kelvin sign `K` and
+    `σ` equals `ς` everywhere, while `STRASSE` equals `straße` nowhere (no operator maps one
+    character to two)."""
+    pattern = compile_regex("|".join(re2.escape(v) for v in values), True)
+    if op == "contains":
+        return lambda v: pattern.search(v) is not None
+    if op == "starts_with":
+        return lambda v: pattern.match(v) is not None  # anchored at the start only
+    if op == "is_not_one_of":
+        return lambda v: pattern.fullmatch(v) is None
+    return lambda v: pattern.fullmatch(v) is not None  # equals, is_one_of
 
 
 def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:
@@ -121,4 +143,21 @@ def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:
 
 def matches_all(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> bool:
     """True when every filter that applies to this event kind holds (AND); none holds."""
-    return all(f.matches(fields) for f in filters if kind in f.kinds)
+    return first_failing(filters, fields, kind) is None
+
+
+def first_failing(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> Filter | None:
+    """The first filter that applies to this kind and does not hold, or None when all hold.
+
+    Routing and the explanation of a delivery that started nothing both ask this, so they
+    cannot disagree; like AND, it reads no field past the first failure.
+    """
+    for f in filters:
+        if f.applies(kind) and not f.matches(fields):
+            return f
+    return None
+
+
+def wants_event(events: Iterable[str], kind: str, event: str) -> bool:
+    """Whether a trigger's `events` list takes this event (`kind` alone means every action)."""
+    return kind in events or event in events

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 import redis
 
-from filters import Fields, matches_all
+from filters import Fields, matches_all, wants_event
 from routinely import keys
 from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
 
@@ -84,7 +84,7 @@ class Catalog:
         matched = []
         for routine in candidates:
             for trig in routine.github:
-                if kind not in trig.events and event not in trig.events:
+                if not wants_event(trig.events, kind, event):
                     continue
                 if matches_all(trig.filters, fields, kind):
                     matched.append(routine)
@@ -159,6 +159,13 @@ class CatalogCache:
     def get(self, conn: redis.Redis) -> Catalog:
         catalog = self._catalog
         if catalog is None:
+            catalog = self.reload(conn)
+        return catalog
+
+    def current(self, conn: redis.Redis) -> Catalog:
+        """The catalog of the version stored now (one GET; a reload when it moved)."""
+        catalog = self._catalog
+        if catalog is None or int(conn.get(keys.ROUTINES_VERSION) or 0) != catalog.version:
             catalog = self.reload(conn)
         return catalog
 

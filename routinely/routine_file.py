@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from filters import EVENT_KINDS, Filter, FilterError, compile_filters
+from routinely import agent_spec, limits
 from routinely.schedules import Schedule, ScheduleError, parse_schedule, stagger_seconds, zone
 
 PLANS = {"pro": 5, "max": 15, "team": 25, "enterprise": 25}
@@ -33,12 +34,12 @@ _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _HOST = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
 _TOP = {"accounts", "connectors", "routines"}
-_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"}
+_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"} | agent_spec.ACCOUNT_KEYS
 _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
     "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers", "github",
-}
-_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "maintenance", "cache", "cache_key_files", "cache_ttl_hours"}
+} | agent_spec.ROUTINE_KEYS
+_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "limits", "maintenance", "cache", "cache_key_files", "cache_ttl_hours"}
 # the built-in github connector's write tools; `github.writes` names a subset (default: all)
 GITHUB_WRITES = ("add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue")
 _GITHUB_KEYS = {"writes", "max_writes", "draft_prs", "allow_approve"}
@@ -57,6 +58,7 @@ class Account:
     extra_usage: bool
     timezone: str
     rate_limit: dict[str, int]
+    daily_budget_usd: float | None = None  # model spend per calendar day; past it firings drop (daily_budget)
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def _accounts(raw: Any) -> dict[str, dict[str, Any]]:
             "extra_usage": _bool(acc.get("extra_usage", False), where, "extra_usage"),
             "timezone": tz,
             "rate_limit": _rate_limit(acc.get("rate_limit"), DEFAULT_ACCOUNT_LIMIT, where),
+            **agent_spec.account_fields(acc, where, _err),
         }
     return out
 
@@ -263,6 +266,7 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
         "github": github_policy(raw.get("github"), where),
         "triggers": [],
+        **agent_spec.routine_fields(raw, where, _err),
     }
     triggers = raw.get("triggers")
     if not isinstance(triggers, list) or not triggers:
@@ -305,8 +309,8 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
         raise _err(where, f"environment.allow_hosts must be a list of host names (optionally *.domain or :port), got {hosts!r}")
     if network == "allowlist" and not hosts:
         raise _err(where, "environment.network allowlist needs at least one host in allow_hosts")
-    if network != "allowlist" and hosts:
-        raise _err(where, "environment.allow_hosts applies only with network: allowlist")
+    if network == "none" and hosts:
+        raise _err(where, "environment.allow_hosts applies with network: allowlist (the hosts) or full (private hosts it may reach)")
     variables = env.get("env") or {}
     if not isinstance(variables, dict):
         raise _err(where, "environment.env must map variable names to values")
@@ -322,7 +326,12 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
     setup = env.get("setup")
     if setup is not None and not isinstance(setup, str):
         raise _err(where, "environment.setup must be a shell script (a string)")
-    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, **_warm_start(env, where)}
+    try:
+        session_limits = limits.check(env.get("limits") or {}, "environment.limits")
+    except ValueError as exc:
+        raise _err(where, str(exc)) from None
+    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits,
+            **_warm_start(env, where)}
 
 
 def _warm_start(env: dict[str, Any], where: str) -> dict[str, Any]:
@@ -415,4 +424,5 @@ def build_account(spec: dict[str, Any]) -> Account:
         extra_usage=spec["extra_usage"],
         timezone=spec["timezone"],
         rate_limit=spec["rate_limit"],
+        daily_budget_usd=spec.get("daily_budget_usd"),
     )

@@ -124,7 +124,12 @@ class Starter:
 
 
 class FireRefused(Exception):
-    """A named routine did not start: unknown, paused or dropped; str() is the line to show."""
+    """A named routine did not start: unknown, paused or dropped; str() is the line to show,
+    `status` the HTTP code it deserves (404, 400, 429) and `retry_after` a drop's wait."""
+
+    def __init__(self, message: str, status: int = 400, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
 
 
 def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing,
@@ -135,14 +140,16 @@ def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing,
 
     def route(cat: Catalog) -> list[Routine]:
         try:
-            return [cat.find(ref)]
+            routine = cat.find(ref)
         except LookupError as exc:
-            raise FireRefused(str(exc)) from None
+            raise FireRefused(str(exc), 404) from None
+        firing.routine = firing.routine or routine.key  # the event names the routine it was for
+        return [routine]
 
     outcome = (starter or Starter(conn, settings)).fire(firing, route)
     if outcome.skipped:
-        raise FireRefused(f"routine {ref!r} is paused: set paused: false and apply")
+        raise FireRefused(f"routine {ref!r} is paused: `routinely resume {ref}` first", 400)
     if outcome.dropped:
         d = outcome.dropped[0]
-        raise FireRefused(f"dropped ({d['reason']}): try again in {d['retry_after']} s")
+        raise FireRefused(f"dropped ({d['reason']}): try again in {d['retry_after']} s", 429, d["retry_after"])
     return sessions.get(conn, settings, outcome.sessions[0]["id"])

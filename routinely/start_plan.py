@@ -12,7 +12,8 @@ Layout (start.lua reads it by these positions):
         7 installations  8 claim (or the event key, unused)  9 payload (or the event key)
         then per session, 7 keys: routine window, account window, daily cap, drops,
         session, the routine's sessions index, job
-  ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now ms  5 now iso
+  ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now in ms, to the µs
+        (the index score: firings a millisecond apart still list in order)  5 now iso
         6 sessions trim ms  7 events trim ms  8 event id  9 event ttl  10 session ttl
         11 skipped (JSON)  12 job data  13 job stamp  14 #event fields  15 #job fields
         16 #installation ops  17 #sessions; then the event fields, the job template's
@@ -119,7 +120,8 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
 
 
 def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[list[str], list[Any]]:
-    """The plan as start.lua's KEYS and ARGV (see the layout above)."""
+    """The plan as start.lua's KEYS and ARGV (see the layout above); the job template's
+    fields stay one pre-packed routinely.wire.Segment."""
     event_key = keys.event(plan.event_id)
     now_ms = int(plan.now * 1000)
     kv = [keys.ROUTINES_VERSION, event_key, keys.EVENTS, keys.SESSIONS, jobs.queue_key(queue_name), jobs.QUEUES_KEY,
@@ -127,13 +129,13 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
     ops: list[str] = []
     for op in plan.installations:
         ops += [op[0], op[1], op[2] if len(op) > 2 else ""]
-    job_fields = job.flat()
     argv: list[Any] = [
-        plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0, now_ms, iso(plan.now),
+        plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0, f"{plan.now * 1000:.3f}",
+        iso(plan.now),
         now_ms - keys.SESSIONS_KEPT * 1000, now_ms - keys.EVENTS_KEPT * 1000, plan.event_id, keys.EVENT_TTL,
         keys.SESSION_TTL, orjson.dumps(plan.skipped).decode(), job.data, jobs.stamp(plan.now),
-        len(plan.event_fields), len(job_fields), len(plan.installations), len(plan.sessions),
-        *plan.event_fields, *job_fields, *ops,
+        len(plan.event_fields), job.packed.count, len(plan.installations), len(plan.sessions),
+        *plan.event_fields, job.packed, *ops,
     ]
     for s in plan.sessions:
         c = s.checks

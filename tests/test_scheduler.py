@@ -198,7 +198,7 @@ def test_cli_schedule_list_update_and_run(conn, redis_server, tmp_path):
     setup(conn, schedule={"preset": "weekdays", "time": "09:00", "timezone": "Asia/Tokyo"})
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url}
     rows = json.loads(run_cli(env, "schedule", "list", "--json").stdout)
-    assert rows[0]["routine"] == "daily" and rows[0]["stagger_seconds"] == STAGGER
+    assert rows[0]["name"] == "daily" and rows[0]["account"] == "alice" and rows[0]["stagger_seconds"] == STAGGER
     nxt = datetime.fromisoformat(rows[0]["next_run_at"].replace("Z", "+00:00"))
     local = (nxt.timestamp() - STAGGER)
     as_tokyo = datetime.fromtimestamp(local, ZoneInfo("Asia/Tokyo"))

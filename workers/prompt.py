@@ -53,7 +53,7 @@ def untrusted_block(source: str, lines: list[str]) -> str:
 def build(routine_prompt: str, trigger: dict[str, Any], payload: dict[str, Any] | None, github: str = "") -> str:
     """`github`: the paragraph about the github connector under the routine's policy."""
     kind = trigger.get("kind")
-    parts = [routine_prompt.rstrip(), "", "---", f"This session was started by a {kind} trigger."]
+    parts = [routine_prompt.rstrip(), "", "---", f"This session was started by {'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind} trigger."]
     if kind == "github":
         event = trigger.get("event", "")
         repo = ((payload or {}).get("repository") or {}).get("full_name", "")

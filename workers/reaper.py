@@ -8,6 +8,7 @@ import redis
 
 from routinely import keys, session_log, sessions
 from routinely.start import iso
+from workers import sandbox
 
 HEARTBEAT_TIMEOUT_SECONDS = 60  # runners beat every second; a minute of silence is a dead worker
 
@@ -23,5 +24,6 @@ def reap(conn: redis.Redis, now: float, timeout: float = HEARTBEAT_TIMEOUT_SECON
         if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
             session_log.append(conn, sid, reason)
             reaped.append(sid)
+            sandbox.finish(sessions.get_raw(conn, sid) or {})  # survivors and the cgroup, on this host
         conn.zrem(keys.RUNNING, sid)
     return reaped
