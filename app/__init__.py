@@ -12,6 +12,7 @@ from app.responses import error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
+from routinely.roles import Roles
 from routinely.start import Starter
 from routinely.store import connect
 
@@ -24,6 +25,7 @@ class State:
     settings: Settings
     conn: redis.Redis
     starter: Starter
+    roles: Roles  # who may fire (routinely.gate): asks GitHub only for triggers with roles
 
     def catalog(self) -> Catalog:
         """The applied configuration, compiled once per stored version (pages and API)."""
@@ -36,7 +38,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     conn = connect(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
+    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()), Roles(settings))
 
     from app import api, auth, fire, metrics, pages
 

@@ -3,9 +3,13 @@
 No Redis, no Flask, no I/O: plain data in, booleans out.
 """
 from filters.compiled import Filter, FilterError, compile_filter, compile_filters, first_failing, matches_all, wants_event
-from filters.fields import EVENT_KINDS, FIELDS, Fields, extract_fields
+from filters.command import COMMAND_EVENTS
+from filters.command import parse as parse_command
+from filters.fields import AUTHOR_ASSOCIATIONS, EVENT_KINDS, FIELDS, Fields, extract_fields
 
 __all__ = [
+    "AUTHOR_ASSOCIATIONS",
+    "COMMAND_EVENTS",
     "EVENT_KINDS",
     "FIELDS",
     "Filter",
@@ -17,4 +21,5 @@ __all__ = [
     "matches_all",
     "first_failing",
     "wants_event",
+    "parse_command",
 ]

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import redis
 
-from routinely import api_tokens, catalog, control, events, routines_view, sessions, when
+from routinely import api_tokens, catalog, control, events, exposure, routines_view, sessions, when
 from routinely.config import ConfigError, Settings
 from routinely.control import Refused
 from routinely.routine_file import ApplyError, load_yaml
@@ -44,6 +44,8 @@ def cmd_apply(args, settings: Settings) -> None:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     data = load_yaml(text)
     cat, diff = catalog.apply(_conn(settings), data, settings.clock())
+    for line in exposure.warnings(cat.routines.values()):  # applied all the same: open can be meant
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
         _print_json({"version": cat.version, **diff})
         return

@@ -53,6 +53,7 @@ class Settings:
     prices_file: Path | None = None
     cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
+    max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     clock: Callable[[], float] = time.time
 
     @property
@@ -77,7 +78,7 @@ class Settings:
         if urlparse(git_url).scheme not in ("http", "https", "file"):
             raise ConfigError(f"GITHUB_GIT_URL must be an http(s):// or file:// URL, got {git_url!r}")
         app_id = get("GITHUB_APP_ID")
-        if app_id is not None and not app_id.isdigit():
+        if app_id is not None and not (app_id.isascii() and app_id.isdigit()):
             raise ConfigError("GITHUB_APP_ID must be the App's numeric id (see the App's settings page)")
         private_key = _private_key(get("GITHUB_PRIVATE_KEY"), get("GITHUB_PRIVATE_KEY_PATH"))
         if bool(app_id) != bool(private_key):
@@ -91,6 +92,9 @@ class Settings:
         cache_max_gb = _seconds("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb, 0.0001, 1e6, "gigabytes")
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
+        depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
+        if not (depth.isascii() and depth.isdigit()) or not 1 <= int(depth) <= 100:
+            raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         vendor_urls = {}
         for name, default in (("ANTHROPIC", cls.anthropic_api_url), ("OPENAI", cls.openai_api_url),
@@ -138,6 +142,7 @@ class Settings:
             session_limits=session_limits,
             cgroups=cgroups,
             scheduler_lease_seconds=lease,
+            max_chain_depth=int(depth),
         )
 
 

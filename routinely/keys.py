@@ -135,3 +135,22 @@ def session_actions(session_id: str) -> str:
 def session_reads(session_id: str) -> str:
     """int: how many reads the session's github connector made (INCR); TTL SESSION_TTL."""
     return f"{P}reads:{session_id}"
+
+
+# -- who may fire, chains and schedules' memory (issue #16)
+ROLE_TTL = 60  # a changed permission counts within a minute
+CHAIN_TTL = DAY  # the webhook of a session's write arrives in seconds; redeliveries within hours
+
+
+def role(repo: str, login: str) -> str:
+    """string: the actor's repository role (GitHub's role_name, or "none"); written by the roles check at ingest; TTL ROLE_TTL."""
+    return f"{P}role:{repo.lower()}:{login.lower()}"
+
+
+def chain(repo: str, subject: str) -> str:
+    """string "DEPTH SESSION_ID": the last session whose github connector wrote to this issue/PR
+    number (or pushed this ref); written by routinely.chain.record; TTL CHAIN_TTL."""
+    return f"{P}chain:{repo.lower()}:{subject}"
+
+
+LAST_SCHEDULED_RUN = P + "last-scheduled-run"  # hash routine key -> ISO time of its latest scheduled run that made a session; the scheduler's; fields of removed routines dropped each pass

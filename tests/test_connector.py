@@ -18,11 +18,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from routinely import actions, keys, session_log
+from routinely.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
 from tests.test_isolation import needs_sandbox as needs_netns
-from workers.github_auth import InstallationTokens
 from workers.sandbox import Sandbox
 
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
@@ -336,8 +336,15 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_setting
         for name, entry in (("own", connector.mcp_entry(port)),
                             ("other", {**connector.mcp_entry(port), "headers": {"Authorization": "Bearer someone-elses"}})):
             (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"github": entry}}))
-            done = subprocess.run(box.command([CLAUDE, "mcp", "list"]), cwd=project, env=env, capture_output=True,
-                                  text=True, timeout=60)
+            box.share(project, writable=True)
+            box.share(home, writable=True)
+            cmd = box.command([CLAUDE, "mcp", "list"], env, project, home)
+            try:
+                done = subprocess.run(cmd.argv, cwd=cmd.cwd, env=cmd.env, pass_fds=cmd.pass_fds, capture_output=True,
+                                      text=True, timeout=60)
+            finally:
+                for fd in cmd.pass_fds:
+                    os.close(fd)
             said[name] = done.stdout + done.stderr
     finally:
         connector.close()

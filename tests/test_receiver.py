@@ -129,7 +129,8 @@ def test_paused_routines_are_recorded_as_skipped(client, conn):
     assert queued_ids(conn) == []
 
 
-@pytest.mark.parametrize("event,name", [("push", "push.json"), ("issues", "issues.opened.json")])
+@pytest.mark.parametrize("event,name", [("push", "push.json"), ("issues", "issues.opened.json"),
+                                        ("deployment", "push.json")])
 def test_other_events_are_acknowledged_and_recorded_only(client, conn, event, name):
     apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})
     resp, _ = post(client, event, fixture(name))

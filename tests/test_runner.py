@@ -300,6 +300,9 @@ def test_push_guard_holds_against_every_bypass(conn, env, remotes, tmp_path, set
     assert "forwarded refs/heads/claude/ok to octo/api" in log
     assert "refs/heads/trunk was not forwarded to octo/api: outside branch_prefix" in log
     assert sessions.get(conn, settings, s["id"])["status"] == "succeeded"
+    # the forwarded branch is on the chain record: its push webhook starts sessions one deeper
+    assert conn.get(keys.chain("octo/api", "refs/heads/claude/ok")) == f"1 {s['id']}".encode()
+    assert not conn.exists(keys.chain("octo/api", "refs/heads/trunk"))
 
 
 def test_unrestricted_pushes_and_deletions_reach_the_remote(conn, env, remotes, tmp_path, settings):

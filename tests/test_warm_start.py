@@ -24,7 +24,7 @@ from tests.support import Remotes, git
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
-cd "$ROUTINELY_REPOS"
+cd "${ROUTINELY_REPOS%% *}"  # the first checkout (where the agent starts)
 echo "SEEN head=$(git rev-parse HEAD)"
 echo "SEEN status=$(git status --porcelain | tr '\n' ' ')"
 echo "SEEN files=$(ls -A | tr '\n' ' ')"

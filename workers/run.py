@@ -15,8 +15,9 @@ from typing import Any
 import orjson
 import redis
 
-from routinely import catalog, jobs, keys, model_usage, session_log, sessions, transcript
+from routinely import catalog, chain, jobs, keys, model_usage, session_log, sessions, transcript
 from routinely.config import Settings
+from routinely.github_auth import InstallationTokens, TokenError
 from routinely.start import iso
 from routinely.store import connect
 from workers import agents, process, prompt
@@ -27,7 +28,6 @@ from workers.gateway.session import open_gateway
 from workers.liveness import Liveness
 from routinely.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.prices import PriceError
-from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, git_alternates, kill_user
 from workers.sandbox.bounds import limits_for
@@ -155,8 +155,10 @@ class SessionRun:
             self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
+        depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"))
+                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"),
+                               on_forward=lambda repo, ref: chain.record(self.conn, repo, ref, self.id, depth))
         try:
             self._checkout(workspace, self.guard, routine.key, spec)
         except Failed as exc:
@@ -338,4 +340,6 @@ class SessionRun:
             env["ROUTINELY_EVENT_FILE"] = str(ws.write(".routinely/event.json", payload))
         if trigger.get("text") is not None:
             env["ROUTINELY_TEXT"] = trigger["text"]
+        if trigger.get("kind") == "schedule":
+            env["ROUTINELY_PREVIOUS_RUN_AT"] = trigger.get("previous_run_at") or ""
         return env

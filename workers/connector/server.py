@@ -25,11 +25,11 @@ from mcp_types import CallToolResult, TextContent
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from routinely.config import Settings
+from routinely.github_auth import InstallationTokens, TokenError
 from workers.connector.github import GitHubFailed, send
 from workers.connector.policy import Policy
 from workers.connector.record import Recorder
 from workers.connector.tools import Call, register, tool_error
-from workers.github_auth import InstallationTokens, TokenError
 
 START_TIMEOUT_SECONDS = 10
 NOT_CONFIGURED = ("routinely: the GitHub App is not configured on this service (GITHUB_APP_ID and GITHUB_PRIVATE_KEY), "
