@@ -260,7 +260,7 @@ def test_nothing_of_the_host_is_reachable_under_any_policy(network, conn, settin
     shutil.rmtree(left.parent)
 
 
-def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_server, world, listener):
+def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_server, world, listener, client):
     """Without the sandbox the same probe reaches the listeners: the refusals above are the sandbox's."""
     apply(conn, "full", env={"PROBE_TCP": f"127.0.0.1:{listener.tcp_port} [::1]:{listener.tcp6_port}",
                              "PROBE_UDP": f"127.0.0.1:{listener.udp_port}"})
@@ -272,6 +272,8 @@ def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_serve
     log = "\n".join(log_of(conn, sid))
     assert "routinely: sandbox off (ROUTINELY_SANDBOX=off): this session runs unsandboxed" in log
     assert sessions.get(conn, settings, sid)["sandbox"] == "off"
+    page = client.get(f"/sessions/{sid}").data.decode()
+    assert "this session ran unsandboxed (ROUTINELY_SANDBOX=off)" in page
 
 
 @pytest.mark.parametrize("network", ["allowlist", "full"])
