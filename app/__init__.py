@@ -2,16 +2,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
-from flask import Flask, request
+from flask import Flask, Response, request
 
+from app import params
 from app.responses import error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
 from routinely.catalog import CatalogCache
 from routinely.config import Settings
 from routinely.start import Starter
 from routinely.store import connect
+
+
+SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"
 
 
 @dataclass
@@ -37,6 +42,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
 
+    if SPEC.is_file():
+        spec = SPEC.read_bytes()
+
+        @app.get("/openapi.yaml")
+        def openapi():
+            return Response(spec, mimetype="application/yaml")
+
     @app.get("/healthz")
     def healthz():
         try:
@@ -56,6 +68,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         # Redis answered: an error reply is our bug (validation must stop bad input first), not an outage
         app.logger.error("redis refused a command on %s %s: %s", request.method, request.path, str(exc)[:200])
         return error(500, "internal error: the store refused a command; this is a bug, please report it")
+
+    @app.errorhandler(params.BadParameter)
+    def bad_parameter(exc: params.BadParameter):
+        return error(400, str(exc))
 
     @app.errorhandler(413)
     def too_large(exc):

@@ -1,8 +1,9 @@
 """The JSON API: sessions, events, health."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, request
+from flask import Blueprint, Response, current_app, request
 
+from app import params
 from app.auth import require_admin
 from app.responses import error, json_response
 from routinely import catalog, events, routines_view, session_log, sessions
@@ -13,11 +14,7 @@ bp.before_request(require_admin)
 
 
 def _limit() -> int:
-    """`?limit=`, default 100; anything but 1..MAX_LIMIT answers 400."""
-    raw = request.args.get("limit", "100")
-    if not raw.isdigit() or not 1 <= int(raw) <= sessions.MAX_LIMIT:
-        abort(error(400, f"limit must be a whole number from 1 to {sessions.MAX_LIMIT}"))
-    return int(raw)
+    return params.limit(request.args)
 
 
 def _no_session(session_id: str) -> Response:
@@ -49,9 +46,10 @@ def session_log_text(session_id: str):
     """The log as plain text; `?after=CURSOR` returns only newer lines (the page polls it).
     The cursor of the last line is in the X-Log-Cursor header."""
     state = current_app.extensions["routinely"]
+    after = params.log_cursor(request.args)
     if sessions.get_raw(state.conn, session_id) is None:
         return _no_session(session_id)
-    lines, cursor = session_log.read(state.conn, session_id, request.args.get("after") or None)
+    lines, cursor = session_log.read(state.conn, session_id, after)
     text = "".join(line + "\n" for line in lines)
     return Response(text, mimetype="text/plain", headers={"X-Log-Cursor": cursor or ""})
 

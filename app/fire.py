@@ -58,6 +58,12 @@ def fire(trigger_id: str):
         if text is not None and not isinstance(text, str):
             return api_error(400, "invalid_request_error", "text must be a string (JSON or Markdown inside it is passed as is)")
 
+    # a refused call records nothing but a counter: a paused routine is refused before the
+    # start step (the script would record the firing as an event with the routine skipped)
+    current = state.starter.cache.current(conn).routines.get(routine_key)
+    if current is not None and current.api and current.paused:
+        return api_error(400, "invalid_request_error", "the routine is paused")
+
     def route(catalog):
         routine = catalog.routines.get(routine_key)
         return [routine] if routine is not None and routine.api else []

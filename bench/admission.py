@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """What the admission step costs per firing.
 
-Replays the start script for one matched routine N times against a fresh redis-server,
-once as Routinely sends it and once with the admission data (rate windows, daily cap)
-taken out, and prints Redis's own µs per call for each; then the Python-side cost of
-working out the windows (admission.checks).
+Applies the start plan of one matched routine N times against a throwaway redis-server
+and prints Redis's own µs per start script call, the part of it spent on admission's
+commands (three GETs, three INCRs and their first EXPIREs, from INFO commandstats), and
+the Python cost of working out the windows (admission.checks) and the rule (decide).
+The redis-server is stopped and its directory removed however the run ends.
 
   python bench/admission.py [--n 5000]
 """
@@ -12,19 +13,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import orjson  # noqa: E402
 import redis  # noqa: E402
 
-from routinely import admission, catalog  # noqa: E402
+from routinely import admission, catalog, start_plan  # noqa: E402
 from routinely.config import Settings  # noqa: E402
 from routinely.start import Firing, Starter  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
+
+CONFIG = {"accounts": [{"name": "a", "plan": "enterprise", "extra_usage": True,
+                        "rate_limit": {"events": 10**6, "per_seconds": 3600}}],
+          "routines": [{"name": "r", "account": "a", "prompt": "p", "triggers": [{"api": {}}],
+                        "rate_limit": {"events": 10**6, "per_seconds": 3600}}]}
 
 
 def main() -> None:
@@ -32,45 +38,44 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=5000)
     args = parser.parse_args()
     server = RedisServer()
+    try:
+        run(server, args.n)
+    finally:
+        server.stop()
+
+
+def run(server: RedisServer, n: int) -> None:
     conn = redis.Redis.from_url(server.url)
-    settings = Settings(redis_url=server.url, data_dir=Path("/tmp"))
-    cat, _ = catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise", "extra_usage": True,
-                                                "rate_limit": {"events": 10**6, "per_seconds": 3600}}],
-                                  "routines": [{"name": "r", "account": "a", "prompt": "p", "triggers": [{"api": {}}],
-                                                "rate_limit": {"events": 10**6, "per_seconds": 3600}}]}, time.time())
-    starter = Starter(conn, settings)
-    captured = []
-    real = starter._script
-    starter._script = lambda args: (captured.append(args), real(args=args))[1]
-    starter.fire(Firing(kind="manual"), lambda c: [c.find("r")])
-    control = orjson.loads(captured[0][0])
-
-    def run(label: str, strip: bool) -> float:
+    cat, _ = catalog.apply(conn, CONFIG, time.time())
+    with tempfile.TemporaryDirectory(prefix="routinely-bench-") as tmp:
+        starter = Starter(conn, Settings(redis_url=server.url, data_dir=Path(tmp)))
+        starter.fire(Firing(kind="manual"), lambda c: [c.find("r")])  # loads the script
+        cat = starter.cache.get(conn)
+        routine = cat.routines["a/r"]
         conn.config_resetstat()
-        for i in range(args.n):
-            c = dict(control)
-            cand = dict(c["candidates"][0])
-            cand["session"] = {**cand["session"], "key": f"rly:session:b{i}", "id": f"b{i}"}
-            if strip:
-                cand["limits"] = []
-                cand.pop("cap")
-            c["candidates"] = [cand]
-            c["event"] = {**c["event"], "id": f"e{i}", "key": f"rly:event:e{i}"}
-            real(args=[orjson.dumps(c), *captured[0][1:]])
-        usec = conn.info("commandstats")["cmdstat_evalsha"]["usec_per_call"]
-        print(f"start script, {label}: {usec:.1f} µs per firing inside Redis")
-        return usec
-
-    full = run("with admission", False)
-    bare = run("admission data removed", True)
-    routine, account = cat.routines["a/r"], cat.accounts["a"]
+        for _ in range(n):
+            plan = start_plan.build(Firing(kind="manual"), cat, [routine], time.time())
+            assert starter._apply(plan) is not None
+        stats = conn.info("commandstats")
+    script = stats["cmdstat_evalsha"]["usec_per_call"]
+    spent = sum(stats[f"cmdstat_{c}"]["usec"] for c in ("get", "incr", "expire") if f"cmdstat_{c}" in stats)
+    version_gets = n * stats["cmdstat_get"]["usec_per_call"]  # the script's own version check is a GET too
+    expires_not_admission = 2 * n * stats.get("cmdstat_expire", {}).get("usec_per_call", 0)  # session + event TTLs
+    in_redis = (spent - version_gets - expires_not_admission) / n
+    print(f"start script, one matched routine: {script:.1f} µs per firing inside Redis")
+    print(f"of which admission's GET/INCR/EXPIRE commands: {in_redis:.1f} µs")
+    account = cat.accounts["a"]
     t = time.perf_counter()
-    for _ in range(args.n):
-        admission.checks(routine, account, time.time())
-    py = (time.perf_counter() - t) / args.n * 1e6
-    print(f"admission.checks (Python, windows and local day): {py:.1f} µs per routine")
-    print(f"admission adds about {full - bare + py:.0f} µs per matched routine ({full - bare:.1f} in Redis + {py:.1f} in Python)")
-    server.stop()
+    for _ in range(n):
+        checks = admission.checks(routine, account, time.time())
+    py_checks = (time.perf_counter() - t) / n * 1e6
+    t = time.perf_counter()
+    for _ in range(n):
+        admission.decide(checks, (0, 0, 0))
+    py_decide = (time.perf_counter() - t) / n * 1e6
+    print(f"admission.checks (Python, windows and local day): {py_checks:.1f} µs; admission.decide: {py_decide:.2f} µs")
+    print(f"admission adds about {in_redis + py_checks:.0f} µs per matched routine "
+          f"({in_redis:.1f} in Redis + {py_checks:.1f} in Python)")
 
 
 if __name__ == "__main__":

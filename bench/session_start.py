@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Session start benchmark: a warm `routinely worker` against a fresh redis-server.
 
-Prints (1) the time from a session being queued to its agent process running, on a warm
-worker, for a small repository, and (2) the workspace-ready time (relay mirror + checkout)
-for a repository of 10,000 files.
+Queued → agent started, for a 1-file and a 10,000-file repository, with no setup and with a
+setup that sleeps --setup-seconds (30): the first session on a new host (no mirror, no cached
+setup), cold sessions (mirror there, setup cache cleared before each) and warm ones (mirror
+and cached setup reused), plus `cache: false` (mirror only) for comparison with the old
+clone-every-time path.
 
-  python bench/session_start.py [--runs 10] [--files 10000]
+  python bench/session_start.py [--runs 5] [--files 10000] [--setup-seconds 30]
 """
 from __future__ import annotations
 
@@ -27,14 +29,16 @@ import redis  # noqa: E402
 from routinely import catalog, session_log, sessions  # noqa: E402
 from routinely.cli import fire_one  # noqa: E402
 from routinely.config import Settings  # noqa: E402
+from routinely.setup_cache import SetupCache  # noqa: E402
 from routinely.start import Firing  # noqa: E402
 from tests.support import RedisServer, Remotes  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--setup-seconds", type=float, default=30)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="routinely-bench-"))
     tmp.chmod(0o711)  # session users (the default as root) must reach their workspaces
@@ -53,13 +57,23 @@ def main() -> None:
     settings = Settings.from_env(env)
     print(f"session users: {'on' if settings.session_users else 'off'}")
     conn = redis.Redis.from_url(server.url)
-    routine = lambda name, repo: {"name": name, "account": "b", "prompt": "p", "repositories": [repo],  # noqa: E731
-                                  "triggers": [{"api": {}}], "rate_limit": {"events": 10_000, "per_seconds": 3600},
-                                  "environment": {"env": {"OUT": str(out)}}}
+    slow_setup = f"sleep {args.setup_seconds:g}; echo built > built.txt"
+
+    def routine(name: str, repo: str, setup: str | None, cache: bool = True) -> dict:
+        return {"name": name, "account": "b", "prompt": "p", "repositories": [repo], "triggers": [{"api": {}}],
+                "rate_limit": {"events": 10_000, "per_seconds": 3600},
+                "environment": {"env": {"OUT": str(out)}, "setup": setup, "cache": cache}}
+
+    plan = [("small", "bench/small", None), ("small-setup", "bench/small", slow_setup),
+            ("large", "bench/large", None), ("large-setup", "bench/large", slow_setup)]
     catalog.apply(conn, {"accounts": [{"name": "b", "plan": "enterprise", "extra_usage": True}],
-                         "routines": [routine("small", "bench/small"), routine("large", "bench/large")]}, time.time())
+                         "routines": [routine(*p) for p in plan]
+                         + [routine("small-nocache", "bench/small", None, False),
+                            routine("large-nocache", "bench/large", None, False),
+                            routine("warmup", "bench/small", None, False)]}, time.time())
     worker = subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cache = SetupCache(settings.data_dir)
     try:
         def one(name: str) -> tuple[float, float]:
             out.unlink(missing_ok=True)
@@ -67,21 +81,40 @@ def main() -> None:
             s = fire_one(settings, conn, name, Firing(kind="manual"))
             while sessions.get(conn, settings, s["id"])["status"] in ("queued", "running"):
                 time.sleep(0.005)
-            started = next(float(line.split()[1]) for line in session_log.read(conn, s["id"])[0]
-                           if line.startswith("STARTED "))
-            ready = next(float(m.group(1)) for line in session_log.read(conn, s["id"])[0]
-                         if (m := re.search(r"workspace ready in ([\d.]+) s", line)))
+            log = session_log.read(conn, s["id"])[0]
+            if sessions.get(conn, settings, s["id"])["status"] != "succeeded":
+                raise SystemExit("a bench session failed:\n" + "\n".join(log))
+            started = next(float(line.split()[1]) for line in log if line.startswith("STARTED "))
+            ready = next(float(m.group(1)) for line in log if (m := re.search(r"workspace ready in ([\d.]+) s", line)))
             return started - queued, ready
 
-        one("small")  # warm the worker
-        small = [one("small") for _ in range(args.runs)]
-        lat = [s[0] * 1000 for s in small]
-        print(f"queued -> agent started (warm worker, 1-file repo), {args.runs} runs: "
-              f"median {statistics.median(lat):.0f} ms, min {min(lat):.0f} ms, max {max(lat):.0f} ms")
-        print(f"  of which workspace ready: median {statistics.median(s[1] for s in small) * 1000:.0f} ms")
-        large = [one("large") for _ in range(3)]
-        print(f"{args.files}-file repository: workspace ready median {statistics.median(l[1] for l in large):.2f} s, "
-              f"queued -> agent started median {statistics.median(l[0] for l in large):.2f} s (3 runs)")
+        def report(label: str, samples: list[tuple[float, float]]) -> None:
+            lat = [s[0] for s in samples]
+            unit, k = ("ms", 1000) if max(lat) < 2 else ("s", 1)
+            fmt = (lambda v: f"{v * k:.0f} {unit}") if unit == "ms" else (lambda v: f"{v:.2f} s")
+            print(f"  {label:<44} median {fmt(statistics.median(lat))}, min {fmt(min(lat))}, max {fmt(max(lat))}"
+                  f" ({len(lat)} run{'s' if len(lat) > 1 else ''}; workspace ready median "
+                  f"{statistics.median(s[1] for s in samples) * 1000:.0f} ms)")
+
+        one("warmup")  # the worker's imports, the small mirror
+        print("queued -> agent started, warm worker:")
+        for name, repo, setup in plan:
+            files = "1-file" if repo == "bench/small" else f"{args.files}-file"
+            what = f"{files} repo, " + (f"{args.setup_seconds:g}-s setup" if setup else "no setup")
+            if name == "large":
+                report(f"{what}: first (no mirror, no cache)", [one(name)])
+            else:
+                cache.clear(f"b/{name}")
+                report(f"{what}: cold (setup cache empty)", [one(name)])
+            if not setup:
+                cold = []
+                for _ in range(args.runs):
+                    cache.clear(f"b/{name}")
+                    cold.append(one(name))
+                report(f"{what}: cold (setup cache empty)", cold)
+            report(f"{what}: warm (mirror + cached setup)", [one(name) for _ in range(args.runs)])
+        for name, what in (("small-nocache", "1-file repo"), ("large-nocache", f"{args.files}-file repo")):
+            report(f"{what}, cache: false (mirror only)", [one(name) for _ in range(args.runs)])
     finally:
         worker.terminate()
         worker.wait(10)

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+import re2
+
 from filters.fields import BOOL, FIELDS, LIST
 from filters.operators import OPERATORS, compile_regex
 
@@ -83,24 +85,40 @@ def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
 
 def _string_test(op: str, value: Any, ignore_case: bool) -> Callable[[str], bool]:
     fn, shape = OPERATORS[op]
-    fold: Callable[[str], str] = str.casefold if ignore_case else (lambda s: s)
     if shape == "string":
         if not isinstance(value, str):
             raise _fail(f"op {op} takes a string value, got {value!r}")
-        operand: Any = fold(value)
-    elif shape == "list":
-        operand = frozenset(fold(v) for v in _string_list(value, op))
-    else:
-        if not isinstance(value, str):
-            raise _fail(f"op matches_regex takes a pattern string, got {value!r}")
-        try:
-            operand = compile_regex(value, ignore_case)
-        except ValueError as exc:
-            raise _fail(str(exc)) from None
-        return lambda v: fn(v, operand)  # RE2 folds case itself
-    if ignore_case:
-        return lambda v: fn(v.casefold(), operand)
+        if ignore_case:
+            return _folded(op, [value])
+        return lambda v: fn(v, value)
+    if shape == "list":
+        values = _string_list(value, op)
+        if ignore_case:
+            return _folded(op, values)
+        operand = frozenset(values)
+        return lambda v: fn(v, operand)
+    if not isinstance(value, str):
+        raise _fail(f"op matches_regex takes a pattern string, got {value!r}")
+    try:
+        operand = compile_regex(value, ignore_case)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
     return lambda v: fn(v, operand)
+
+
+def _folded(op: str, values: list[str]) -> Callable[[str], bool]:
+    """`ignore_case` for the literal operators, through RE2 like matches_regex: one folding
+    (Unicode simple case folding) for every operator, so `K` equals the Kelvin sign `K` and
+    `σ` equals `ς` everywhere, while `STRASSE` equals `straße` nowhere (no operator maps one
+    character to two)."""
+    pattern = compile_regex("|".join(re2.escape(v) for v in values), True)
+    if op == "contains":
+        return lambda v: pattern.search(v) is not None
+    if op == "starts_with":
+        return lambda v: pattern.match(v) is not None  # anchored at the start only
+    if op == "is_not_one_of":
+        return lambda v: pattern.fullmatch(v) is None
+    return lambda v: pattern.fullmatch(v) is not None  # equals, is_one_of
 
 
 def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:

@@ -29,7 +29,9 @@ def _flag(*path: str) -> Callable[[Payload], bool]:
 
 
 def _labels(payload: Payload) -> list[str]:
-    labels = _get(payload, "pull_request", "labels") or []
+    labels = _get(payload, "pull_request", "labels")
+    if not isinstance(labels, list):
+        return []  # absent, null or the wrong shape: no labels
     return [label["name"] for label in labels if isinstance(label, dict) and isinstance(label.get("name"), str)]
 
 
@@ -37,7 +39,10 @@ def _from_fork(payload: Payload) -> bool:
     head_repo = _get(payload, "pull_request", "head", "repo")
     if not isinstance(head_repo, dict):
         return True  # GitHub nulls head.repo when the fork was deleted
-    return head_repo.get("full_name") != _get(payload, "pull_request", "base", "repo", "full_name")
+    head, base = head_repo.get("full_name"), _get(payload, "pull_request", "base", "repo", "full_name")
+    if isinstance(head, str) and isinstance(base, str):
+        return head.lower() != base.lower()  # GitHub's repository names ignore case, as routing does
+    return head != base
 
 
 # kind -> field -> (type, reader)

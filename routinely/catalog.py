@@ -162,6 +162,13 @@ class CatalogCache:
             catalog = self.reload(conn)
         return catalog
 
+    def current(self, conn: redis.Redis) -> Catalog:
+        """The catalog of the version stored now (one GET; a reload when it moved)."""
+        catalog = self._catalog
+        if catalog is None or int(conn.get(keys.ROUTINES_VERSION) or 0) != catalog.version:
+            catalog = self.reload(conn)
+        return catalog
+
     def reload(self, conn: redis.Redis) -> Catalog:
         with self._lock:
             self._catalog = load(conn)

@@ -14,6 +14,7 @@ from routinely import api_tokens, catalog, routines_view, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError, load_yaml
 from routinely.schedule_runs import field, next_runs
+from routinely.setup_cache import SetupCache, public
 from routinely.start import FireRefused, Firing, fire_one, iso  # fire_one: re-exported for callers of the CLI's
 from routinely.store import connect
 
@@ -192,6 +193,26 @@ def _schedule_from_args(args) -> dict[str, Any]:
     return schedule
 
 
+def cmd_cache(args, settings: Settings) -> None:
+    """The setup cache of this host's data dir (routinely.setup_cache); no Redis needed."""
+    cache = SetupCache(settings.data_dir)
+    if args.action == "clear":
+        gone = cache.clear(args.routine)
+        held = cache.collect()
+        note = f" ({len(held)} still in use, deleted when their sessions end)" if held else ""
+        print(f"cleared {len(gone)} cached setup(s){note}")
+        return
+    rows = [public(e, settings.clock()) for e in cache.entries(args.routine)]
+    if args.json:
+        _print_json(rows)
+        return
+    if not rows:
+        print("no cached setups on this host")
+    for row in rows:
+        size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] is not None else "size pending"
+        print(f"{row['key'][:12]}  {row['routine']:<24}  {row['age']} old  last used {row['used_at']}  {size}")
+
+
 def _become(module: str, *argv: str) -> None:
     """Replace this process with `python -m module` (same pid, signals and environment):
     the CLI launches the worker processes without importing them."""
@@ -264,6 +285,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", help="IANA zone; default the account's")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("cache", help="this host's cached setups: list [ROUTINE] | clear [ROUTINE]")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
+    p.add_argument("routine", nargs="?", help="routine name or ACCOUNT/NAME; default all")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("scheduler", help="run the scheduler (Procfile: scheduler)")
     p.set_defaults(func=cmd_scheduler)

@@ -42,6 +42,7 @@ class Settings:
     cgroups: str = "auto"  # ROUTINELY_CGROUPS: auto | v2 | v1 | off (rlimits only)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
     clock: Callable[[], float] = time.time
 
@@ -78,6 +79,7 @@ class Settings:
         users = (get("ROUTINELY_SESSION_USERS") or "auto").lower()
         if users not in ("auto", "on", "off"):
             raise ConfigError("ROUTINELY_SESSION_USERS takes auto, on or off")
+        cache_max_gb = _seconds("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb, 0.0001, 1e6, "gigabytes")
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
@@ -109,6 +111,7 @@ class Settings:
             sandbox_paths=sandbox_paths,
             session_limits=session_limits,
             cgroups=cgroups,
+            cache_max_gb=cache_max_gb,
             scheduler_lease_seconds=lease,
         )
 
@@ -176,7 +179,7 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError(f"REDIS_URL {shown!r}: the database after the host must be a number, e.g. /0")
 
 
-def _seconds(name: str, raw: str | None, default: float, low: float, high: float) -> float:
+def _seconds(name: str, raw: str | None, default: float, low: float, high: float, unit: str = "seconds") -> float:
     if raw is None:
         return default
     try:
@@ -184,7 +187,7 @@ def _seconds(name: str, raw: str | None, default: float, low: float, high: float
     except ValueError:
         value = float("nan")
     if not low <= value <= high:  # NaN fails too
-        raise ConfigError(f"{name} must be a number of seconds from {low:g} to {high:g} (it is {raw!r})")
+        raise ConfigError(f"{name} must be a number of {unit} from {low:g} to {high:g} (it is {raw!r})")
     return value
 
 

@@ -32,12 +32,15 @@ def decode(event: str, delivery: str, payload: dict[str, Any], body: bytes) -> F
 def installation_changes(event: str, action: str | None, payload: dict[str, Any]) -> list[list[str]]:
     """Which repositories an installation now covers (for installation tokens)."""
     inst = payload.get("installation")
-    inst_id = str(inst.get("id")) if isinstance(inst, dict) and inst.get("id") is not None else None
-    if inst_id is None:
-        return []
+    raw_id = inst.get("id") if isinstance(inst, dict) else None
+    if isinstance(raw_id, bool) or not isinstance(raw_id, (int, str)) or not str(raw_id).isascii() or not str(raw_id).isdigit():
+        return []  # GitHub's installation id is a number; anything else names no installation
+    inst_id = str(raw_id)
 
     def names(field: str) -> list[str]:
-        repos = payload.get(field) or []
+        repos = payload.get(field)
+        if not isinstance(repos, list):
+            return []  # absent, null or the wrong shape: no repositories to record
         return [r["full_name"].lower() for r in repos if isinstance(r, dict) and isinstance(r.get("full_name"), str)]
 
     if event == "installation":

@@ -39,7 +39,8 @@ _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
     "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers", "github",
 }
-_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "limits"}
+_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "limits", "maintenance", "cache", "cache_key_files",
+             "cache_ttl_hours"}
 # the built-in github connector's write tools; `github.writes` names a subset (default: all)
 GITHUB_WRITES = ("add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue")
 _GITHUB_KEYS = {"writes", "max_writes", "draft_prs", "allow_approve"}
@@ -296,7 +297,7 @@ def github_policy(raw: Any, where: str = "") -> dict[str, Any]:
 
 def _environment(env: Any, where: str) -> dict[str, Any]:
     if not isinstance(env, dict):
-        raise _err(where, "environment must be a mapping (network, allow_hosts, env, setup)")
+        raise _err(where, "environment must be a mapping (network, allow_hosts, env, setup, maintenance, cache, …)")
     _unknown(env, _ENV_KEYS, f"{where}, environment")
     network = env.get("network", "full")
     if network not in NETWORKS:
@@ -327,7 +328,25 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
         session_limits = limits.check(env.get("limits") or {}, "environment.limits")
     except ValueError as exc:
         raise _err(where, str(exc)) from None
-    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits}
+    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits,
+            **_warm_start(env, where)}
+
+
+def _warm_start(env: dict[str, Any], where: str) -> dict[str, Any]:
+    """The setup cache's keys (CONTRACT "Warm start")."""
+    maintenance = env.get("maintenance")
+    if maintenance is not None and not isinstance(maintenance, str):
+        raise _err(where, "environment.maintenance must be a shell script (a string), run instead of setup on a cache hit")
+    files = env.get("cache_key_files")
+    if files is not None and not (isinstance(files, list) and files and all(
+            isinstance(f, str) and f and not f.startswith("/") and ".." not in f.split("/") for f in files)):
+        raise _err(where, f"environment.cache_key_files must be a non-empty list of paths inside the checkouts "
+                          f"(relative, no '..'), e.g. [requirements.txt], got {files!r}")
+    ttl = env.get("cache_ttl_hours", 12)
+    if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl <= 24 * 30:
+        raise _err(where, f"environment.cache_ttl_hours takes a number of hours above 0, at most 720, got {ttl!r}")
+    return {"maintenance": maintenance, "cache": _bool(env.get("cache", True), where, "environment.cache"),
+            "cache_key_files": files, "cache_ttl_hours": ttl}
 
 
 def _trigger(trig: Any, where: str, routine: dict[str, Any], tz: str, now: float | None) -> dict[str, Any]:

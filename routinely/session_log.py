@@ -6,6 +6,7 @@ import redis
 from routinely import keys
 
 MAX_LINES = 100_000  # the oldest lines go first past this
+LAST_ID = f"{2**64 - 1}-{2**64 - 1}"
 MAX_LINE = 16_384  # longer lines are cut, so one runaway line cannot fill Redis
 
 
@@ -18,7 +19,10 @@ def append(conn: redis.Redis | redis.client.Pipeline, session_id: str, line: str
 
 
 def read(conn: redis.Redis, session_id: str, after: str | None = None, count: int | None = None) -> tuple[list[str], str | None]:
-    """Lines after the cursor `after` (all when None) and the cursor of the last line."""
+    """Lines after the cursor `after` (all when None) and the cursor of the last line.
+    `after` must be a stream id (app/params.py checks what clients send)."""
+    if after == LAST_ID:
+        return [], after  # nothing can follow it (and Redis refuses an exclusive range from it)
     start = f"({after}" if after else "-"
     entries = conn.xrange(keys.session_log(session_id), min=start, max="+", count=count)
     lines = [fields[b"l"].decode("utf-8", "replace") for _, fields in entries]

@@ -42,6 +42,9 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     sandbox = _text(raw, "sandbox")
     if sandbox:
         out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
+    warm = _text(raw, "warm_start")
+    if warm:
+        out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
     return out
 
 

@@ -119,7 +119,8 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
 
 
 def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[list[str], list[Any]]:
-    """The plan as start.lua's KEYS and ARGV (see the layout above)."""
+    """The plan as start.lua's KEYS and ARGV (see the layout above); the job template's
+    fields stay one pre-packed routinely.wire.Segment."""
     event_key = keys.event(plan.event_id)
     now_ms = int(plan.now * 1000)
     kv = [keys.ROUTINES_VERSION, event_key, keys.EVENTS, keys.SESSIONS, jobs.queue_key(queue_name), jobs.QUEUES_KEY,
@@ -127,13 +128,12 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
     ops: list[str] = []
     for op in plan.installations:
         ops += [op[0], op[1], op[2] if len(op) > 2 else ""]
-    job_fields = job.flat()
     argv: list[Any] = [
         plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0, now_ms, iso(plan.now),
         now_ms - keys.SESSIONS_KEPT * 1000, now_ms - keys.EVENTS_KEPT * 1000, plan.event_id, keys.EVENT_TTL,
         keys.SESSION_TTL, orjson.dumps(plan.skipped).decode(), job.data, jobs.stamp(plan.now),
-        len(plan.event_fields), len(job_fields), len(plan.installations), len(plan.sessions),
-        *plan.event_fields, *job_fields, *ops,
+        len(plan.event_fields), job.packed.count, len(plan.installations), len(plan.sessions),
+        *plan.event_fields, job.packed, *ops,
     ]
     for s in plan.sessions:
         c = s.checks

@@ -30,25 +30,41 @@ READ_TIMEOUT = 5.0
 IDLE_CHECK_SECONDS = 1.0  # a socket idle this long is checked for a server-side close first
 
 
-def _arg(value: Any) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, int):
-        return str(value).encode()
-    raise TypeError(f"a Redis argument is bytes, str or int, not {type(value).__name__}")
+class Segment:
+    """Arguments packed once and spliced into many commands (e.g. a job template's fields)."""
+
+    __slots__ = ("count", "data")
+
+    def __init__(self, args: Sequence[Any]) -> None:
+        self.count = len(args)
+        self.data = _pack_args(args)
+
+
+def _pack_args(args: Sequence[Any]) -> bytes:
+    out: list[bytes] = []
+    for value in args:
+        kind = type(value)
+        b = value.encode() if kind is str else value if kind is bytes else b"%d" % value if kind is int else None
+        if b is None:
+            raise TypeError(f"a Redis argument is bytes, str or int, not {kind.__name__}")
+        out += (b"$%d\r\n" % len(b), b, b"\r\n")
+    return b"".join(out)
 
 
 def pack(*args: Any) -> bytes:
-    """One command as RESP: *N, then $len and the bytes of each argument."""
-    out = [b"*%d\r\n" % len(args)]
+    """One command as RESP: *N, then $len and the bytes of each argument (a Segment
+    stands for the arguments it packed)."""
+    count, parts, run = 0, [], []
     for value in args:
-        b = _arg(value)
-        out.append(b"$%d\r\n" % len(b))
-        out.append(b)
-        out.append(b"\r\n")
-    return b"".join(out)
+        if type(value) is Segment:
+            parts.append(_pack_args(run))
+            parts.append(value.data)
+            count += len(run) + value.count
+            run = []
+        else:
+            run.append(value)
+    parts.append(_pack_args(run))
+    return b"*%d\r\n" % (count + len(run)) + b"".join(parts)
 
 
 def reply_error(err: hiredis.ReplyError) -> redis.ResponseError:

@@ -76,6 +76,13 @@ def test_cli_says_one_line_when_redis_is_unreachable(tmp_path):
 
 @pytest.mark.parametrize("name,value,message", [
     ("REDIS_URL", "http://x", "REDIS_URL must start with"),
+    ("REDIS_URL", "redis://127.0.0.1:notaport", "REDIS_URL 'redis://127.0.0.1:notaport' has no valid port"),
+    ("REDIS_URL", "redis://127.0.0.1:99999/0", "has no valid port"),
+    ("REDIS_URL", "redis:///0", "names no host"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/db", "the database after the host must be a number"),
+    ("REDIS_URL", "unix://", "names no socket"),
+    ("ROUTINELY_SCHEDULER_LEASE_SECONDS", "15s", "ROUTINELY_SCHEDULER_LEASE_SECONDS must be a number of seconds from 1 to 3600 (it is '15s')"),
+    ("ROUTINELY_SCHEDULER_LEASE_SECONDS", "0", "from 1 to 3600"),
     ("PUBLIC_URL", "ftp://x", "PUBLIC_URL must be an http(s)"),
     ("GITHUB_APP_ID", "abc", "GITHUB_APP_ID must be the App's numeric id"),
     ("GITHUB_PRIVATE_KEY", "-----BEGIN nonsense", "not a PEM private key"),
@@ -84,6 +91,23 @@ def test_a_wrong_setting_stops_with_one_line(tmp_path, name, value, message):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0", name: value}
     out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and message in out.stderr and out.stderr.count("\n") == 1
+
+
+def test_a_bad_redis_url_never_echoes_its_password(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://user:hunter2@127.0.0.1:port/0"}
+    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and "has no valid port" in out.stderr and "hunter2" not in out.stderr
+
+
+def test_the_scheduler_reads_its_lease_from_settings(tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0",
+           "ROUTINELY_SCHEDULER_LEASE_SECONDS": "15s"}
+    out = subprocess.run([sys.executable, "-m", "routinely.cli", "scheduler"], env=env, capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert "ROUTINELY_SCHEDULER_LEASE_SECONDS must be a number of seconds" in out.stderr
+    from routinely.config import Settings
+
+    assert Settings.from_env({"ROUTINELY_SCHEDULER_LEASE_SECONDS": "2.5"}).scheduler_lease_seconds == 2.5
 
 
 def test_a_bad_private_key_is_never_echoed(tmp_path):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -18,7 +21,9 @@ from routinely import actions, keys, session_log
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
+from tests.test_isolation import needs_sandbox as needs_netns
 from workers.github_auth import InstallationTokens
+from workers.sandbox import Sandbox
 
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
 
@@ -39,7 +44,8 @@ def fake():
 
 @pytest.fixture
 def app_settings(settings, private_key, fake):
-    return settings.with_(github_app_id="12345", github_private_key=private_key, github_api_url=fake.url)
+    # its own App id: githubkit caches App JWTs per id in the process, and this key is not the other tests'
+    return settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake.url)
 
 
 def spec(**github) -> dict:
@@ -155,7 +161,7 @@ def test_calls_reach_github_with_the_installation_token_and_are_recorded(conn, a
         ("update_issue", 7, "ok")]
     assert recorded[0]["url"].startswith("https://github.example/octo/api/issues/5#issuecomment-")
     assert recorded[2]["url"] == f"https://github.example/octo/api/pull/{recorded[2]['number']}"
-    assert all(a["repo"].lower() == "octo/api" and a["at"].endswith("Z") for a in recorded)
+    assert all(a["repo"] == "octo/api" and a["at"].endswith("Z") for a in recorded)  # the routine's spelling
     log = "\n".join(session_log.read(conn, "sess_a")[0])
     assert "routinely: github add_issue_comment octo/api#5: ok" in log
     assert "Summary: looks fine" not in log and INSTALLATION_TOKEN not in log and "nit" not in log
@@ -274,3 +280,66 @@ def test_the_prompt_paragraph_follows_the_policy():
     assert "add_issue_comment, at most 3 writes" in narrow and "pull request must" not in narrow
     assert "may not write" in Policy.from_spec(spec(writes=[])).prompt(True)
     assert "no GitHub App is configured" in Policy.from_spec(spec()).prompt(False)
+
+
+def test_a_routine_file_with_a_github_block_applies_and_its_errors_name_the_routine(conn):
+    from routinely import catalog
+    from routinely.routine_file import parse_config
+
+    base = {"accounts": [{"name": "a"}], "routines": [{"name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api"],
+                                                        "triggers": [{"api": {}}]}]}
+    stored = parse_config(base, None)["routines"][0]
+    assert stored["github"] == github_policy(None)
+    base["routines"][0]["github"] = {"writes": ["add_issue_comment"], "allow_approve": True}
+    assert parse_config(base, None)["routines"][0]["github"] == {"writes": ["add_issue_comment"], "max_writes": 20,
+                                                                 "draft_prs": True, "allow_approve": True}
+    base["routines"][0]["github"] = {"max_writes": 1001}
+    with pytest.raises(ApplyError, match=r"routine 'r' \(account a\): github.max_writes takes a whole number from 0 to 1000"):
+        catalog.apply(conn, base, None)
+    assert conn.get(keys.ROUTINES) is None  # nothing stored
+    del base["routines"][0]["github"]
+    base["connectors"] = {"github": {"type": "http", "url": "https://example.test/mcp"}}
+    with pytest.raises(ApplyError, match="github is the built-in connector"):
+        catalog.apply(conn, base, None)
+    assert conn.get(keys.ROUTINES) is None
+
+
+CLAUDE = shutil.which("claude")
+
+
+@needs_netns
+@pytest.mark.skipif(CLAUDE is None, reason="Claude Code is not installed (npm install -g @anthropic-ai/claude-code)")
+def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_settings, installed, tmp_path):
+    """The client agents really use, in a session with network none: connected with the
+    session's token, refused (401) with another."""
+    box = Sandbox.open({"network": "none", "allow_hosts": []}, "sess_cc", False, lambda line: None)
+    connector = Connector("sess_cc", Policy.from_spec(spec()), str(box.door_dir / "github.sock"), conn, app_settings,
+                          InstallationTokens(app_settings), lambda repo, branch: False, lambda line: None).start()
+    try:
+        port = box.add_door("github", connector.socket_path)
+        project, home = tmp_path / "project", tmp_path / "home"
+        project.mkdir()
+        home.mkdir()
+        # Claude Code asks before using a project's .mcp.json; this is that answer, given ahead
+        (home / ".claude.json").write_text(json.dumps({"projects": {str(project): {
+            "enabledMcpjsonServers": ["github"], "hasTrustDialogAccepted": True}}}))
+        env = {"PATH": os.environ["PATH"], "HOME": str(home), "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
+        said = {}
+        for name, entry in (("own", connector.mcp_entry(port)),
+                            ("other", {**connector.mcp_entry(port), "headers": {"Authorization": "Bearer someone-elses"}})):
+            (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"github": entry}}))
+            box.share(project, writable=True)
+            box.share(home, writable=True)
+            cmd = box.command([CLAUDE, "mcp", "list"], env, project, home)
+            try:
+                done = subprocess.run(cmd.argv, cwd=cmd.cwd, env=cmd.env, pass_fds=cmd.pass_fds, capture_output=True,
+                                      text=True, timeout=60)
+            finally:
+                for fd in cmd.pass_fds:
+                    os.close(fd)
+            said[name] = done.stdout + done.stderr
+    finally:
+        connector.close()
+        box.close()
+    assert "github: http://127.0.0.1:" in said["own"] and "Connected" in said["own"] and "Failed" not in said["own"], said
+    assert "401" in said["other"] and "Connected" not in said["other"].replace("Failed to connect", ""), said

@@ -46,7 +46,7 @@ def world(settings, private_key, fake, redis_server, tmp_path):
     root.mkdir()
     remotes = Remotes(root)
     remotes.create("octo/api", branch="main", files={"app.py": "print('hi')\n"})
-    app_settings = settings.with_(github_app_id="12345", github_private_key=private_key, github_api_url=fake.url,
+    app_settings = settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake.url,
                                   github_git_url=remotes.url)
     client = create_app(app_settings).test_client()
     payload = fixture("installation.created.json")
@@ -57,7 +57,7 @@ def world(settings, private_key, fake, redis_server, tmp_path):
     env = {
         "PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
         "REDIS_URL": redis_server.url, "GITHUB_GIT_URL": remotes.url, "GITHUB_API_URL": fake.url,
-        "GITHUB_APP_ID": "12345", "GITHUB_PRIVATE_KEY": private_key, "GITHUB_WEBHOOK_SECRET": "whsec-x",
+        "GITHUB_APP_ID": "67890", "GITHUB_PRIVATE_KEY": private_key, "GITHUB_WEBHOOK_SECRET": "whsec-x",
         "ROUTINELY_DATA_DIR": str(settings.data_dir), "PUBLIC_URL": settings.public_url,
         "ROUTINELY_AGENT": f"{sys.executable} {AGENT}", "ROUTINELY_SESSION_USERS": "off",
         "ROUTINELY_SANDBOX": "off",  # the agent writes its report to the test's tmp (the sandboxed test below does not)

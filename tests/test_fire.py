@@ -117,11 +117,24 @@ def test_every_refusal_starts_nothing(client, conn, case):
     assert counters_after != counters_before  # but it was counted
 
 
-def test_a_paused_routine_answers_400(client, conn):
+def test_a_paused_routine_answers_400_and_records_nothing_but_a_counter(client, conn):
     (trigger, token), _ = setup(conn, paused=True)
+    before = {k: v for k, v in redis_snapshot(conn).items() if not k.startswith(b"rly:count:")}
     resp = post(client, trigger, token)
     assert resp.status_code == 400 and resp.get_json()["error"]["message"] == "the routine is paused"
-    assert conn.zcard(keys.SESSIONS) == 0
+    assert {k: v for k, v in redis_snapshot(conn).items() if not k.startswith(b"rly:count:")} == before  # no event
+    assert conn.get(keys.counter("fire_refused:invalid_request_error")) == b"1"
+
+
+def test_a_routine_paused_by_another_process_is_seen_at_once(client, conn):
+    (trigger, token), _ = setup(conn)
+    assert post(client, trigger, token).status_code == 200  # this process has the catalog cached now
+    config = catalog.load(conn).config
+    config["routines"][0]["paused"] = True
+    catalog.save(conn, config)  # another process pauses it
+    before = conn.zcard(keys.EVENTS)
+    assert post(client, trigger, token).status_code == 400
+    assert conn.zcard(keys.EVENTS) == before
 
 
 def test_a_drop_answers_429_with_retry_after(client, conn):

@@ -451,3 +451,29 @@ def test_sandbox_settings_are_checked():
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.from_env({**base, "ROUTINELY_SANDBOX_PATHS": "/usr:/no/such/tool"})
     assert Settings.from_env({**base, "ROUTINELY_SANDBOX_PATHS": "/usr/bin/:/tmp"}).sandbox_paths == ("/usr/bin", "/tmp")
+
+
+@needs_root
+def test_a_cached_setup_and_the_shared_mirror_work_inside_the_sandbox(conn, settings, redis_server, world):
+    """Warm start under the sandbox: the checkout borrows the mirror's objects (mounted read-only)
+    and a second session starts from the first one's setup, as its own user."""
+    from tests.support import Remotes
+
+    (world / "github").mkdir()
+    remotes = Remotes(world / "github")
+    remotes.create("octo/api", files={"requirements.txt": "lib==1\n"})
+    script = world / "agents" / "warm.sh"
+    script.write_text('cd api && echo "SAW $(cat built.txt) $(git log --oneline | wc -l) $(id -u)" && git status --porcelain\n')
+    script.chmod(0o644)
+    catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
+        {"name": "probe", "account": "a", "prompt": "p", "repositories": ["octo/api"], "triggers": [{"api": {}}],
+         "environment": {"setup": "echo built-by-$ROUTINELY_SESSION_ID > api/built.txt", "network": "none"}}]}, time.time())
+    env = env_for(redis_server, world, users="on", GITHUB_GIT_URL=remotes.url, ROUTINELY_AGENT=f"sh {script}")
+    first, second = run(conn, settings, env), run(conn, settings, env)
+    logs = {sid: "\n".join(log_of(conn, sid)) for sid in (first, second)}
+    for sid in (first, second):
+        assert sessions.get(conn, settings, sid)["status"] == "succeeded", logs[sid]
+    saw = {sid: next(l for l in log_of(conn, sid) if l.startswith("SAW ")).split() for sid in (first, second)}
+    assert saw[first][1] == saw[second][1] == f"built-by-{first}"  # the second reused the first's setup
+    assert saw[first][2] == "1" and saw[first][3] != saw[second][3]  # history readable; two session users
+    assert "setup result cached" in logs[first] and "running setup" not in logs[second], logs[second]

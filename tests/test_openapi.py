@@ -33,3 +33,63 @@ def test_json_api_responses_match_the_spec(client, conn, settings):
         openapi_check.check(resp, path, method)
     events = client.get("/api/events").get_json()
     assert any(e["dropped"] for e in events)  # the drop shape was exercised
+
+
+def test_the_spec_is_served_as_is(client):
+    from pathlib import Path
+
+    resp = client.get("/openapi.yaml")
+    assert resp.status_code == 200 and resp.mimetype == "application/yaml"
+    assert resp.data == (Path(__file__).resolve().parent.parent / "openapi.yaml").read_bytes()
+
+
+def test_refusals_and_errors_match_the_spec(client, conn, settings, redis_server):
+    from app import create_app
+    from routinely import keys
+    from tests.support import CuttingProxy, sign
+
+    apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})
+    body = body_of(fixture("pull_request.opened.json"))
+    good = delivery_headers("pull_request", body)
+    hook = "/webhooks/github"
+    checks = [
+        (client.post(hook, data=body, headers=good), hook, "post"),
+        (client.post(hook, data=body, headers=good), hook, "post"),  # duplicate: 200
+        (client.post(hook, data=body_of(fixture("ping.json")), headers=delivery_headers("ping", body_of(fixture("ping.json")))), hook, "post"),
+        (client.post(hook, data=body, headers={**good, "X-Hub-Signature-256": sign("x", body)}), hook, "post"),
+        (client.post(hook, data=body, headers={**good, "X-GitHub-Delivery": "../x"}), hook, "post"),
+        (client.post(hook, data=body, headers={**good, "Content-Type": "text/plain"}), hook, "post"),
+        (client.post(hook, data=b"x" * (25 * 1024 * 1024 + 1), headers=good), hook, "post"),
+        (client.get("/api/sessions?limit=%C2%B2"), "/api/sessions", "get"),
+        (client.get("/api/events?limit=0"), "/api/events", "get"),
+    ]
+    sid = client.get("/api/sessions").get_json()[0]["id"]
+    checks.append((client.get(f"/api/sessions/{sid}/log?after=nope"), "/api/sessions/{id}/log", "get"))
+    conn.set(keys.EVENTS, "wrong type")  # an error reply from Redis: 500
+    checks.append((client.get("/api/events"), "/api/events", "get"))
+    checks.append((client.post(hook, data=body, headers=delivery_headers("pull_request", body)), hook, "post"))
+    conn.delete(keys.EVENTS)
+    guarded = create_app(settings.with_(admin_token="t0ken")).test_client()
+    for path, method in [("/api/sessions", "get"), ("/api/events", "get"), ("/api/routines", "get"),
+                         (f"/api/sessions/{sid}", "get"), (f"/api/sessions/{sid}/log", "get"),
+                         (f"/api/sessions/{sid}/cancel", "post")]:
+        spec_path = path.replace(sid, "{id}")
+        checks.append((guarded.open(path, method=method.upper()), spec_path, method))
+    proxy = CuttingProxy(redis_server.port)
+    try:
+        down = create_app(settings.with_(redis_url=proxy.url)).test_client()
+        proxy.mode = "refuse"
+        for path, method in [("/api/sessions", "get"), ("/api/events", "get"), ("/api/routines", "get"),
+                             (f"/api/sessions/{sid}", "get"), (f"/api/sessions/{sid}/log", "get"),
+                             (f"/api/sessions/{sid}/cancel", "post"), ("/healthz", "get"), (hook, "post")]:
+            resp = down.open(path, method=method.upper(), data=body if path == hook else None,
+                             headers=delivery_headers("pull_request", body) if path == hook else None)
+            assert resp.status_code == 503, path
+            checks.append((resp, path.replace(sid, "{id}"), method))
+    finally:
+        proxy.close()
+    statuses = set()
+    for resp, path, method in checks:
+        openapi_check.check(resp, path, method)
+        statuses.add((path, resp.status_code))
+    assert {(hook, s) for s in (200, 202, 400, 401, 413, 415, 500, 503)} <= statuses

@@ -16,6 +16,7 @@ from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.support import Remotes, body_of, delivery_headers, fixture, git
 from workers.reaper import reap
+from workers.warm.start import sweep
 
 AGENTS = Path(__file__).with_name("agents")
 SENTINEL = "worker-only-sentinel-6d1f"
@@ -267,6 +268,10 @@ def test_a_killed_worker_does_not_leave_its_session_running(conn, env, remotes, 
     got = sessions.get(conn, settings, s["id"])
     assert got["status"] == "failed" and got["finished_at"]
     assert "stopped answering" in log_text(conn, s["id"])
+    # the next session on this host unmounts and removes what the dead worker left
+    workspace = settings.data_dir / "workspaces" / s["id"]
+    assert os.path.ismount(workspace) == (os.geteuid() == 0)
+    assert sweep(settings.data_dir) == [s["id"]] and not workspace.exists()
 
 
 def test_push_guard_holds_against_every_bypass(conn, env, remotes, tmp_path, settings):

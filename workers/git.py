@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -44,7 +45,19 @@ def run(args: list[str], env: dict[str, str], cwd: Path | None = None, ids: Ids 
 
 
 def chown_tree(path: Path, ids: Ids) -> None:
+    """Give a tree to a session's user — except files hard-linked from elsewhere (a mirror's
+    read-only object files): giving those away would let the session change the original."""
     os.chown(path, *ids)
     for root, dirs, files in os.walk(path):
-        for name in dirs + files:
+        for name in dirs:
             os.chown(os.path.join(root, name), *ids, follow_symlinks=False)
+        for name in files:
+            full = os.path.join(root, name)
+            if os.lstat(full).st_nlink == 1:
+                os.chown(full, *ids, follow_symlinks=False)
+
+
+def clean_error(stderr: str) -> str:
+    """git's error, one line, with any credential in a URL masked."""
+    line = " ".join(stderr.strip().splitlines()[-2:]) or "git failed"
+    return re.sub(r"://[^@/\s]+@", "://***@", line)

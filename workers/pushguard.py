@@ -108,14 +108,16 @@ class PushGuard:
             return ref.startswith(("refs/heads/", "refs/tags/"))
         return ref.startswith("refs/heads/" + self.prefix)
 
-    def add(self, repo: str, url: str, token: Callable[[], str | None]) -> Relay:
-        """Mirror `url` into a relay with the guard's hooks. `token` is asked each time the
-        remote is used (installation tokens expire within the hour). Raises PushError."""
+    def add(self, repo: str, url: str, token: Callable[[], str | None], source: Path | None = None) -> Relay:
+        """A relay of `url` with the guard's hooks, cloned from the host's mirror `source`
+        (its object files hard-linked, read-only) or else from `url`. `token` is asked each
+        time the remote is used (installation tokens expire within the hour). Raises PushError."""
         name = repo.replace("/", "__")
         path = self.root / f"{name}.git"
-        done = git.run(["clone", "--bare", "--quiet", url, str(path)], git.worker_env(token()))
+        origin = str(source) if source else url
+        done = git.run(["clone", "--bare", "--quiet", origin, str(path)], git.worker_env(None if source else token()))
         if done.returncode != 0:
-            raise PushError(f"cannot clone {repo}: {_clean(done.stderr)}")
+            raise PushError(f"cannot clone {repo}: {git.clean_error(done.stderr)}")
         env = git.worker_env()
         git.run(["config", "receive.denyDeletes", "false"], env, path)
         hooks = path / "hooks"
@@ -161,7 +163,7 @@ class PushGuard:
                         relay.pushed.discard(ref)
                     messages.append(f"routinely: forwarded {ref} to {relay.repo}" + ("" if new else " (deleted)"))
                 else:
-                    messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {_clean(done.stderr)}")
+                    messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {git.clean_error(done.stderr)}")
             return messages
 
     def pushed_branch(self, repo: str, branch: str) -> bool:
@@ -187,11 +189,3 @@ class PushGuard:
             self._server.server_close()
             if self._sock_dir:
                 shutil.rmtree(self._sock_dir, ignore_errors=True)
-
-
-def _clean(stderr: str) -> str:
-    """git's error, one line, with any credential in a URL masked."""
-    import re
-
-    line = " ".join(stderr.strip().splitlines()[-2:]) or "git failed"
-    return re.sub(r"://[^@/\s]+@", "://***@", line)

@@ -14,9 +14,8 @@ from typing import Any
 
 import orjson
 import redis
-from rq import get_current_job
 
-from routinely import catalog, keys, session_log, sessions
+from routinely import catalog, jobs, keys, session_log, sessions
 from routinely.config import Settings
 from routinely.start import iso
 from routinely.store import connect
@@ -24,8 +23,9 @@ from workers import process, prompt
 from workers.connector import Connector, ConnectorError, Policy
 from workers.github_auth import InstallationTokens, TokenError
 from workers.pushguard import PushError, PushGuard
-from workers.sandbox import Sandbox, SandboxError, git_alternates
+from workers.sandbox import Sandbox, SandboxError, git_alternates, kill_user
 from workers.sandbox.bounds import limits_for
+from workers.warm import WarmStart
 from workers.workspace import Workspace
 
 CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
@@ -52,7 +52,7 @@ class Runtime:
 def run_session(session_id: str | None = None) -> str:
     """RQ entry point; the job id is the session id. Returns the final status."""
     if session_id is None:
-        session_id = get_current_job().id
+        session_id = jobs.current_id()
     return SessionRun(Runtime.get(), session_id).run()
 
 
@@ -90,6 +90,7 @@ class SessionRun:
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
         self.sandbox: Sandbox | None = None
+        self.warm: WarmStart | None = None
         self.connector: Connector | None = None
         try:
             status, code, reason = self._execute(raw)
@@ -118,6 +119,8 @@ class SessionRun:
                     sessions.update(self.conn, self.id, resources=orjson.dumps(self.sandbox.resources()).decode())
             if self.guard is not None:
                 self.guard.close()
+            if self.warm is not None:
+                self.warm.close()  # unmounts a cached setup before the workspace goes
         finally:
             if self.workspace is not None and not self.settings.keep_workspaces:
                 self.workspace.remove()
@@ -149,7 +152,7 @@ class SessionRun:
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
                                lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"))
         try:
-            self._checkout(workspace, self.guard, spec["repositories"])
+            self._checkout(workspace, self.guard, routine.key, spec)
             argv = self._agent_argv()
         except Failed as exc:
             return "failed", None, str(exc)
@@ -167,11 +170,16 @@ class SessionRun:
             self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
                      + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
-        if spec["environment"]["setup"]:
-            self.log("routinely: running setup")
-            result = self._command(["bash", "-c", spec["environment"]["setup"]], workspace, env, "", deadline)
+        # -- warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached
+        before = self.warm.command()
+        if before:
+            self.log(f"routinely: running {before[0]}")
+            result = self._command(["bash", "-c", before[1]], workspace, env, "", deadline)
             if result.outcome != "exited" or result.exit_code != 0:
-                return self._ended(result, "setup")
+                return self._ended(result, before[0])
+        self.warm.after_setup(lambda: ids and kill_user(ids[0]))
+        sessions.update(self.conn, self.id, warm_start=self.warm.summary())
+        # -- end warm start
         self.log(f"routinely: starting the agent: {argv[-1]}")
         return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
 
@@ -193,8 +201,8 @@ class SessionRun:
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
         if result.outcome == "canceled":
             return "canceled", None, "routinely: canceled while running"
-        if what == "setup":
-            return "failed", code, f"routinely: setup exited with code {code}; the agent was not started"
+        if what in ("setup", "maintenance"):
+            return "failed", code, f"routinely: {what} exited with code {code}; the agent was not started"
         if code == 127:
             return "failed", code, "routinely: the agent command was not found (exit 127): set ROUTINELY_AGENT to an installed command"
         self.log(f"routinely: the agent exited with code {code}")
@@ -223,14 +231,16 @@ class SessionRun:
             for store in git_alternates(repo):
                 self.sandbox.share(store)
 
-    def _checkout(self, ws: Workspace, guard: PushGuard, repos: list[str]) -> None:
-        for repo in repos:
-            url = f"{self.settings.github_git_url}/{repo}.git"
-            try:
-                path = ws.checkout(guard, repo, url, lambda repo=repo: self.rt.tokens.for_repository(self.conn, repo))
-            except (TokenError, PushError) as exc:
-                raise Failed(f"routinely: {exc}") from None
-            self.log(f"routinely: checked out {repo} at {path.name}")
+    def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any]) -> None:
+        """Mirrors, relays, then checkouts or a cached setup (workers/warm)."""
+        token_for = lambda repo: lambda: self.rt.tokens.for_repository(self.conn, repo)  # noqa: E731
+        self.warm = WarmStart(self.settings, self.id, routine_key, spec["environment"], ws, guard, token_for, self.log)
+        try:
+            self.warm.prepare(spec["repositories"])
+        except (TokenError, PushError) as exc:
+            raise Failed(f"routinely: {exc}") from None
+        if self.warm.notes:
+            sessions.update(self.conn, self.id, warm_start=self.warm.summary())
 
     def _payload(self, raw: dict[bytes, bytes]) -> bytes | None:
         event_id = raw.get(b"event_id")

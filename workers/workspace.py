@@ -1,5 +1,7 @@
 """A session's workspace: a fresh private directory, the routine's repositories checked out
-from their push-guard relays at the default branch, .mcp.json and the prompt files.
+from the host's mirrors at the default branch (origin: their push-guard relays), .mcp.json
+and the prompt files — or, on a warm start, a cached setup result mounted there
+(workers.warm).
 
 With a session user, the workspace belongs to that user and the folders above it can be
 traversed but not listed, so a session finds nothing of another's or of the worker's.
@@ -12,12 +14,15 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from workers import git
-from workers.pushguard import PushError, PushGuard
+from workers.pushguard import PushError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+SESSION_FILES = (".routinely", ".tmp", ".mcp.json")  # this session's alone: never in a snapshot
 
 
 @dataclass
@@ -66,20 +71,27 @@ class Workspace:
             os.chown(path, *self.ids)
         return path
 
-    def checkout(self, guard: PushGuard, repo: str, url: str, token: Callable[[], str | None]) -> Path:
-        """Clone `repo` at its default branch with `origin` pointing at its relay. Raises PushError."""
-        relay = guard.add(repo, url, token)
-        name = repo.split("/")[1]
-        target = self.root / name
+    def target_for(self, repo: str) -> Path:
+        target = self.root / repo.split("/")[1]
         if target.exists():  # two repositories with one name, from different owners
             target = self.root / repo.replace("/", "-")
-        env = git.base_env(home=str(self.home))
-        done = git.run(["clone", "--quiet", str(relay.path), str(target)], env, ids=self.ids)
+        return target
+
+    def checkout(self, repo: str, mirror: Path, relay: Path) -> Path:
+        """Check `repo` out from the host's `mirror` at its default branch, with `origin`
+        pointing at its `relay`. The worker clones (object files hard-linked from the mirror,
+        root-owned and read-only) and gives the rest to the session's user. Raises PushError."""
+        target = self.target_for(repo)
+        env = {**git.worker_env(), "HOME": str(self.home)}
+        done = git.run(["clone", "--quiet", str(mirror), str(target)], env)
         if done.returncode != 0:
-            raise PushError(f"cannot check out {repo}: {done.stderr.strip()}")
+            raise PushError(f"cannot check out {repo}: {git.clean_error(done.stderr)}")
+        git.run(["remote", "set-url", "origin", str(relay)], env, target)
         for key, value in (("user.name", "routinely[bot]"), ("user.email", "routinely@localhost"),
                            ("push.default", "current")):
-            git.run(["config", key, value], env, target, ids=self.ids)
+            git.run(["config", key, value], env, target)
+        if self.ids:
+            git.chown_tree(target, self.ids)
         self.repos.append(target)
         return target
 

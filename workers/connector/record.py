@@ -15,13 +15,15 @@ class Recorder:
     def __init__(self, conn: redis.Redis, session_id: str, log: Callable[[str], None], clock: Callable[[], float]) -> None:
         self.conn, self.session_id, self.log, self.clock = conn, session_id, log, clock
 
-    def __call__(self, call: Call, status: str, detail: str = "", number: int | None = None, url: str | None = None) -> None:
-        """status: ok (GitHub did it), refused (policy: GitHub not called), failed (GitHub said no)."""
+    def __call__(self, call: Call, status: str, detail: str = "", number: int | None = None, url: str | None = None,
+                 repo: str | None = None) -> None:
+        """status: ok (GitHub did it), refused (policy: GitHub not called), failed (GitHub said no).
+        `repo`: the routine's spelling of the repository, when it is one of the routine's."""
         number = number if number is not None else call.number
-        target = f"{call.owner}/{call.repo}" + (f"#{number}" if number else "")
+        repo = repo or f"{call.owner}/{call.repo}"
+        target = repo + (f"#{number}" if number else "")
         self.log(f"routinely: github {call.tool} {target}: {status}" + (f": {detail}" if detail else ""))
         if call.write:
-            repo = f"{call.owner}/{call.repo}"
             actions.record(self.conn, self.session_id, {"tool": call.tool, "repo": repo, "number": number, "url": url,
                                                         "status": status, "at": iso(self.clock())})
         elif status == "ok":

@@ -60,7 +60,7 @@ class Connector:
         mcp = MCPServer("github", instructions=policy.prompt(settings.github_app))
         register(mcp, policy, self.run)
         app = mcp.streamable_http_app(json_response=True, transport_security=_LOCAL)
-        config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_level="warning", lifespan="on",
+        config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_config=None, log_level="warning", lifespan="on",
                                 loop="asyncio", timeout_graceful_shutdown=2, access_log=False)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name=f"github-connector-{session_id}", daemon=True)
@@ -114,19 +114,19 @@ class Connector:
         else:
             refusal = self._refusal(call)
         if refusal is not None:
-            self.record(call, "refused", refusal)
+            self.record(call, "refused", refusal, repo=full)
             return tool_error(refusal)
         try:
             token = await anyio.to_thread.run_sync(self.tokens.for_repository, self.conn, full)
             reply = await send(self.settings.github_api_url, token, full, call.request, call.permission)
         except (TokenError, GitHubFailed) as exc:
             line = str(exc) if str(exc).startswith("routinely:") else f"routinely: {exc}"
-            self.record(call, "failed", line)
+            self.record(call, "failed", line, repo=full)
             return tool_error(line)
         data = reply.json() if call.write else None
         number = call.number or (data.get("number") if isinstance(data, dict) else None)
         url = data.get("html_url") if isinstance(data, dict) else None
-        self.record(call, "ok", url or "", number=number, url=url)
+        self.record(call, "ok", url or "", number=number, url=url, repo=full)
         return CallToolResult(content=[TextContent(type="text", text=call.shape(reply))])
 
     def _refusal(self, call: Call) -> str | None:

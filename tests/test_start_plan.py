@@ -1,0 +1,149 @@
+"""The start plan built in Python without Redis; the admission decision alone; the script
+checked against both (every key it touches declared, its verdicts equal to `decide`)."""
+from __future__ import annotations
+
+import itertools
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from routinely import admission, catalog, jobs, keys, start_plan
+from routinely.routine_file import parse_config
+from routinely.start import Firing, Starter
+from tests.support import Clock, redis_snapshot
+
+NOW = datetime(2026, 11, 24, 23, 59, 30, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()  # 30 s before Tokyo's midnight
+
+
+def config(**account):
+    return parse_config({
+        "accounts": [{"name": "alice", "plan": "pro", "timezone": "Asia/Tokyo",
+                      "rate_limit": {"events": 7, "per_seconds": 60}, **account}],
+        "routines": [
+            {"name": "review", "account": "alice", "prompt": "p", "repositories": ["Codertocat/Hello-World"],
+             "rate_limit": {"events": 3, "per_seconds": 3600}, "timeout_minutes": 30,
+             "triggers": [{"api": {}}, {"github": {"events": ["pull_request"]}}]},
+            {"name": "sleepy", "account": "alice", "prompt": "p", "paused": True, "triggers": [{"api": {}}]},
+        ]}, NOW)
+
+
+def counting_ids():
+    counter = itertools.count(1)
+    return lambda kind: f"{kind}_{next(counter)}"
+
+
+def test_the_plan_is_built_without_redis():
+    cat = catalog.Catalog(config(), version=4)
+    firing = Firing(kind="github", event="pull_request.opened", delivery="d-1", repository="Codertocat/Hello-World",
+                    payload=b"{}", claim=keys.delivery("d-1"), filter_fields={"base_branch": "master"})
+    plan = start_plan.build(firing, cat, [cat.routines["alice/review"], cat.routines["alice/sleepy"]], NOW, counting_ids())
+    assert plan.version == 4 and plan.claim == "rly:delivery:d-1" and plan.claim_ttl == keys.DELIVERY_TTL
+    assert plan.event_id == "event_1" and plan.skipped == ("sleepy",) and plan.keeps_payload
+    (s,) = plan.sessions
+    assert (s.id, s.routine, s.routine_key) == ("session_2", "review", "alice/review")
+    assert s.job_timeout == 30 * 60 + start_plan.JOB_MARGIN_SECONDS and s.job_description == "alice/review github"
+    fields = dict(zip(s.fields[::2], s.fields[1::2]))
+    assert fields["status"] == "queued" and fields["event_id"] == "event_1" and fields["account"] == "alice"
+    event = dict(zip(plan.event_fields[::2], plan.event_fields[1::2]))
+    assert event["delivery"] == "d-1" and event["event"] == "pull_request.opened"
+    assert event["filter_fields"] == '{"base_branch":"master"}'
+    c = s.checks
+    window = int(NOW // 3600)
+    assert c.routine == admission.Window(keys.rate_window("routine", "alice/review", 3600, window), 3,
+                                         int((window + 1) * 3600 - NOW) + 1, int((window + 1) * 3600 - NOW))
+    assert c.account.key == keys.rate_window("account", "alice", 60, int(NOW // 60)) and c.account.max == 7
+    assert c.cap.key == keys.daily_count("alice", "2026-11-24") and c.cap.max == 5 and c.cap.retry_after == 30
+    assert c.extra_usage is False and c.drops_key == keys.drops("alice/review")
+
+
+def test_an_unmatched_delivery_plans_no_session_and_keeps_no_body():
+    cat = catalog.Catalog(config(), version=1)
+    plan = start_plan.build(Firing(kind="github", event="push", payload=b"{}"), cat, [], NOW, counting_ids())
+    assert plan.sessions == () and not plan.keeps_payload
+
+
+CHECKS = admission.Checks(
+    routine=admission.Window("r", 3, 10, 9), account=admission.Window("a", 5, 10, 8),
+    cap=admission.Window("c", 2, 10, 100), extra_usage=False, drops_key="d")
+
+
+@pytest.mark.parametrize("counts,verdict", [
+    ((0, 0, 0), admission.Verdict(None)),
+    ((2, 4, 1), admission.Verdict(None)),
+    ((3, 0, 0), admission.Verdict("routine_rate_limit", 9)),
+    ((3, 5, 2), admission.Verdict("routine_rate_limit", 9)),  # the first window in order wins
+    ((0, 5, 0), admission.Verdict("account_rate_limit", 8)),
+    ((0, 0, 2), admission.Verdict("daily_cap", 100)),
+])
+def test_the_admission_decision_alone(counts, verdict):
+    assert admission.decide(CHECKS, counts) == verdict
+
+
+def test_past_the_cap_extra_usage_is_metered_not_dropped():
+    extra = admission.Checks(CHECKS.routine, CHECKS.account, CHECKS.cap, True, "d")
+    assert admission.decide(extra, (0, 0, 9)) == admission.Verdict(None, metered=True)
+    assert admission.decide(extra, (3, 0, 9)).reason == "routine_rate_limit"
+
+
+@pytest.mark.parametrize("extra_usage", [False, True])
+def test_the_script_decides_as_decide_does(conn, settings, extra_usage):
+    """Every combination of counters around each limit: the script's verdict, its counts
+    and its drop record agree with admission.decide."""
+    settings = settings.with_(clock=Clock(NOW))
+    catalog.save(conn, config(extra_usage=extra_usage))
+    starter = Starter(conn, settings)
+    cat = starter.cache.get(conn)
+    routine = cat.routines["alice/review"]
+    checks = admission.checks(routine, cat.accounts["alice"], NOW)
+    for counts in itertools.product((2, 3), (6, 7), (4, 5)):
+        for window, count in zip(checks.windows, counts):
+            conn.set(window.key, count)
+        conn.delete(checks.drops_key)
+        want = admission.decide(checks, counts)
+        outcome = starter.fire(Firing(kind="manual"), lambda c: [c.routines["alice/review"]])
+        after = [int(conn.get(w.key)) for w in checks.windows]
+        if want.reason is None:
+            assert [s["metered"] for s in outcome.sessions] == [want.metered], counts
+            assert after == [c + 1 for c in counts] and not outcome.dropped
+        else:
+            assert outcome.sessions == [] and after == list(counts), counts
+            assert outcome.dropped == [{"routine": "review", "reason": want.reason, "retry_after": want.retry_after}]
+            assert int(conn.hget(checks.drops_key, want.reason)) == 1
+
+
+def test_the_script_touches_only_the_keys_it_declares(conn, settings):
+    catalog.save(conn, config(extra_usage=True))
+    starter = Starter(conn, settings.with_(clock=Clock(NOW)))
+    cat = starter.cache.get(conn)
+    firing = Firing(kind="github", event="pull_request.opened", delivery="d-2", repository="Codertocat/Hello-World",
+                    payload=b'{"x": 1}', claim=keys.delivery("d-2"), installations=[["set", "codertocat/hello-world", "9"]])
+    plan = start_plan.build(firing, cat, [cat.routines["alice/review"]], NOW)
+    declared, _ = start_plan.encode(plan, starter._job, settings.queue_name)
+    before = redis_snapshot(conn)
+    outcome = starter._apply(plan)
+    assert len(outcome.sessions) == 1
+    after = redis_snapshot(conn)
+    changed = {k.decode() for k in set(after) | set(before) if after.get(k) != before.get(k)}
+    assert changed <= set(declared) and keys.payload(plan.event_id) in declared
+    assert {keys.session(plan.sessions[0].id), jobs.job_key(plan.sessions[0].id), keys.event(plan.event_id),
+            keys.delivery("d-2"), keys.INSTALLATIONS} <= changed
+
+
+def test_the_job_the_script_writes_is_the_job_rq_would_write(conn, settings):
+    catalog.save(conn, config())
+    starter = Starter(conn, settings.with_(clock=Clock(NOW)))
+    outcome = starter.fire(Firing(kind="api", text="hi"), lambda c: [c.routines["alice/review"]])
+    sid = outcome.sessions[0]["id"]
+    ours = jobs.queue(conn, settings.queue_name).fetch_job(sid)
+    assert ours.func_name == jobs.RUN_SESSION and list(ours.args) == [] and ours.kwargs == {}
+    assert ours.origin == settings.queue_name and ours.get_status() == "queued" and ours.timeout == 30 * 60 + 600
+    assert ours.description == "alice/review api" and ours.result_ttl == jobs.RESULT_TTL
+    assert ours.enqueued_at.timestamp() == pytest.approx(NOW, abs=0.001)
+    theirs = jobs.queue(conn, "other").enqueue(jobs.RUN_SESSION, job_id="rq_made", job_timeout=ours.timeout,
+                                               description=ours.description, result_ttl=jobs.RESULT_TTL,
+                                               failure_ttl=jobs.FAILURE_TTL)
+    theirs = jobs.queue(conn, "other").fetch_job("rq_made")
+    same = ("func_name", "args", "kwargs", "timeout", "description", "result_ttl", "failure_ttl", "meta", "retries_left",
+            "_dependency_ids", "allow_dependency_failures", "enqueue_at_front", "ttl", "worker_name", "group_id")
+    assert {n: getattr(ours, n) for n in same} == {n: getattr(theirs, n) for n in same}
