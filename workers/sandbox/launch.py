@@ -41,17 +41,18 @@ def pump(a: socket.socket, b: socket.socket) -> None:
 class TcpBridge:
     """Accepts on 127.0.0.1:port (0 = any free port) and connects each client to unix_path."""
 
-    def __init__(self, unix_path: str, port: int = 0) -> None:
-        self.listen(unix_path, port)
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def listen(self, unix_path: str, port: int) -> None:
+    def __init__(self, unix_path: str, port: int = 0, serve: bool = True) -> None:
         self.unix_path = unix_path
-        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # close-on-exec, as Python makes it
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", port))
         self._server.listen(128)
         self.port: int = self._server.getsockname()[1]
+        if serve:
+            self.serve()
+
+    def serve(self) -> None:
+        threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
         while True:
@@ -76,18 +77,6 @@ class TcpBridge:
         self._server.close()
 
 
-def loopback_up() -> None:
-    """Bring `lo` up if it is down (bwrap brings it up itself; `unshare --net` does not)."""
-    import fcntl
-    import struct
-
-    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0))[:18])[1]
-        if not flags & IFF_UP:
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
-
-
 def main(argv: list[str]) -> None:
     """[--door SOCKET PORT]... -- COMMAND...: listen on every door, then fork and exec the command.
 
@@ -98,13 +87,7 @@ def main(argv: list[str]) -> None:
         doors.append((argv[1], int(argv[2])))
         argv = argv[3:]
     command = argv[1:] if argv[:1] == ["--"] else argv
-    try:
-        loopback_up()
-    except OSError as exc:
-        print(f"routinely: cannot bring up loopback in the session's network namespace: {exc}", file=sys.stderr)
-    bridges = [TcpBridge.__new__(TcpBridge) for _ in doors]
-    for bridge, (unix_path, port) in zip(bridges, doors):
-        bridge.listen(unix_path, port)
+    bridges = [TcpBridge(unix_path, port, serve=False) for unix_path, port in doors]  # bwrap brought `lo` up
     pid = os.fork()
     if pid == 0:
         try:
@@ -113,7 +96,7 @@ def main(argv: list[str]) -> None:
             print(f"routinely: cannot start {command[0]}: {exc.strerror}", file=sys.stderr, flush=True)
             os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
     for bridge in bridges:
-        threading.Thread(target=bridge._serve, daemon=True).start()
+        bridge.serve()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _: os.kill(pid, signum))
     while True:
