@@ -361,6 +361,17 @@ def test_a_daemon_does_not_outlive_the_agent(conn, settings, redis_server, world
     assert host_processes_with(marker) == []
 
 
+def test_a_daemon_does_not_outlive_a_timeout(conn, settings, redis_server, world):
+    marker = f"4324.{uuid.uuid4().int % 10**6}"
+    catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
+        {"name": "probe", "account": "a", "prompt": "probe", "triggers": [{"api": {}}], "timeout_minutes": 0.05,
+         "environment": {"network": "none", "env": {"PROBE_DAEMON": marker, "PROBE_SLEEP": "120"}}}]}, time.time())
+    sid = run(conn, settings, env_for(redis_server, world))
+    assert "PROBE-DAEMON started" in log_of(conn, sid)
+    assert sessions.get(conn, settings, sid)["status"] == "timed_out"
+    assert host_processes_with(marker) == []
+
+
 def test_a_daemon_does_not_outlive_a_cancel(conn, settings, redis_server, world):
     marker = f"4322.{uuid.uuid4().int % 10**6}"
     apply(conn, "allowlist", allow=["example.com"], env={"PROBE_DAEMON": marker, "PROBE_SLEEP": "120"})
@@ -372,6 +383,28 @@ def test_a_daemon_does_not_outlive_a_cancel(conn, settings, redis_server, world)
         sessions.cancel(conn, made["id"], "2026-01-01T00:00:00Z")
         assert wait_for(lambda: sessions.get(conn, settings, made["id"])["status"] == "canceled")
         assert wait_for(lambda: host_processes_with(marker) == [], 10)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_daemon_does_not_outlive_a_worker_stopped_with_sigterm(conn, settings, redis_server, world):
+    marker = f"4325.{uuid.uuid4().int % 10**6}"
+    apply(conn, "full", env={"PROBE_DAEMON": marker, "PROBE_SLEEP": "120"})
+    made = fire_one(settings, conn, "probe", Firing(kind="manual"))
+    proc = worker(env_for(redis_server, world))
+    try:
+        assert wait_for(lambda: "PROBE-DAEMON started" in log_of(conn, made["id"]))
+        assert host_processes_with(marker)
+        for _ in range(3):  # however the worker winds down (a warm stop, then a cold one), it ends
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert proc.poll() is not None
+        assert wait_for(lambda: host_processes_with(marker) == [], 10), host_processes_with(marker)
     finally:
         proc.kill()
         proc.wait()
