@@ -405,6 +405,14 @@ def test_a_daemon_does_not_outlive_a_worker_stopped_with_sigterm(conn, settings,
                 continue
         assert proc.poll() is not None
         assert wait_for(lambda: host_processes_with(marker) == [], 10), host_processes_with(marker)
+        # whatever cgroup the stopped worker left, the next worker's start-up removes once the session has ended
+        from workers.reaper import reap
+
+        reap(conn, time.time(), timeout=0)
+        name = sessions.get_raw(conn, made["id"]).get(b"sandbox_cgroup", b"").decode()
+        subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env_for(redis_server, world),
+                       capture_output=True, timeout=60)
+        assert not name or not [p for p in Path("/sys/fs/cgroup").glob(f"**/routinely/{name}") if p.is_dir()]
     finally:
         proc.kill()
         proc.wait()
