@@ -9,8 +9,10 @@ concurrency and what Redis holds afterwards (events, sessions, jobs).
 With --compare it then runs, on the same machine and against the same throwaway Redis,
 Probot doing the same durable work (../shared/peers/run-probot.sh) and three calibration
 apps under the same gunicorn (bench/floor_apps.py): a bare WSGI callable, an empty Flask
-route, and Flask doing only HMAC + JSON decode + one MULTI. They say what the stack costs
-before Routinely does anything.
+route, Flask doing only HMAC + JSON decode + one MULTI, and a bare WSGI callable doing that
+with the MULTI on a held socket. They say what the stack costs before Routinely does
+anything. Each row also shows Redis CPU (INFO cpu) and web CPU (the gunicorn process tree,
+from /proc) per delivery, in µs; Probot's Redis figure covers both its concurrencies.
 
   python bench/ingest.py [--seconds 8] [--concurrency 16 64] [--workers 4] [--unmatched] [--compare]
 """
@@ -48,6 +50,7 @@ FLOORS = {
     "bare WSGI app": "bench.floor_apps:raw",
     "empty Flask route": "bench.floor_apps:flask_empty",
     "Flask: HMAC + JSON + one MULTI": "bench.floor_apps:flask_minimal",
+    "WSGI: HMAC + JSON + MULTI on a held socket": "bench.floor_apps:wsgi_minimal",
 }
 ROUTINES = """
 accounts: [{name: bench, plan: enterprise, extra_usage: true, rate_limit: {events: 1000000, per_seconds: 3600}}]
@@ -130,7 +133,7 @@ def measured(url: str, pid: int | None, conn: redis.Redis, c: int, seconds: int,
 
 
 def line(name: str, c: int, got: dict[str, str], extra: str = "") -> str:
-    return (f"{name:<34} c={c:<3} deliveries/s={float(got['rps']):>6.0f} p50_ms={got['p50_ms']:>6} "
+    return (f"{name:<42} c={c:<3} deliveries/s={float(got['rps']):>6.0f} p50_ms={got['p50_ms']:>6} "
             f"p99_ms={got['p99_ms']:>6} redis_us={got.get('redis_us', '-'):>4} web_us={got.get('web_us', '-'):>4} "
             f"non2xx={got['non2xx']} errors={got['errors']} {extra}").rstrip()
 
@@ -159,7 +162,7 @@ def main() -> None:
     routines.write_text(ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other") if args.unmatched else ROUTINES)
     server = RedisServer()
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
-           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT)}
+           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT), "ROUTINELY_ADMIN_TOKEN": "bench-admin-token"}
     wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
     conn = redis.Redis.from_url(server.url)
     try:

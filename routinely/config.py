@@ -42,8 +42,18 @@ class Settings:
     cgroups: str = "auto"  # ROUTINELY_CGROUPS: auto | v2 | v1 | off (rlimits only)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
+    # the model gateway: where it forwards, and the credentials it swaps in (never a session's)
+    anthropic_api_url: str = "https://api.anthropic.com"
+    openai_api_url: str = "https://api.openai.com"
+    gemini_api_url: str = "https://generativelanguage.googleapis.com"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    claude_code_oauth_token: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+    gemini_api_key: str | None = field(default=None, repr=False)
+    prices_file: Path | None = None
     cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
+    max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     clock: Callable[[], float] = time.time
 
     @property
@@ -82,7 +92,18 @@ class Settings:
         cache_max_gb = _seconds("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb, 0.0001, 1e6, "gigabytes")
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
+        depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
+        if not depth.isdigit() or not 1 <= int(depth) <= 100:
+            raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
+        vendor_urls = {}
+        for name, default in (("ANTHROPIC", cls.anthropic_api_url), ("OPENAI", cls.openai_api_url),
+                              ("GEMINI", cls.gemini_api_url)):
+            vendor_urls[name] = (get(f"ROUTINELY_{name}_API_URL") or default).rstrip("/")
+            _check_http_url(f"ROUTINELY_{name}_API_URL", vendor_urls[name])
+        prices = get("ROUTINELY_PRICES")
+        if prices is not None and not Path(prices).is_file():
+            raise ConfigError(f"ROUTINELY_PRICES {prices!r} is not a readable file (a YAML or JSON price table)")
         sandbox, sandbox_paths = _sandbox(get("ROUTINELY_SANDBOX"), get("ROUTINELY_SANDBOX_PATHS"))
         try:
             session_limits = limits.parse_env(get("ROUTINELY_SESSION_LIMITS"))
@@ -107,12 +128,21 @@ class Settings:
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
+            anthropic_api_url=vendor_urls["ANTHROPIC"],
+            openai_api_url=vendor_urls["OPENAI"],
+            gemini_api_url=vendor_urls["GEMINI"],
+            anthropic_api_key=get("ANTHROPIC_API_KEY"),
+            claude_code_oauth_token=get("CLAUDE_CODE_OAUTH_TOKEN"),
+            openai_api_key=get("OPENAI_API_KEY"),
+            gemini_api_key=get("GEMINI_API_KEY"),
+            prices_file=Path(prices) if prices else None,
+            cache_max_gb=cache_max_gb,
             sandbox=sandbox,
             sandbox_paths=sandbox_paths,
             session_limits=session_limits,
             cgroups=cgroups,
-            cache_max_gb=cache_max_gb,
             scheduler_lease_seconds=lease,
+            max_chain_depth=int(depth),
         )
 
 

@@ -5,10 +5,11 @@
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
 local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap'}
-local now_ms, now_iso = tonumber(ARGV[4]), ARGV[5]
+local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
 local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
 local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local ev_from = 18
+local n_refused = tonumber(ARGV[18])
+local ev_from = 19
 local job_from = ev_from + n_event
 local inst_from = job_from + n_job
 
@@ -16,7 +17,7 @@ local function record_event(duplicate, sessions, dropped, skipped)
   redis.call('HSET', event_key, 'duplicate', duplicate, 'sessions', sessions, 'dropped', dropped,
     'skipped', skipped, unpack(ARGV, ev_from, job_from - 1))
   redis.call('EXPIRE', event_key, event_ttl)
-  redis.call('ZADD', KEYS[3], now_ms, ARGV[8])
+  redis.call('ZADD', KEYS[3], score, ARGV[8])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
 end
 
@@ -37,13 +38,14 @@ for i = 1, n_sess do
   local k = 9 + (i - 1) * 7
   local sid, routine = ARGV[a], ARGV[a + 1]
   local reason, retry, metered = nil, 0, '0'
+  local counts = redis.call('MGET', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
   for w = 0, 1 do
-    if tonumber(redis.call('GET', KEYS[k + 1 + w]) or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
+    if tonumber(counts[w + 1] or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
       reason, retry = REASONS[w + 1], ARGV[a + 4 + 3 * w]
       break
     end
   end
-  if not reason and tonumber(redis.call('GET', KEYS[k + 3]) or '0') >= tonumber(ARGV[a + 8]) then
+  if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + 8]) then
     if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
   end
   local n_fields = tonumber(ARGV[a + 14])
@@ -61,7 +63,7 @@ for i = 1, n_sess do
     end
     redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 15, a + 14 + n_fields))
     redis.call('EXPIRE', KEYS[k + 5], session_ttl)
-    redis.call('ZADD', KEYS[k + 6], now_ms, sid)
+    redis.call('ZADD', KEYS[k + 6], score, sid)
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6])
     redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
       'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))
@@ -72,10 +74,24 @@ for i = 1, n_sess do
   a = a + 15 + n_fields
 end
 
+-- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
+for i = 1, n_refused do
+  local k = 9 + n_sess * 7 + i
+  local routine, reason = ARGV[a], ARGV[a + 1]
+  redis.call('HINCRBY', KEYS[k], reason, 1)
+  redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)
+  redis.call('EXPIRE', KEYS[k], session_ttl)
+  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + 2], retry_after = 0})
+  table.insert(out_dropped, routine)
+  table.insert(out_dropped, reason)
+  table.insert(out_dropped, 0)
+  a = a + 3
+end
+
 if #ids > 0 then
   local scored = {}
   for _, sid in ipairs(ids) do
-    table.insert(scored, now_ms)
+    table.insert(scored, score)
     table.insert(scored, sid)
   end
   redis.call('ZADD', KEYS[4], unpack(scored))

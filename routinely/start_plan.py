@@ -12,19 +12,22 @@ Layout (start.lua reads it by these positions):
         7 installations  8 claim (or the event key, unused)  9 payload (or the event key)
         then per session, 7 keys: routine window, account window, daily cap, drops,
         session, the routine's sessions index, job
-  ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now ms  5 now iso
+  ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now in ms, to the µs
+        (the index score: firings a millisecond apart still list in order)  5 now iso
         6 sessions trim ms  7 events trim ms  8 event id  9 event ttl  10 session ttl
         11 skipped (JSON)  12 job data  13 job stamp  14 #event fields  15 #job fields
-        16 #installation ops  17 #sessions; then the event fields, the job template's
-        fields, installation ops (op, repo, id) and per session 14 values (id, routine,
-        3 x (max, ttl, retry_after), extra_usage, job timeout, job description) followed by
-        #session fields and the session fields
+        16 #installation ops  17 #sessions  18 #refused; then the event fields, the job
+        template's fields, installation ops (op, repo, id) and per session 14 values (id,
+        routine, 3 x (max, ttl, retry_after), extra_usage, job timeout, job description)
+        followed by #session fields and the session fields; then per refused firing
+        (routinely.gate: role, chain_depth) 3 values (routine, reason, detail)
+  KEYS  after the sessions' keys, per refused firing 1 key: the routine's drops
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import orjson
 
@@ -55,6 +58,15 @@ class SessionPlan:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """A matched routine that may not fire (routinely.gate): recorded as a drop, admits nothing."""
+
+    routine: Routine
+    reason: str  # role | chain_depth
+    detail: str  # why, in words, for the events page
+
+
+@dataclass(frozen=True)
 class StartPlan:
     version: int  # the catalog version routing used; a newer one in Redis makes the plan stale
     now: float
@@ -66,6 +78,7 @@ class StartPlan:
     installations: tuple[tuple[str, ...], ...]  # ("set", repo, id) | ("del", repo)
     skipped: tuple[str, ...]  # paused routines that matched
     sessions: tuple[SessionPlan, ...]
+    refused: tuple[Refused, ...] = ()
 
     @property
     def keeps_payload(self) -> bool:
@@ -77,8 +90,9 @@ def _new_id(kind: str) -> str:
 
 
 def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
-          new_id: Callable[[str], str] = _new_id) -> StartPlan:
-    """The plan for `firing` (routinely.start.Firing) routed to `matched` at `now`."""
+          new_id: Callable[[str], str] = _new_id, refused: Iterable[Refused] = (), chain_depth: int = 1) -> StartPlan:
+    """The plan for `firing` (routinely.start.Firing) routed to `matched` at `now`; `refused`
+    and `chain_depth` come from routinely.gate (github firings; others start chains at 1)."""
     event_id = new_id("event")
     created = iso(now)
     trigger = orjson.dumps(firing.trigger()).decode()
@@ -93,7 +107,8 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
             routine_key=routine.key,
             checks=admission.checks(routine, catalog.accounts[routine.account], now),
             fields=("id", sid, "routine", routine.name, "routine_key", routine.key, "account", routine.account,
-                    "trigger", trigger, "event_id", event_id, "status", "queued", "created_at", created),
+                    "trigger", trigger, "event_id", event_id, "status", "queued", "created_at", created,
+                    "chain_depth", str(chain_depth)),
             job_timeout=int(routine.spec["timeout_minutes"] * 60) + JOB_MARGIN_SECONDS,
             job_description=f"{routine.key} {firing.kind}",
         ))
@@ -115,6 +130,7 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
         installations=tuple(tuple(op) for op in firing.installations),
         skipped=tuple(r.name for r in matched if r.paused),
         sessions=tuple(sessions),
+        refused=tuple(refused),
     )
 
 
@@ -129,10 +145,11 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
     for op in plan.installations:
         ops += [op[0], op[1], op[2] if len(op) > 2 else ""]
     argv: list[Any] = [
-        plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0, now_ms, iso(plan.now),
+        plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0, f"{plan.now * 1000:.3f}",
+        iso(plan.now),
         now_ms - keys.SESSIONS_KEPT * 1000, now_ms - keys.EVENTS_KEPT * 1000, plan.event_id, keys.EVENT_TTL,
         keys.SESSION_TTL, orjson.dumps(plan.skipped).decode(), job.data, jobs.stamp(plan.now),
-        len(plan.event_fields), job.packed.count, len(plan.installations), len(plan.sessions),
+        len(plan.event_fields), job.packed.count, len(plan.installations), len(plan.sessions), len(plan.refused),
         *plan.event_fields, job.packed, *ops,
     ]
     for s in plan.sessions:
@@ -143,4 +160,7 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
         for w in c.windows:
             argv += [w.max, w.ttl, w.retry_after]
         argv += [1 if c.extra_usage else 0, s.job_timeout, s.job_description, len(s.fields), *s.fields]
+    for r in plan.refused:
+        kv.append(keys.drops(r.routine.key))
+        argv += [r.routine.name, r.reason, r.detail]
     return kv, argv

@@ -47,7 +47,7 @@ def _pack_args(args: Sequence[Any]) -> bytes:
         b = value.encode() if kind is str else value if kind is bytes else b"%d" % value if kind is int else None
         if b is None:
             raise TypeError(f"a Redis argument is bytes, str or int, not {kind.__name__}")
-        out += (b"$%d\r\n" % len(b), b, b"\r\n")
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
 
 

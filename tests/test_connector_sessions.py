@@ -18,7 +18,7 @@ from routinely import catalog, session_log
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
-from tests.support import Remotes, body_of, delivery_headers, fixture
+from tests.support import Remotes, admin, body_of, delivery_headers, fixture
 from tests.test_isolation import needs_sandbox
 from tests.test_runner import run_worker
 
@@ -48,7 +48,7 @@ def world(settings, private_key, fake, redis_server, tmp_path):
     remotes.create("octo/api", branch="main", files={"app.py": "print('hi')\n"})
     app_settings = settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake.url,
                                   github_git_url=remotes.url)
-    client = create_app(app_settings).test_client()
+    client = admin(create_app(app_settings).test_client())
     payload = fixture("installation.created.json")
     payload["installation"]["id"] = 42
     payload["repositories"] = [{"id": 1, "name": "api", "full_name": "octo/api", "private": True}]
@@ -138,7 +138,7 @@ def test_a_review_routine_fired_by_a_delivery_reviews_comments_and_shows_its_act
         assert f'href="{a["url"]}"' in page
     log = "\n".join(session_log.read(conn, sid)[0])
     assert "routinely: github create_pull_request_review octo/api#5: ok" in log
-    assert "routinely: github create_issue octo/api: refused: routinely: create_issue is not in" in log
+    assert "routinely: github create_issue octo/api: refused: create_issue is not in this routine's github.writes" in log
     assert INSTALLATION_TOKEN not in log and "Handle the error here" not in log
     token = (tmp_path / "token").read_text()
     assert token.startswith("Bearer ") and token.split()[1] not in log

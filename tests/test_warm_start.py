@@ -284,3 +284,17 @@ def test_session_users_write_a_cached_setup_as_their_own(conn, settings, env, wo
     assert third["home"] == "tool-1" and third["built"] == f"built from lib==1 by {first['id']}"
     assert third["status"] == "?? built.txt" and "junk.txt" not in third["files"]
     assert "overlay mounts are unavailable" not in vandal["log"]
+
+
+def test_a_cached_checkout_that_cannot_move_to_the_new_head_runs_setup_cold(conn, settings, env, remotes, world):
+    apply(conn, world, setup=SETUP + "; echo 'setup was here' >> api/README.md", maintenance="exit 3")
+    first = session(conn, settings, env)
+    head = commit(remotes, {"README.md": "# api, changed upstream\n"})  # the file setup changed too
+    second = session(conn, settings, env)
+    assert setup_runs(first, second) == 2 and "cannot be used: git reset" in second["log"]
+    assert second["record"]["status"] == "succeeded" and second["head"] == head
+    third = session(conn, settings, env)  # a hit: maintenance runs, and fails the session
+    assert setup_runs(first, second, third) == 2
+    assert third["record"]["status"] == "failed" and third["record"]["exit_code"] == 3
+    assert "routinely: maintenance exited with code 3; the agent was not started" in third["log"]
+    assert "head" not in third  # the agent never ran

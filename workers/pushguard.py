@@ -74,10 +74,12 @@ def _refs(path: Path, env: dict[str, str]) -> dict[str, str]:
 
 class PushGuard:
     def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None],
-                 ids: git.Ids | None = None, sock: str | None = None) -> None:
+                 ids: git.Ids | None = None, sock: str | None = None,
+                 on_forward: Callable[[str, str], None] | None = None) -> None:
         """`sock`: where to serve the hooks' socket (the session's door folder, which its
         sandbox can see); by default a short tmp dir of its own."""
         self.root, self.prefix, self.unrestricted, self.log, self.ids = root, prefix, unrestricted, log, ids
+        self.on_forward = on_forward  # (repo, ref) after a ref reached the real remote: routinely.chain
         self.relays: dict[str, Relay] = {}
         self._tokens: dict[str, Callable[[], str | None]] = {}
         self._lock = threading.Lock()
@@ -158,6 +160,8 @@ class PushGuard:
                     if new:
                         relay.forwarded[ref] = new
                         relay.pushed.add(ref)
+                        if self.on_forward is not None:
+                            self.on_forward(relay.repo, ref)
                     else:
                         relay.forwarded.pop(ref, None)
                         relay.pushed.discard(ref)

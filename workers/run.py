@@ -6,8 +6,8 @@ worker died.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import socket
 import time
 from typing import Any
@@ -15,22 +15,24 @@ from typing import Any
 import orjson
 import redis
 
-from routinely import catalog, jobs, keys, session_log, sessions
+from routinely import catalog, chain, jobs, keys, model_usage, session_log, sessions, transcript
 from routinely.config import Settings
+from routinely.github_auth import InstallationTokens, TokenError
 from routinely.start import iso
 from routinely.store import connect
-from workers import process, prompt
+from workers import agents, process, prompt
+from workers.agents.transcript import read_lines
 from workers.connector import Connector, ConnectorError, Policy
-from workers.github_auth import InstallationTokens, TokenError
+from workers.gateway import WITHHELD, Gateway
+from workers.gateway.session import open_gateway
+from workers.liveness import Liveness
+from routinely.agent_spec import DEFAULT_IDLE_MINUTES
+from routinely.prices import PriceError
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, git_alternates, kill_user
 from workers.sandbox.bounds import limits_for
 from workers.warm import WarmStart
 from workers.workspace import Workspace
-
-CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
-PRESETS = {"claude": CLAUDE}
-
 
 class Runtime:
     """What a worker process keeps between sessions: settings, Redis, the token cache."""
@@ -92,6 +94,8 @@ class SessionRun:
         self.sandbox: Sandbox | None = None
         self.warm: WarmStart | None = None
         self.connector: Connector | None = None
+        self.gateway: Gateway | None = None
+        self.liveness = Liveness(DEFAULT_IDLE_MINUTES, self.canceled)
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -117,6 +121,8 @@ class SessionRun:
                 self.sandbox.close()  # no process of the session outlives it
                 if self.sandbox.resources() is not None:
                     sessions.update(self.conn, self.id, resources=orjson.dumps(self.sandbox.resources()).decode())
+            if self.gateway is not None:
+                self.gateway.close()
             if self.guard is not None:
                 self.guard.close()
             if self.warm is not None:
@@ -149,15 +155,24 @@ class SessionRun:
             self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
+        depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"))
+                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"),
+                               on_forward=lambda repo, ref: chain.record(self.conn, repo, ref, self.id, depth))
         try:
             self._checkout(workspace, self.guard, routine.key, spec)
-            argv = self._agent_argv()
         except Failed as exc:
             return "failed", None, str(exc)
         self._share(workspace)
         payload = self._payload(raw)
+        self.liveness.idle_seconds = spec.get("idle_timeout_minutes", DEFAULT_IDLE_MINUTES) * 60
+        try:
+            self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
+                                                     routine.account, cat.accounts[routine.account].timezone,
+                                                     spec.get("budget"), self.log)
+        except PriceError as exc:
+            return "failed", None, f"routinely: {exc}"
+        self.liveness.gateway = self.gateway
         try:
             github, paragraph = self._github_connector(spec)
         except ConnectorError as exc:
@@ -165,7 +180,14 @@ class SessionRun:
         env = self._agent_env(workspace, routine.name, trigger, payload, spec)  # after the doors: NO_PROXY lists them
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
+        env.update(gateway_env)  # in a session the vendors' names point at its gateway
+        mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
+        try:
+            launch = agents.prepare(spec.get("agent"), self.settings.agent, workspace,
+                                    json.loads(mcp.read_text())["mcpServers"], env, as_root=self._agent_is_root())
+        except agents.AgentError as exc:
+            return "failed", None, str(exc)
+        env.update(launch.env)
         if self.sandbox.enabled or ids:
             self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
                      + (f", session user {ids[0]}" if ids else ""))
@@ -180,14 +202,46 @@ class SessionRun:
         self.warm.after_setup(lambda: ids and kill_user(ids[0]))
         sessions.update(self.conn, self.id, warm_start=self.warm.summary())
         # -- end warm start
-        self.log(f"routinely: starting the agent: {argv[-1]}")
-        return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+        self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")
+        self.api_error: str | None = None
+        result = self._command(launch.argv, workspace, env, text, deadline, launch.cwd, self._agent_output(launch))
+        if self.gateway.stop_reason == "budget_exceeded":
+            spent = self.gateway.meter.total
+            self.log(f"routinely: budget_exceeded: spent {spent['input_tokens'] + spent['output_tokens']} input+output tokens, "
+                     f"cost {spent['cost_usd'] if spent['cost_usd'] is not None else 'unknown'} USD")
+            model_usage.record_stop(self.conn, self.gateway.meter.routine_key, "budget_exceeded")
+            return "failed", result.exit_code, "budget_exceeded"
+        if self.api_error and result.outcome == "exited":
+            policy = self.sandbox.network
+            blocked = f"the routine's network policy ({policy}) blocks it" if policy != "full" else self.api_error
+            return "failed", result.exit_code, f"routinely: the agent could not reach its model API: {blocked}"
+        return self._ended(result, "agent")
+
+    def _agent_is_root(self) -> bool:
+        return self.sandbox.uid is None and os.geteuid() == 0
+
+    def _agent_output(self, launch: agents.Launch):
+        """The agent's lines: its structured events become transcript entries and readable
+        log lines; anything else goes to the log as it is."""
+        def on_lines(lines: list[str]) -> None:
+            self.liveness.output()
+            reading = read_lines(launch.transcript, lines)
+            pipe = self.conn.pipeline(transaction=False)
+            for line in reading.log:
+                session_log.append(pipe, self.id, line)
+            transcript.append(pipe, self.id, reading.entries)
+            if reading.agent_usage is not None:
+                sessions.update(pipe, self.id, agent_usage=orjson.dumps(reading.agent_usage).decode())
+            pipe.execute()
+            self.api_error = self.api_error or reading.api_error
+        return on_lines
 
     def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
         policy = Policy.from_spec(spec)
         self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
-                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+                                   self.rt.tokens, self.guard.pushed_branch, self.log)
+        self.connector.start()
         port = self.sandbox.add_door("github", self.connector.socket_path)
         return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
@@ -197,6 +251,11 @@ class SessionRun:
             self.log(*notes)
         if limit := self.sandbox.ended():
             return "failed", code, limit  # out of memory, disk limit exceeded
+        if result.outcome == "canceled" and self.liveness.reason == "stalled":
+            self.log(self.liveness.stalled_line())
+            if self.gateway is not None:
+                model_usage.record_stop(self.conn, self.gateway.meter.routine_key, "stalled")
+            return "timed_out", None, "stalled"
         if result.outcome == "timed_out":
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
         if result.outcome == "canceled":
@@ -208,10 +267,14 @@ class SessionRun:
         self.log(f"routinely: the agent exited with code {code}")
         return ("succeeded" if code == 0 else "failed"), code, None if code == 0 else f"the agent exited with code {code}"
 
-    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
-        cmd = self.sandbox.command(argv, env, ws.root, ws.home)
-        return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, lambda lines: self.log(*lines),
-                           lambda: self.canceled() or self.sandbox.over(), self.heartbeat, user=cmd.user,
+    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float,
+                 cwd: "os.PathLike[str] | None" = None, on_lines=None) -> process.Result:
+        def plain(lines: list[str]) -> None:
+            self.liveness.output()
+            self.log(*lines)
+        cmd = self.sandbox.command(argv, env, cwd or ws.root, ws.home)
+        return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, on_lines or plain,
+                           lambda: self.liveness.should_stop() or self.sandbox.over(), self.heartbeat, user=cmd.user,
                            pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits,
                            started=lambda pid: self._started(pid, cmd.user))
 
@@ -252,15 +315,19 @@ class SessionRun:
         service variables named in ROUTINELY_AGENT_ENV — nothing else of the worker's."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            # a session user cannot use the worker's home; it gets one of its own
-            "HOME": str(ws.home) if ws.ids or self.sandbox.enabled else os.environ.get("HOME", str(ws.home)),
+            # always the session's own: no session reads or writes another's agent state
+            "HOME": str(ws.home),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }
         env.update(self.sandbox.extra_env)  # the routine's env may override (e.g. ALL_PROXY: "" for SOCKS-less clients)
         env.update(spec["environment"]["env"])
+        withheld = [name for name in self.settings.agent_env if name in WITHHELD]
+        if withheld:
+            self.log(f"routinely: withheld from the session: {', '.join(withheld)} (model credentials and base URLs "
+                     "stay with the model gateway)")
         for name in self.settings.agent_env:
-            if name in os.environ:
+            if name in os.environ and name not in WITHHELD:
                 env[name] = os.environ[name]
         env.update({
             "ROUTINELY_SESSION_ID": self.id,
@@ -273,14 +340,6 @@ class SessionRun:
             env["ROUTINELY_EVENT_FILE"] = str(ws.write(".routinely/event.json", payload))
         if trigger.get("text") is not None:
             env["ROUTINELY_TEXT"] = trigger["text"]
+        if trigger.get("kind") == "schedule":
+            env["ROUTINELY_PREVIOUS_RUN_AT"] = trigger.get("previous_run_at") or ""
         return env
-
-    def _agent_argv(self) -> list[str]:
-        agent = self.settings.agent
-        if agent in PRESETS:
-            binary = PRESETS[agent].split()[0]
-            if shutil.which(binary, path=os.environ.get("PATH")) is None:
-                raise Failed(f"routinely: the agent preset '{agent}' needs `{binary}` on PATH: install it "
-                             "(npm install -g @anthropic-ai/claude-code) or set ROUTINELY_AGENT to a command")
-            return ["bash", "-c", PRESETS[agent]]
-        return ["bash", "-c", agent]
