@@ -504,7 +504,7 @@ def test_a_cached_setup_and_the_shared_mirror_work_inside_the_sandbox(conn, sett
     remotes = Remotes(world / "github")
     remotes.create("octo/api", files={"requirements.txt": "lib==1\n"})
     script = world / "agents" / "warm.sh"
-    script.write_text('cd api && echo "SAW $(cat built.txt) $(git log --oneline | wc -l) $(id -u)" && git status --porcelain\n')
+    script.write_text('cd "${ROUTINELY_REPOS%% *}" && echo "SAW $(cat built.txt) $(git log --oneline | wc -l) $(id -u)" && git status --porcelain\n')
     script.chmod(0o644)
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         {"name": "probe", "account": "a", "prompt": "p", "repositories": ["octo/api"], "triggers": [{"api": {}}],
