@@ -98,23 +98,13 @@ def spent_today(conn: redis.Redis, account: str, timezone: str, now: float) -> f
     return float(conn.hget(keys.usage_day("account", account, day), "cost_usd") or 0)
 
 
-def daily_budget_check(account: str, timezone: str, daily_budget_usd: float | None, now: float) -> dict[str, Any] | None:
-    """The account's daily budget as data for admission (like the daily cap): a firing is
-    dropped with reason `daily_budget` while HGET(key, field) >= max; None without a budget."""
-    if daily_budget_usd is None:
-        return None
-    day, until_midnight = local_day(timezone, now)
-    return {"key": keys.usage_day("account", account, day), "field": "cost_usd", "max": float(daily_budget_usd),
-            "retry_after": until_midnight, "reason": "daily_budget"}
-
-
 def over_daily_budget(conn: redis.Redis, account: str, timezone: str, daily_budget_usd: float | None,
                       now: float) -> int | None:
-    """Seconds until the budget resets when the account has spent its daily budget, else None."""
-    check = daily_budget_check(account, timezone, daily_budget_usd, now)
-    if check is None or float(conn.hget(check["key"], check["field"]) or 0) < check["max"]:
+    """Seconds until the account's day ends when it has spent its daily budget, else None
+    (admission makes the same comparison inside the start script: routinely.admission)."""
+    if daily_budget_usd is None or spent_today(conn, account, timezone, now) < daily_budget_usd:
         return None
-    return check["retry_after"]
+    return local_day(timezone, now)[1]
 
 
 def _totals(raw: dict[bytes, bytes]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 -- Apply one start plan atomically (routinely/start_plan.py builds it and documents the
 -- KEYS/ARGV layout). Order: configuration version, claim, then per session the admission
--- rule of routinely/admission.py `decide` over its three counters; admitted sessions get
+-- rule of routinely/admission.py `decide` over its three counters and the daily budget; admitted sessions get
 -- their record, index entries and RQ job; finally the event record and installations.
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
-local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap'}
+local KEYS_PER_SESSION = 8  -- routinely/start_plan.py KEYS_PER_SESSION
+local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap', 'daily_budget'}
 local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
 local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
 local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
@@ -35,7 +36,7 @@ end
 local admitted, dropped, out_dropped, ids = {}, {}, {}, {}
 local a = inst_from + 3 * n_inst
 for i = 1, n_sess do
-  local k = 9 + (i - 1) * 7
+  local k = 9 + (i - 1) * KEYS_PER_SESSION
   local sid, routine = ARGV[a], ARGV[a + 1]
   local reason, retry, metered = nil, 0, '0'
   local counts = redis.call('MGET', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
@@ -45,10 +46,14 @@ for i = 1, n_sess do
       break
     end
   end
+  local budget = tonumber(ARGV[a + 14])
+  if not reason and budget >= 0 and tonumber(redis.call('HGET', KEYS[k + 8], 'cost_usd') or '0') >= budget then
+    reason, retry = REASONS[4], ARGV[a + 15]
+  end
   if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + 8]) then
     if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
   end
-  local n_fields = tonumber(ARGV[a + 14])
+  local n_fields = tonumber(ARGV[a + 16])
   if reason then
     redis.call('HINCRBY', KEYS[k + 4], reason, 1)
     redis.call('HSET', KEYS[k + 4], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms + tonumber(retry) * 1000)
@@ -61,7 +66,7 @@ for i = 1, n_sess do
     for w = 0, 2 do
       if redis.call('INCR', KEYS[k + 1 + w]) == 1 then redis.call('EXPIRE', KEYS[k + 1 + w], ARGV[a + 3 + 3 * w]) end
     end
-    redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 15, a + 14 + n_fields))
+    redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 17, a + 16 + n_fields))
     redis.call('EXPIRE', KEYS[k + 5], session_ttl)
     redis.call('ZADD', KEYS[k + 6], score, sid)
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6])
@@ -71,12 +76,12 @@ for i = 1, n_sess do
     table.insert(admitted, sid)
     table.insert(admitted, metered)
   end
-  a = a + 15 + n_fields
+  a = a + 17 + n_fields
 end
 
 -- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
 for i = 1, n_refused do
-  local k = 9 + n_sess * 7 + i
+  local k = 9 + n_sess * KEYS_PER_SESSION + i
   local routine, reason = ARGV[a], ARGV[a + 1]
   redis.call('HINCRBY', KEYS[k], reason, 1)
   redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)

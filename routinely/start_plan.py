@@ -10,17 +10,19 @@ script's KEYS (every key it touches, declared) and flat ARGV (no JSON to decode 
 Layout (start.lua reads it by these positions):
   KEYS  1 version  2 event  3 events index  4 sessions index  5 queue  6 queues set
         7 installations  8 claim (or the event key, unused)  9 payload (or the event key)
-        then per session, 7 keys: routine window, account window, daily cap, drops,
-        session, the routine's sessions index, job
+        then per session, 8 keys: routine window, account window, daily cap, drops,
+        session, the routine's sessions index, job, the account's model spend today (or the
+        event key, unread, without a daily budget)
   ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now in ms, to the µs
         (the index score: firings a millisecond apart still list in order)  5 now iso
         6 sessions trim ms  7 events trim ms  8 event id  9 event ttl  10 session ttl
         11 skipped (JSON)  12 job data  13 job stamp  14 #event fields  15 #job fields
         16 #installation ops  17 #sessions  18 #refused; then the event fields, the job
-        template's fields, installation ops (op, repo, id) and per session 14 values (id,
-        routine, 3 x (max, ttl, retry_after), extra_usage, job timeout, job description)
-        followed by #session fields and the session fields; then per refused firing
-        (routinely.gate: role, chain_depth) 3 values (routine, reason, detail)
+        template's fields, installation ops (op, repo, id) and per session 16 values (id,
+        routine, 3 x (max, ttl, retry_after), extra_usage, job timeout, job description, daily
+        budget max (-1: none), its retry_after) followed by #session fields and the session
+        fields; then per refused firing (routinely.gate: role, chain_depth) 3 values (routine,
+        reason, detail)
   KEYS  after the sessions' keys, per refused firing 1 key: the routine's drops
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ from routinely.routine_file import Routine
 
 JOB_MARGIN_SECONDS = 600  # RQ's own timeout sits past the runner's, which ends the agent first
 FIXED_KEYS = 9
-KEYS_PER_SESSION = 7
+KEYS_PER_SESSION = 8
 
 
 def iso(ts: float) -> str:
@@ -155,11 +157,12 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
     for s in plan.sessions:
         c = s.checks
         kv += [c.routine.key, c.account.key, c.cap.key, c.drops_key, keys.session(s.id), keys.sessions_of(s.routine),
-               jobs.job_key(s.id)]
+               jobs.job_key(s.id), c.budget.key if c.budget else event_key]
         argv += [s.id, s.routine]
         for w in c.windows:
             argv += [w.max, w.ttl, w.retry_after]
-        argv += [1 if c.extra_usage else 0, s.job_timeout, s.job_description, len(s.fields), *s.fields]
+        argv += [1 if c.extra_usage else 0, s.job_timeout, s.job_description,
+                 repr(c.budget.max) if c.budget else -1, c.budget.retry_after if c.budget else 0, len(s.fields), *s.fields]
     for r in plan.refused:
         kv.append(keys.drops(r.routine.key))
         argv += [r.routine.name, r.reason, r.detail]

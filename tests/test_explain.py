@@ -15,7 +15,11 @@ from routinely.routine_file import GithubTrigger
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture
 from tests.test_receiver import REPO, apply, gh
 
-PAYLOADS = {"pull_request": "pull_request.opened.installation.json", "release": "release.published.json"}
+PAYLOADS = {"pull_request": "pull_request.opened.installation.json", "release": "release.published.json",
+            "issues": "issues.labeled.json", "issue_comment": "issue_comment.created.json",
+            "pull_request_review": "pull_request_review.submitted.json",
+            "pull_request_review_comment": "pull_request_review_comment.created.json",
+            "workflow_run": "workflow_run.completed.json", "push": "push.branch.json"}
 
 
 def miss(kind: str, payload: dict, event: str | None = None, events=None, **spec) -> str | None:
@@ -33,8 +37,14 @@ def test_every_field_names_itself_and_the_payloads_value(kind, field):
         assert miss(kind, payload, field=field, op="equals", value=not actual) == \
             f"{field}: {json.dumps(actual)} does not equal {json.dumps(not actual)}"
     elif kind_of == LIST:
+        assert actual, f"the {kind} fixture needs a non-empty {field}"
         assert miss(kind, payload, field=field, op="equals", value=actual[0]) is None
         assert miss(kind, payload, field=field, op="equals", value="zz") == f'{field}: {show(actual)} has none that equals "zz"'
+    elif field == "author_association":  # a closed set: the other value must be one of it
+        other = "OWNER" if actual != "OWNER" else "NONE"
+        if actual:
+            assert miss(kind, payload, field=field, op="equals", value=actual) is None
+        assert miss(kind, payload, field=field, op="equals", value=other) == f'{field}: {show(actual)} does not equal "{other}"'
     else:
         assert miss(kind, payload, field=field, op="equals", value=actual) is None
         assert miss(kind, payload, field=field, op="equals", value="zz") == f'{field}: {show(actual)} does not equal "zz"'
