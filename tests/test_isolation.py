@@ -396,10 +396,10 @@ def test_a_daemon_does_not_outlive_a_worker_stopped_with_sigterm(conn, settings,
     try:
         assert wait_for(lambda: "PROBE-DAEMON started" in log_of(conn, made["id"]))
         assert host_processes_with(marker)
-        for _ in range(3):  # however the worker winds down (a warm stop, then a cold one), it ends
+        for _ in range(5):  # however the worker winds down (a warm stop, then a cold one), it ends
             proc.send_signal(signal.SIGTERM)
             try:
-                proc.wait(10)
+                proc.wait(2)
                 break
             except subprocess.TimeoutExpired:
                 continue
