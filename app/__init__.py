@@ -10,8 +10,9 @@ from flask import Flask, Response, request
 from app import params
 from app.responses import error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
-from routinely.catalog import CatalogCache
+from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
+from routinely.roles import Roles
 from routinely.start import Starter
 from routinely.store import connect
 
@@ -24,6 +25,11 @@ class State:
     settings: Settings
     conn: redis.Redis
     starter: Starter
+    roles: Roles  # who may fire (routinely.gate): asks GitHub only for triggers with roles
+
+    def catalog(self) -> Catalog:
+        """The applied configuration, compiled once per stored version (pages and API)."""
+        return self.starter.cache.current(self.conn)
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -32,15 +38,17 @@ def create_app(settings: Settings | None = None) -> Flask:
     conn = connect(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
+    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()), Roles(settings))
 
-    from app import api, fire, pages
+    from app import api, auth, fire, metrics, pages
 
+    auth.configure(app, settings.admin_token, settings.public_url)
     # POST /webhooks/github is answered in front of Flask (app/webhooks.py says why)
     app.wsgi_app = WebhookDoor(app.wsgi_app, app.extensions["routinely"], app.logger)  # type: ignore[method-assign]
     app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
+    metrics.install(app)
 
     if SPEC.is_file():
         spec = SPEC.read_bytes()

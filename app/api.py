@@ -1,20 +1,51 @@
-"""The JSON API: sessions, events, health."""
+"""The JSON API: routines (and steering them), sessions, events with their explanation,
+schedules, usage. Every route is a thin layer over the routinely/ functions the pages and
+the CLI call too."""
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, abort, current_app, request
 
 from app import params
 from app.auth import require_admin
 from app.responses import error, json_response
-from routinely import catalog, events, routines_view, session_log, sessions
+from routinely import control, events, routines_view, session_log, sessions, usage
 from routinely.start import iso
 
 bp = Blueprint("api", __name__)
 bp.before_request(require_admin)
 
 
+def _state():
+    return current_app.extensions["routinely"]
+
+
 def _limit() -> int:
+    """`?limit=`, default 100; anything but 1..MAX_LIMIT in ASCII digits answers 400."""
     return params.limit(request.args)
+
+
+def _refused(exc: control.Refused) -> Response:
+    resp = error(exc.status, str(exc))
+    if exc.retry_after is not None:
+        resp.headers["Retry-After"] = str(exc.retry_after)
+    return resp
+
+
+def _body() -> dict[str, Any]:
+    """An optional JSON object body; anything else answers 400 before anything is done."""
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        abort(error(400, "the body is not valid JSON"))
+    if not isinstance(body, dict):
+        abort(error(400, 'the body must be a JSON object such as {"text": "..."}'))
+    return body
 
 
 def _no_session(session_id: str) -> Response:
@@ -23,29 +54,31 @@ def _no_session(session_id: str) -> Response:
 
 @bp.get("/api/sessions")
 def list_sessions():
-    state = current_app.extensions["routinely"]
-    return json_response(sessions.listing(state.conn, state.settings, request.args.get("routine") or None, _limit()))
+    state = _state()
+    status, kind = request.args.get("status") or None, request.args.get("kind") or None
+    if status and status not in sessions.STATUSES:
+        return error(400, f"status must be one of {', '.join(sessions.STATUSES)}")
+    if kind and kind not in ("github", "api", "schedule", "manual"):
+        return error(400, "kind must be github, api, schedule or manual")
+    rows, _ = sessions.page(state.conn, state.settings, request.args.get("routine") or None, status, kind,
+                            params.offset(request.args), _limit())
+    return json_response(rows)
 
 
 @bp.get("/api/sessions/<session_id>")
 def get_session(session_id: str):
-    state = current_app.extensions["routinely"]
+    state = _state()
     found = sessions.get(state.conn, state.settings, session_id)
     if found is None:
         return _no_session(session_id)
     return json_response(found)
 
 
-@bp.get("/api/events")
-def list_events():
-    return json_response(events.listing(current_app.extensions["routinely"].conn, _limit()))
-
-
 @bp.get("/api/sessions/<session_id>/log")
 def session_log_text(session_id: str):
     """The log as plain text; `?after=CURSOR` returns only newer lines (the page polls it).
     The cursor of the last line is in the X-Log-Cursor header."""
-    state = current_app.extensions["routinely"]
+    state = _state()
     after = params.log_cursor(request.args)
     if sessions.get_raw(state.conn, session_id) is None:
         return _no_session(session_id)
@@ -56,7 +89,7 @@ def session_log_text(session_id: str):
 
 @bp.post("/api/sessions/<session_id>/cancel")
 def cancel_session(session_id: str):
-    state = current_app.extensions["routinely"]
+    state = _state()
     outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()))
     if outcome == "unknown":
         return _no_session(session_id)
@@ -65,8 +98,109 @@ def cancel_session(session_id: str):
     return json_response({"id": session_id, "result": outcome})
 
 
+@bp.get("/api/events")
+def list_events():
+    return json_response(events.listing(_state().conn, _limit()))
+
+
+@bp.get("/api/events/<event_id>")
+def get_event(event_id: str):
+    """One event (by event or delivery id); `explanation` when it started nothing."""
+    state = _state()
+    raw = events.find(state.conn, event_id)
+    if raw is None:
+        return error(404, f"no event or delivery {event_id!r} (events are kept 7 days): GET /api/events lists them")
+    return json_response({**events.to_public(raw), "explanation": events.explain(raw, state.catalog())})
+
+
 @bp.get("/api/routines")
 def list_routines():
-    """The applied routines with their drop counters (reason -> count, last drop, window reset)."""
-    conn = current_app.extensions["routinely"].conn
-    return json_response(routines_view.listing(conn, catalog.load(conn)))
+    """The applied routines: triggers in words, next run, today's runs against the cap, drops."""
+    state = _state()
+    return json_response(routines_view.listing(state.conn, state.catalog(), state.settings))
+
+
+@bp.get("/api/routines/<account>/<name>")
+def get_routine(account: str, name: str):
+    state = _state()
+    cat = state.catalog()
+    routine = cat.routines.get(f"{account}/{name}")
+    if routine is None:
+        return error(404, f"no routine {account}/{name}: GET /api/routines lists them")
+    return json_response(routines_view.detail(state.conn, cat, state.settings, routine))
+
+
+@bp.post("/api/routines/<account>/<name>/run")
+def run_routine(account: str, name: str):
+    state = _state()
+    text = _body().get("text")
+    if text is not None and not isinstance(text, str):
+        return error(400, "text must be a string")
+    try:
+        return json_response(control.run_now(state.settings, state.conn, _ref(account, name), text), 201)
+    except control.Refused as exc:
+        return _refused(exc)
+
+
+@bp.post("/api/routines/<account>/<name>/pause")
+def pause_routine(account: str, name: str):
+    return _set_paused(account, name, True)
+
+
+@bp.post("/api/routines/<account>/<name>/resume")
+def resume_routine(account: str, name: str):
+    return _set_paused(account, name, False)
+
+
+def _set_paused(account: str, name: str, paused: bool) -> Response:
+    try:
+        routine = control.set_paused(_state().conn, _ref(account, name), paused)
+    except control.Refused as exc:
+        return _refused(exc)
+    return json_response({"name": routine.name, "account": routine.account, "paused": routine.paused})
+
+
+@bp.get("/api/routines/<account>/<name>/tokens")
+def list_tokens(account: str, name: str):
+    conn = _state().conn
+    try:
+        return json_response(control.tokens(conn, control.find(conn, _ref(account, name))))
+    except control.Refused as exc:
+        return _refused(exc)
+
+
+@bp.post("/api/routines/<account>/<name>/tokens")
+def create_token(account: str, name: str):
+    state = _state()
+    try:
+        return json_response(control.create_token(state.conn, state.settings, _ref(account, name)), 201)
+    except control.Refused as exc:
+        return _refused(exc)
+
+
+@bp.delete("/api/routines/<account>/<name>/tokens/<trigger_id>")
+def revoke_token(account: str, name: str, trigger_id: str):
+    try:
+        revoked = control.revoke_token(_state().conn, _ref(account, name), trigger_id)
+    except control.Refused as exc:
+        return _refused(exc)
+    return json_response({"revoked": [revoked]})
+
+
+@bp.get("/api/schedules")
+def list_schedules():
+    state = _state()
+    return json_response(routines_view.schedules(state.conn, state.catalog(), state.settings.clock()))
+
+
+@bp.get("/api/usage")
+def get_usage():
+    state = _state()
+    return json_response(usage.usage(state.conn, state.catalog(), state.settings.clock()))
+
+
+def _ref(account: str, name: str) -> str:
+    """Always ACCOUNT/NAME from a URL: never the name-only lookup the CLI allows."""
+    if "/" in account or "/" in name:
+        abort(error(404, "no such routine"))
+    return f"{account}/{name}"

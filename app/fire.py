@@ -68,7 +68,7 @@ def fire(trigger_id: str):
         routine = catalog.routines.get(routine_key)
         return [routine] if routine is not None and routine.api else []
 
-    outcome = state.starter.fire(Firing(kind="api", text=text), route)
+    outcome = state.starter.fire(Firing(kind="api", text=text, routine=routine_key), route)
     if outcome.skipped:
         return api_error(400, "invalid_request_error", "the routine is paused")
     if outcome.dropped:

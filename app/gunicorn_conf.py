@@ -1,9 +1,10 @@
 """gunicorn settings for `web` (Procfile and `routinely up`).
 
-Checks configuration once before any worker boots, and refuses a non-loopback bind while
-ROUTINELY_ADMIN_TOKEN is unset (the JSON API and pages would be open to the network).
+Checks configuration once before any worker boots, and refuses to start without
+ROUTINELY_ADMIN_TOKEN (the JSON API and pages have no open mode, loopback included).
+Door metrics: each worker counts in its own file under PROMETHEUS_MULTIPROC_DIR (wiped at
+start, a dead worker's gauges dropped), which GET /metrics sums.
 """
-import ipaddress
 import os
 import sys
 
@@ -17,7 +18,7 @@ def _stop(message: str) -> None:
 
 def _workers() -> int:
     raw = os.environ.get("WEB_CONCURRENCY", "4")
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         _stop(f"WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is {raw!r})")
     return int(raw)
 
@@ -37,13 +38,38 @@ errorlog = "-"
 loglevel = _log_level()
 
 
-def _loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
+def _metrics_dir() -> str:
+    """This server's folder of per-worker metric files: DATA_DIR/metrics/MASTER_PID (two
+    servers may share a data dir); folders of servers no longer running are removed."""
+    import shutil
+
+    from routinely.config import default_data_dir
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    else:
+        data_dir = os.environ.get("ROUTINELY_DATA_DIR", "").strip() or default_data_dir()
+        parent = os.path.join(os.path.expanduser(data_dir), "metrics")
+        path = os.path.join(parent, str(os.getpid()))
+        for name in os.listdir(parent) if os.path.isdir(parent) else ():
+            if name.isdigit() and name != str(os.getpid()) and not _alive(int(name)):
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # before any worker imports prometheus_client
+    return path
+
+
+def _alive(pid: int) -> bool:
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
+    return True
+
+
+METRICS_DIR = _metrics_dir()
 
 
 def on_starting(server):
@@ -53,8 +79,14 @@ def on_starting(server):
         settings = Settings.from_env()
     except ConfigError as exc:
         _stop(str(exc))
-    if settings.admin_token:
-        return
-    for address in server.cfg.address:
-        if isinstance(address, tuple) and not _loopback(str(address[0])):
-            _stop(f"refusing to listen on {address[0]} without ROUTINELY_ADMIN_TOKEN: set it, or bind to 127.0.0.1")
+    if not settings.admin_token:
+        _stop("ROUTINELY_ADMIN_TOKEN is not set: set it (`routinely up` makes one in its data dir) — the API and pages have no open mode")
+    for name in os.listdir(METRICS_DIR):  # counts of an earlier run are not this run's
+        if name.endswith(".db"):
+            os.remove(os.path.join(METRICS_DIR, name))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -1,50 +1,243 @@
-"""Pages: a session's page (the session URL) and the login form for ROUTINELY_ADMIN_TOKEN."""
+"""The console's pages: routines, a routine, sessions, a session, events, usage, sign-in.
+
+Server-rendered (Jinja) from the same routinely/ functions as the JSON API and the CLI;
+the only script is the session page's log follower and the local-time formatter. Every
+form that changes something posts its CSRF token (app.auth).
+"""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, make_response, redirect, render_template, request
+from typing import Any
 
-from app.auth import COOKIE, presented_token, token_ok
-from routinely import sessions
+import yaml
+from flask import Blueprint, Response, current_app, redirect, render_template, request
+from markupsafe import Markup, escape
+
+from app import auth
+from routinely import control, events, routines_view, sessions, transcript, usage, when
+from routinely.start import iso
 
 bp = Blueprint("pages", __name__)
+PAGE_SIZE = 50
+_OPEN = ("pages.login", "pages.login_post")
+
+
+def _state():
+    return current_app.extensions["routinely"]
 
 
 @bp.before_request
-def login_first():
-    if request.endpoint in ("pages.login", "pages.login_post"):
+def sign_in_first():
+    if request.endpoint in _OPEN:
         return None
-    if not token_ok(presented_token()):
-        return redirect(f"/login?next={request.path}", 303)
+    why = auth.authorized()
+    if why == "token":
+        return render_template("login.html", next=_safe_next(request.full_path.rstrip("?")), failed=False), 401
+    if why == "csrf":
+        return _problem(403, "The form's CSRF token is missing or stale: reload the page and try again.")
     return None
+
+
+@bp.app_template_global()
+def csrf_token() -> str:
+    return auth.csrf_token()
+
+
+@bp.app_template_filter("at")
+def at(value: str | None, tz: str | None = None) -> Markup:
+    """An ISO time as `<time>`: UTC (or `tz`) on the server, the reader's zone once JS runs."""
+    if not value:
+        return Markup("")
+    ts = when.parse_iso(value)
+    text = when.local_and_relative(ts, _state().settings.clock(), tz or "UTC")
+    return Markup(f'<time datetime="{escape(value)}">{escape(text)}</time>')
+
+
+@bp.app_template_filter("words")
+def words(value: Any) -> str:
+    """Booleans as a person writes them."""
+    if value is True:
+        return "yes"
+    if value is False:
+        return "no"
+    return "" if value is None else str(value)
+
+
+def _problem(status: int, message: str) -> tuple[str, int]:
+    return render_template("problem.html", message=message, status=status), status
+
+
+@bp.get("/")
+def routines_page():
+    state = _state()
+    rows = routines_view.listing(state.conn, state.catalog(), state.settings)
+    return render_template("routines.html", rows=rows)
+
+
+@bp.get("/routines/<account>/<name>")
+def routine_page(account: str, name: str):
+    return _routine(account, name)
+
+
+def _routine(account: str, name: str, new_token: dict[str, str] | None = None, status: int = 200):
+    """The routine page; `new_token` is shown on this response only (never stored in clear)."""
+    state = _state()
+    cat = state.catalog()
+    routine = cat.routines.get(f"{account}/{name}")
+    if routine is None:
+        return _problem(404, f"No routine {account}/{name}.")
+    row = routines_view.detail(state.conn, cat, state.settings, routine)
+    page = _page_number()
+    listed, more = sessions.page(state.conn, state.settings, routine.name, None, None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    listed = [s for s in listed if s["account"] == routine.account]
+    definition = yaml.safe_dump(row["definition"], sort_keys=False, allow_unicode=True)
+    return render_template("routine.html", r=row, definition=definition, sessions=listed, page=page, more=more,
+                           new_token=new_token), status
+
+
+def _page_number() -> int:
+    raw = request.args.get("page", "1")
+    return int(raw) if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 10_000 else 1  # "²".isdigit() is true
+
+
+def _act(account: str, name: str, action) -> Response | tuple[str, int]:
+    try:
+        action(f"{account}/{name}")
+    except control.Refused as exc:
+        return _problem(exc.status, str(exc))
+    return redirect(_safe_next(request.form.get("next")) if request.form.get("next") else f"/routines/{account}/{name}", 303)
+
+
+@bp.post("/routines/<account>/<name>/run")
+def run_page(account: str, name: str):
+    state = _state()
+    try:
+        made = control.run_now(state.settings, state.conn, f"{account}/{name}", request.form.get("text") or None)
+    except control.Refused as exc:
+        return _problem(exc.status, str(exc))
+    return redirect(f"/sessions/{made['id']}", 303)
+
+
+@bp.post("/routines/<account>/<name>/pause")
+def pause_page(account: str, name: str):
+    return _act(account, name, lambda ref: control.set_paused(_state().conn, ref, True))
+
+
+@bp.post("/routines/<account>/<name>/resume")
+def resume_page(account: str, name: str):
+    return _act(account, name, lambda ref: control.set_paused(_state().conn, ref, False))
+
+
+@bp.post("/routines/<account>/<name>/tokens")
+def create_token_page(account: str, name: str):
+    state = _state()
+    try:
+        made = control.create_token(state.conn, state.settings, f"{account}/{name}")
+    except control.Refused as exc:
+        return _problem(exc.status, str(exc))
+    # shown once, on this response only: never stored in clear, never in a redirect URL
+    return _routine(account, name, new_token=made, status=201)
+
+
+@bp.post("/routines/<account>/<name>/tokens/<trigger_id>/revoke")
+def revoke_token_page(account: str, name: str, trigger_id: str):
+    return _act(account, name, lambda ref: control.revoke_token(_state().conn, ref, trigger_id))
+
+
+@bp.get("/sessions")
+def sessions_page():
+    state = _state()
+    routine = request.args.get("routine") or None
+    status = request.args.get("status") if request.args.get("status") in sessions.STATUSES else None
+    kind = request.args.get("kind") if request.args.get("kind") in ("github", "api", "schedule", "manual") else None
+    page = _page_number()
+    rows, more = sessions.page(state.conn, state.settings, routine, status, kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    names = sorted({r.name for r in state.catalog().routines.values()})
+    return render_template("sessions.html", rows=rows, more=more, page=page, names=names,
+                           f={"routine": routine or "", "status": status or "", "kind": kind or ""},
+                           statuses=sessions.STATUSES)
 
 
 @bp.get("/sessions/<session_id>")
 def session_page(session_id: str):
-    state = current_app.extensions["routinely"]
+    state = _state()
     found = sessions.get(state.conn, state.settings, session_id)
     if found is None:
         return render_template("missing.html", session_id=session_id), 404
-    return render_template("session.html", s=found)
+    return render_template("session.html", s=found, final=found["status"] in sessions.FINAL,
+                           steps=transcript.steps(transcript.read(state.conn, session_id)))
+
+
+@bp.get("/sessions/<session_id>/transcript")
+def session_transcript(session_id: str):
+    """The transcript and usage part of the session page, for its live refresh."""
+    state = _state()
+    found = sessions.get(state.conn, state.settings, session_id)
+    if found is None:
+        return "", 404
+    return render_template("_transcript.html", s=found, steps=transcript.steps(transcript.read(state.conn, session_id)))
+
+
+@bp.post("/sessions/<session_id>/cancel")
+def cancel_page(session_id: str):
+    state = _state()
+    outcome = sessions.cancel(state.conn, session_id, iso(state.settings.clock()))
+    if outcome == "unknown":
+        return render_template("missing.html", session_id=session_id), 404
+    if outcome == "finished":
+        return _problem(409, f"Session {session_id} has already finished.")
+    return redirect(f"/sessions/{session_id}", 303)
+
+
+@bp.get("/events")
+def events_page():
+    state = _state()
+    return render_template("events.html", rows=events.explained(state.conn, state.catalog(), 200))
+
+
+@bp.get("/usage")
+def usage_page():
+    state = _state()
+    return render_template("usage.html", accounts=usage.usage(state.conn, state.catalog(), state.settings.clock()))
 
 
 @bp.get("/login")
 def login():
-    return render_template("login.html", next=_safe_next(request.args.get("next")), failed=False)
+    target = _safe_next(request.args.get("next"))
+    token = request.args.get("token")
+    if token is not None:  # the sign-in link `routinely up` prints (Jupyter-style)
+        if auth.token_ok(token):
+            auth.sign_in()
+            return redirect(target, 303)
+        return render_template("login.html", next=target, failed=True), 401
+    if auth.signed_in():
+        return redirect(target, 303)
+    return render_template("login.html", next=target, failed=False)
 
 
 @bp.post("/login")
 def login_post():
-    token = request.form.get("token", "")
     target = _safe_next(request.form.get("next"))
-    if not token_ok(token):
+    if not auth.csrf_ok():
+        return render_template("login.html", next=target, failed=False, stale=True), 403
+    if not auth.token_ok(request.form.get("token", "")):
         return render_template("login.html", next=target, failed=True), 401
-    resp = make_response(redirect(target, 303))
-    resp.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.is_secure)
-    return resp
+    auth.sign_in()
+    return redirect(target, 303)
+
+
+@bp.get("/logout")
+def logout():
+    return render_template("logout.html")
+
+
+@bp.post("/logout")
+def logout_post():
+    auth.sign_out()
+    return redirect("/login", 303)
 
 
 def _safe_next(target: str | None) -> str:
     # only local paths: no open redirect through the login form
-    if target and target.startswith("/") and not target.startswith("//"):
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"

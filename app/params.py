@@ -31,6 +31,16 @@ def limit(args: Mapping[str, str], default: int = DEFAULT_LIMIT, maximum: int = 
     return int(raw)
 
 
+def offset(args: Mapping[str, str], maximum: int = 10**6) -> int:
+    """`?offset=`: how many matches to skip, ASCII digits from 0 to `maximum`; absent is 0."""
+    raw = args.get("offset")
+    if raw is None:
+        return 0
+    if not _ASCII_DIGITS.fullmatch(raw) or int(raw) > maximum:
+        raise BadParameter(f"offset must be a whole number from 0 to {maximum} in ASCII digits")
+    return int(raw)
+
+
 def log_cursor(args: Mapping[str, str], name: str = "after") -> str | None:
     """A log cursor (a Redis stream id, MS-SEQ as in X-Log-Cursor); absent or empty is None."""
     raw = args.get(name)

@@ -20,6 +20,7 @@ import redis
 
 from app.signature import verify
 from filters import EVENT_KINDS
+from routinely import gate
 from routinely.deliveries import DELIVERY_ID, decode
 
 PATH = "/webhooks/github"
@@ -134,7 +135,9 @@ class WebhookDoor:
         if kind in EVENT_KINDS and repository:
             def route(catalog):
                 firing.filter_fields = {}
-                return catalog.route(kind, action or None, repository, payload, firing.filter_fields)
+                # who may fire (roles, chain depth) is decided in routinely.gate, after the match
+                return gate.route(catalog, self.state.conn, self.state.settings, self.state.roles,
+                                  kind, action or None, repository, payload, firing.filter_fields)
         else:
             def route(catalog):
                 return []  # acknowledged and recorded, starts nothing

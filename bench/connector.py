@@ -34,7 +34,7 @@ from routinely.routine_file import github_policy  # noqa: E402
 from tests.fake_github import FakeGitHub  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 from workers.connector import Connector, Policy  # noqa: E402
-from workers.github_auth import InstallationTokens  # noqa: E402
+from routinely.github_auth import InstallationTokens  # noqa: E402
 
 
 def ms(samples: list[float]) -> str:

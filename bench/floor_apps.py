@@ -7,6 +7,8 @@ Routinely, so the gap between them is the price of each layer:
 - `flask_empty`: the same in a Flask route (adds Flask's request handling).
 - `flask_minimal`: the least durable work in Flask: HMAC check, JSON decode, and a
   MULTI with a dedup key and a queued job. No routing, admission, sessions or events.
+- `wsgi_minimal`: the same work as a bare WSGI callable, the MULTI written as RESP on a
+  held socket and read with hiredis (routinely.wire): Probot's work on this stack.
 
 Not part of Routinely; nothing imports this outside bench/.
 """
@@ -55,3 +57,24 @@ def _minimal() -> tuple[str, int]:
     pipe.rpush("floor:queue", orjson.dumps({"repo": payload["repository"]["full_name"]}))
     pipe.execute()
     return "{}", 202
+
+
+_wire = None
+
+
+def wsgi_minimal(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+    global _wire
+    from routinely.wire import Wire, pack
+
+    if _wire is None:
+        _wire = Wire(os.environ["REDIS_URL"])
+    body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
+    expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(expected, environ.get("HTTP_X_HUB_SIGNATURE_256", "")):
+        start_response("401 Unauthorized", [("Content-Type", "application/json")])
+        return [b'{"error": "bad signature"}']
+    payload = orjson.loads(body)
+    _wire.transaction([pack("SET", "floor:delivery:" + environ["HTTP_X_GITHUB_DELIVERY"], 1, "NX", "EX", 3600),
+                       pack("RPUSH", "floor:queue", orjson.dumps({"repo": payload["repository"]["full_name"]}))])
+    start_response("202 Accepted", [("Content-Type", "application/json"), ("Content-Length", "2")])
+    return [b"{}"]

@@ -9,8 +9,10 @@ concurrency and what Redis holds afterwards (events, sessions, jobs).
 With --compare it then runs, on the same machine and against the same throwaway Redis,
 Probot doing the same durable work (../shared/peers/run-probot.sh) and three calibration
 apps under the same gunicorn (bench/floor_apps.py): a bare WSGI callable, an empty Flask
-route, and Flask doing only HMAC + JSON decode + one MULTI. They say what the stack costs
-before Routinely does anything.
+route, Flask doing only HMAC + JSON decode + one MULTI, and a bare WSGI callable doing that
+with the MULTI on a held socket. They say what the stack costs before Routinely does
+anything. Each row also shows Redis CPU (INFO cpu) and web CPU (the gunicorn process tree,
+from /proc) per delivery, in µs; Probot's Redis figure covers both its concurrencies.
 
   python bench/ingest.py [--seconds 8] [--concurrency 16 64] [--workers 4] [--unmatched] [--compare]
 """
@@ -48,6 +50,7 @@ FLOORS = {
     "bare WSGI app": "bench.floor_apps:raw",
     "empty Flask route": "bench.floor_apps:flask_empty",
     "Flask: HMAC + JSON + one MULTI": "bench.floor_apps:flask_minimal",
+    "WSGI: HMAC + JSON + MULTI on a held socket": "bench.floor_apps:wsgi_minimal",
 }
 ROUTINES = """
 accounts: [{name: bench, plan: enterprise, extra_usage: true, rate_limit: {events: 1000000, per_seconds: 3600}}]
@@ -79,6 +82,22 @@ def tree_cpu(pid: int) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total
+
+
+def watch_node(runner: subprocess.Popen) -> float:
+    """CPU seconds the Probot peer's node process used (warm-up included), sampled from
+    /proc until run-probot.sh ends; its run is both concurrencies, so is the figure."""
+    last: dict[int, float] = {}
+    while runner.poll() is None:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if b"server.mjs" in (proc / "cmdline").read_bytes() and "probot" in os.readlink(proc / "cwd"):
+                        last[int(proc.name)] = tree_cpu(int(proc.name))
+                except OSError:
+                    pass
+        time.sleep(0.2)
+    return sum(last.values())
 
 
 def redis_cpu(conn: redis.Redis) -> float:
@@ -130,7 +149,7 @@ def measured(url: str, pid: int | None, conn: redis.Redis, c: int, seconds: int,
 
 
 def line(name: str, c: int, got: dict[str, str], extra: str = "") -> str:
-    return (f"{name:<34} c={c:<3} deliveries/s={float(got['rps']):>6.0f} p50_ms={got['p50_ms']:>6} "
+    return (f"{name:<42} c={c:<3} deliveries/s={float(got['rps']):>6.0f} p50_ms={got['p50_ms']:>6} "
             f"p99_ms={got['p99_ms']:>6} redis_us={got.get('redis_us', '-'):>4} web_us={got.get('web_us', '-'):>4} "
             f"non2xx={got['non2xx']} errors={got['errors']} {extra}").rstrip()
 
@@ -159,7 +178,7 @@ def main() -> None:
     routines.write_text(ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other") if args.unmatched else ROUTINES)
     server = RedisServer()
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
-           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT)}
+           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT), "ROUTINELY_ADMIN_TOKEN": "bench-admin-token"}
     wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
     conn = redis.Redis.from_url(server.url)
     try:
@@ -179,16 +198,20 @@ def main() -> None:
             return
         conn.flushall()
         redis0 = redis_cpu(conn)
-        probot = subprocess.run(["bash", str(PROBOT)], env={**os.environ, "REDIS_URL": server.url,
-                                "SECS": str(args.seconds), "CONCURRENCY": " ".join(map(str, args.concurrency))},
-                                capture_output=True, text=True)
+        runner = subprocess.Popen(["bash", str(PROBOT)], env={**os.environ, "REDIS_URL": server.url,
+                                  "SECS": str(args.seconds), "CONCURRENCY": " ".join(map(str, args.concurrency))},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        node_cpu = watch_node(runner)  # node's CPU, sampled until the script ends
+        out, err = runner.communicate()
+        probot = subprocess.CompletedProcess(runner.args, runner.returncode, out, err)
         rows = [row for row in probot.stdout.splitlines() if "RESULT" in row]
         results = [dict(re.findall(r"(\w+)=([\d.]+)", row)) for row in rows]
         total = sum(int(r.get("requests", 0)) for r in results) or 1
         per = f"{(redis_cpu(conn) - redis0) / total * 1e6:.0f}"  # both concurrencies together
+        web = f"{node_cpu / total * 1e6:.0f}" if node_cpu else "-"
         for row, got in zip(rows, results):
             c = int(re.search(r"c=(\d+)", row).group(1))
-            print(line("probot + ioredis MULTI", c, {**got, "redis_us": per}), flush=True)
+            print(line("probot + ioredis MULTI", c, {**got, "redis_us": per, "web_us": web}), flush=True)
         if probot.returncode:
             print(f"probot: run-probot.sh failed ({probot.returncode}): {probot.stderr.strip()[-300:]}")
         for name, app in FLOORS.items():

@@ -6,7 +6,7 @@ from typing import Any, Callable, Iterable
 
 import re2
 
-from filters.fields import BOOL, FIELDS, LIST
+from filters.fields import AUTHOR_ASSOCIATIONS, BOOL, FIELDS, LIST
 from filters.operators import OPERATORS, compile_regex
 
 _KEYS = {"field", "op", "value", "ignore_case", "negate"}
@@ -25,6 +25,10 @@ class Filter:
 
     def matches(self, fields: dict[str, Any]) -> bool:
         return self.predicate(fields[self.field])
+
+    def applies(self, kind: str) -> bool:
+        """Whether events of this kind are filtered by it (a base_branch filter skips releases)."""
+        return kind in self.kinds
 
 
 def _fail(msg: str) -> FilterError:
@@ -75,12 +79,25 @@ def compile_filter(spec: Any, kinds: Iterable[str]) -> Filter:
         want = value
         test: Callable[[Any], bool] = lambda v: v is want
     else:
+        if field == "author_association":
+            _check_associations(op, value, ignore_case)
         test = _string_test(op, value, ignore_case)
         if field_type == LIST:
             one = test
             test = lambda labels: any(one(label) for label in labels)
     predicate = (lambda v: not test(v)) if negate else test
     return Filter(field=field, spec=dict(spec), predicate=predicate, kinds=having)
+
+
+def _check_associations(op: str, value: Any, ignore_case: bool) -> None:
+    """A misspelt association (`maintainer`, `owner`) would never match: say so when applied."""
+    if OPERATORS[op][1] == "regex":
+        return
+    values = value if isinstance(value, list) else [value]
+    known = {a.casefold() for a in AUTHOR_ASSOCIATIONS} if ignore_case else set(AUTHOR_ASSOCIATIONS)
+    wrong = [v for v in values if isinstance(v, str) and (v.casefold() if ignore_case else v) not in known]
+    if wrong and op in ("equals", "is_one_of", "is_not_one_of"):
+        raise _fail(f"author_association is one of {', '.join(AUTHOR_ASSOCIATIONS)}; {wrong[0]!r} is not")
 
 
 def _string_test(op: str, value: Any, ignore_case: bool) -> Callable[[str], bool]:
@@ -139,4 +156,21 @@ def compile_filters(specs: Any, kinds: Iterable[str]) -> tuple[Filter, ...]:
 
 def matches_all(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> bool:
     """True when every filter that applies to this event kind holds (AND); none holds."""
-    return all(f.matches(fields) for f in filters if kind in f.kinds)
+    return first_failing(filters, fields, kind) is None
+
+
+def first_failing(filters: Iterable[Filter], fields: dict[str, Any], kind: str) -> Filter | None:
+    """The first filter that applies to this kind and does not hold, or None when all hold.
+
+    Routing and the explanation of a delivery that started nothing both ask this, so they
+    cannot disagree; like AND, it reads no field past the first failure.
+    """
+    for f in filters:
+        if f.applies(kind) and not f.matches(fields):
+            return f
+    return None
+
+
+def wants_event(events: Iterable[str], kind: str, event: str) -> bool:
+    """Whether a trigger's `events` list takes this event (`kind` alone means every action)."""
+    return kind in events or event in events

@@ -28,11 +28,34 @@ def _flag(*path: str) -> Callable[[Payload], bool]:
     return lambda payload: _get(payload, *path) is True  # null reads as false
 
 
-def _labels(payload: Payload) -> list[str]:
-    labels = _get(payload, "pull_request", "labels")
-    if not isinstance(labels, list):
-        return []  # absent, null or the wrong shape: no labels
-    return [label["name"] for label in labels if isinstance(label, dict) and isinstance(label.get("name"), str)]
+def _names(path: tuple[str, ...], key: str) -> Callable[[Payload], list[str]]:
+    """The `key` of each object in the list at `path` (label names, assignee logins)."""
+
+    def read(payload: Payload) -> list[str]:
+        items = _get(payload, *path)
+        items = items if isinstance(items, list) else []
+        return [item[key] for item in items if isinstance(item, dict) and isinstance(item.get(key), str)]
+
+    return read
+
+
+def _changed_files(payload: Payload) -> list[str]:
+    """Every path added, modified or removed by a push's commits, each once, in order."""
+    seen: dict[str, None] = {}
+    commits = payload.get("commits")
+    for commit in commits if isinstance(commits, list) else []:
+        if not isinstance(commit, dict):
+            continue
+        for part in ("added", "modified", "removed"):
+            paths = commit.get(part)
+            for path in paths if isinstance(paths, list) else []:
+                if isinstance(path, str):
+                    seen.setdefault(path, None)
+    return list(seen)
+
+
+def _present(*path: str) -> Callable[[Payload], bool]:
+    return lambda payload: _get(payload, *path) is not None
 
 
 def _from_fork(payload: Payload) -> bool:
@@ -53,10 +76,11 @@ FIELDS: dict[str, dict[str, tuple[str, Callable[[Payload], Any]]]] = {
         "body": (STRING, _text("pull_request", "body")),
         "base_branch": (STRING, _text("pull_request", "base", "ref")),
         "head_branch": (STRING, _text("pull_request", "head", "ref")),
-        "labels": (LIST, _labels),
+        "labels": (LIST, _names(("pull_request", "labels"), "name")),
         "is_draft": (BOOL, _flag("pull_request", "draft")),
         "is_merged": (BOOL, _flag("pull_request", "merged")),
         "from_fork": (BOOL, _from_fork),
+        "author_association": (STRING, _text("pull_request", "author_association")),
     },
     "release": {
         "author": (STRING, _text("release", "author", "login")),
@@ -66,8 +90,52 @@ FIELDS: dict[str, dict[str, tuple[str, Callable[[Payload], Any]]]] = {
         "target_branch": (STRING, _text("release", "target_commitish")),
         "is_draft": (BOOL, _flag("release", "draft")),
         "is_prerelease": (BOOL, _flag("release", "prerelease")),
+        "author_association": (STRING, _text("release", "author_association")),  # GitHub sends none: ""
+    },
+    "issues": {
+        "author": (STRING, _text("issue", "user", "login")),
+        "title": (STRING, _text("issue", "title")),
+        "body": (STRING, _text("issue", "body")),
+        "labels": (LIST, _names(("issue", "labels"), "name")),
+        "assignees": (LIST, _names(("issue", "assignees"), "login")),
+        "state": (STRING, _text("issue", "state")),
+        "author_association": (STRING, _text("issue", "author_association")),
+    },
+    "issue_comment": {
+        "author": (STRING, _text("comment", "user", "login")),
+        "body": (STRING, _text("comment", "body")),
+        "on_pull_request": (BOOL, _present("issue", "pull_request")),
+        "author_association": (STRING, _text("comment", "author_association")),
+    },
+    "pull_request_review": {
+        "author": (STRING, _text("review", "user", "login")),
+        "body": (STRING, _text("review", "body")),
+        "state": (STRING, _text("review", "state")),
+        "author_association": (STRING, _text("review", "author_association")),
+    },
+    "pull_request_review_comment": {
+        "author": (STRING, _text("comment", "user", "login")),
+        "body": (STRING, _text("comment", "body")),
+        "author_association": (STRING, _text("comment", "author_association")),
+    },
+    "workflow_run": {
+        "name": (STRING, _text("workflow_run", "name")),
+        "conclusion": (STRING, _text("workflow_run", "conclusion")),  # null until completed: ""
+        "head_branch": (STRING, _text("workflow_run", "head_branch")),
+        "event": (STRING, _text("workflow_run", "event")),
+        "author_association": (STRING, _text("workflow_run", "author_association")),  # GitHub sends none: ""
+    },
+    "push": {
+        "ref": (STRING, _text("ref")),
+        "pusher": (STRING, _text("pusher", "name")),
+        "files": (LIST, _changed_files),
+        "author_association": (STRING, _text("author_association")),  # GitHub sends none: ""
     },
 }
+
+# the values GitHub documents for author_association (the field itself is a plain string)
+AUTHOR_ASSOCIATIONS = ("OWNER", "MEMBER", "COLLABORATOR", "CONTRIBUTOR", "FIRST_TIME_CONTRIBUTOR", "FIRST_TIMER",
+                       "NONE", "MANNEQUIN")
 
 EVENT_KINDS = frozenset(FIELDS)
 

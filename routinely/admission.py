@@ -1,9 +1,10 @@
 """Admission: which limits a firing must pass, in the contract's order, and the decision rule.
 
 `checks` says which counters apply at an instant (pure: no Redis). `decide` is the rule
-over their current values: the first rate window at its maximum drops the firing; past
-the daily cap a firing is dropped, or admitted as metered when the account allows extra
-usage. start.lua applies the same rule to the counters it reads, inside the one atomic
+over their current values: the first rate window at its maximum drops the firing; an
+account whose model spend today has reached its `daily_budget_usd` drops it
+(`daily_budget`, before the cap: a stopped account uses none of it); past the daily cap a
+firing is dropped, or admitted as metered when the account allows extra usage. start.lua applies the same rule to the counters it reads, inside the one atomic
 step that also counts (so any number of web processes share exact counts); the tests
 check the script against `decide` (tests/test_start_plan.py).
 """
@@ -19,7 +20,7 @@ from routinely import keys
 from routinely.routine_file import Account, Routine
 
 # the order the windows are checked in; start.lua names reasons by this position
-REASONS = ("routine_rate_limit", "account_rate_limit", "daily_cap")
+REASONS = ("routine_rate_limit", "account_rate_limit", "daily_cap", "daily_budget")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,17 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The account's model spend today (`field` of the hash `key`, written by the gateway):
+    at `max` USD firings are dropped for `retry_after` s (until the account's midnight)."""
+
+    key: str
+    max: float
+    retry_after: int
+    field: str = "cost_usd"
+
+
+@dataclass(frozen=True)
 class Checks:
     """One routine's admission: routine window, account window, then the daily cap."""
 
@@ -41,6 +53,7 @@ class Checks:
     cap: Window
     extra_usage: bool  # past the cap: admitted and metered instead of dropped
     drops_key: str
+    budget: Budget | None = None  # the account's daily_budget_usd, when it has one
 
     @property
     def windows(self) -> tuple[Window, Window, Window]:
@@ -79,14 +92,19 @@ def checks(routine: Routine, account: Account, now: float) -> Checks:
         cap=Window(keys.daily_count(account.name, day), account.daily_cap, 2 * keys.DAY, until_midnight),
         extra_usage=account.extra_usage,
         drops_key=keys.drops(routine.key),
+        budget=None if account.daily_budget_usd is None else Budget(
+            keys.usage_day("account", account.name, day), float(account.daily_budget_usd), until_midnight),
     )
 
 
-def decide(c: Checks, counts: Sequence[int]) -> Verdict:
-    """The decision for counter values `counts` (routine window, account window, cap)."""
+def decide(c: Checks, counts: Sequence[int], spent: float = 0.0) -> Verdict:
+    """The decision for counter values `counts` (routine window, account window, cap) and
+    the account's model spend today `spent` (USD)."""
     for reason, window, count in zip(REASONS[:2], c.windows[:2], counts[:2]):
         if count >= window.max:
             return Verdict(reason, window.retry_after)
+    if c.budget is not None and spent >= c.budget.max:
+        return Verdict(REASONS[3], c.budget.retry_after)
     if counts[2] >= c.cap.max:
         if c.extra_usage:
             return Verdict(None, metered=True)

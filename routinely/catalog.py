@@ -12,9 +12,9 @@ from typing import Any
 import orjson
 import redis
 
-from filters import Fields, matches_all
+from filters import Fields, matches_all, parse_command, wants_event
 from routinely import keys
-from routinely.routine_file import Account, Routine, build_account, build_routine, parse_config
+from routinely.routine_file import Account, GithubTrigger, Routine, build_account, build_routine, parse_config
 
 
 RECORDED_CHARS = 1024
@@ -53,6 +53,8 @@ class Catalog:
                         kind = event.partition(".")[0]
                         self._watched.setdefault((repo.lower(), kind), set()).update(
                             f.field for f in trig.filters if kind in f.kinds)
+                        if trig.command:  # the explanation names the command a comment started with
+                            self._watched[(repo.lower(), kind)].add("body")
 
     @classmethod
     def empty(cls) -> "Catalog":
@@ -60,13 +62,19 @@ class Catalog:
 
     def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any],
               record: dict[str, Any] | None = None) -> list[Routine]:
-        """Routines with a github trigger matching this event (paused ones included).
+        """Routines with a github trigger matching this event (paused ones included)."""
+        return [routine for routine, _ in self.matches(kind, action, repo, payload, record)]
+
+    def matches(self, kind: str, action: str | None, repo: str, payload: dict[str, Any],
+                record: dict[str, Any] | None = None) -> list[tuple[Routine, list[GithubTrigger]]]:
+        """Each routine with a github trigger matching this event, with those triggers.
 
         Cost depends on the routines indexed for this repository and event, not on the
         size of the store; fields are read from the payload only when a filter needs them.
         With `record`, it is filled with the value of every filter field named by the
         routines watching this repository for events of this kind (what explains a
-        delivery that did not fire); strings are cut to RECORDED_CHARS.
+        delivery that did not fire); strings are cut to RECORDED_CHARS. Who may fire
+        (roles, chain depth) is decided after this, by routinely.gate.
         """
         repo = repo.lower()
         fields = Fields(kind, payload)
@@ -83,12 +91,12 @@ class Catalog:
         event = f"{kind}.{action}" if action else kind
         matched = []
         for routine in candidates:
-            for trig in routine.github:
-                if kind not in trig.events and event not in trig.events:
-                    continue
-                if matches_all(trig.filters, fields, kind):
-                    matched.append(routine)
-                    break
+            triggers = [trig for trig in routine.github
+                        if wants_event(trig.events, kind, event)
+                        and (trig.command is None or _command(fields) == trig.command)
+                        and matches_all(trig.filters, fields, kind)]
+            if triggers:
+                matched.append((routine, triggers))
         return matched
 
     def find(self, ref: str) -> Routine:
@@ -104,6 +112,12 @@ class Catalog:
         if named:
             raise LookupError(f"routine {ref!r} exists in several accounts; name it as ACCOUNT/{ref}")
         raise LookupError(f"no routine named {ref!r}; `routinely list` shows the applied routines")
+
+
+def _command(fields: Fields) -> str | None:
+    """The /command a comment starts with (command triggers are validated to comment events)."""
+    found = parse_command(fields["body"])
+    return found[0] if found else None
 
 
 def save(conn: redis.Redis, config: dict[str, Any]) -> int:

@@ -10,12 +10,12 @@ from typing import Any
 import orjson
 import redis
 
-from routinely import api_tokens, catalog, routines_view, sessions
+from routinely import api_tokens, catalog, control, events, exposure, routines_view, sessions, when
 from routinely.config import ConfigError, Settings, embedded_redis_url
+from routinely.control import Refused
 from routinely.routine_file import ApplyError, load_yaml
-from routinely.schedule_runs import field, next_runs
 from routinely.setup_cache import SetupCache, public
-from routinely.start import FireRefused, Firing, fire_one, iso  # fire_one: re-exported for callers of the CLI's
+from routinely.start import Firing, fire_one, iso  # fire_one: re-exported for callers of the CLI's
 from routinely.store import connect
 
 
@@ -52,6 +52,8 @@ def cmd_apply(args, settings: Settings) -> None:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     data = load_yaml(text)
     cat, diff = catalog.apply(_conn(settings), data, settings.clock())
+    for line in exposure.warnings(cat.routines.values()):  # applied all the same: open can be meant
+        print(f"warning: {line}", file=sys.stderr)
     if args.json:
         _print_json({"version": cat.version, **diff})
         return
@@ -61,30 +63,43 @@ def cmd_apply(args, settings: Settings) -> None:
 
 def cmd_list(args, settings: Settings) -> None:
     conn = _conn(settings)
-    rows = routines_view.listing(conn, catalog.load(conn))
+    rows = routines_view.listing(conn, catalog.load(conn), settings)
     if args.json:
         _print_json(rows)
         return
     if not rows:
         print("no routines applied: `routinely apply FILE`")
+        return
+    now = settings.clock()
+    table = []
     for row in rows:
-        state = " (paused)" if row["paused"] else ""
-        dropped = sum(v for k, v in row["drops"].items() if isinstance(v, int))
-        note = f"  dropped: {dropped} (last {row['drops']['last_reason']}, window resets {row['drops']['retry_at']})" if dropped else ""
-        print(f"{row['account']}/{row['name']}{state}  triggers: {', '.join(row['triggers'])}  "
-              f"repos: {', '.join(row['repositories']) or '-'}{note}")
+        d = row["drops"]
+        total = routines_view.drop_total(d)
+        dropped = (f"{total} (last {d['last_reason']}, window reopens {_when(d['retry_at'], now)})" if total else "-")
+        last = row["last_session"]
+        table.append([row["account"], row["name"], "yes" if row["paused"] else "no", "; ".join(row["summary"]),
+                      _when(row["next_run_at"], now, row["schedules"][0]["timezone"]) if row["next_run_at"] else "-",
+                      f"{last['status']} {_when(last['created_at'], now)}" if last else "-",
+                      f"{row['runs_today']}/{row['daily_cap']} (resets at {_when(row['cap_resets_at'], now, row['timezone'])})",
+                      dropped])
+    _table(["ACCOUNT", "NAME", "PAUSED", "TRIGGERS", "NEXT RUN", "LAST SESSION", "TODAY", "DROPPED"], table)
 
 
-def _fire(settings: Settings, conn: redis.Redis, ref: str, firing: Firing) -> dict[str, Any]:
-    try:
-        return fire_one(settings, conn, ref, firing)
-    except FireRefused as exc:
-        raise CliError(str(exc)) from None
+def _when(iso_text: str | None, now: float, tz: str | None = None) -> str:
+    """`09:00 JST (in 5 h)`; tz None: this machine's zone."""
+    return when.local_and_relative(when.parse_iso(iso_text), now, tz) if iso_text else "-"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> None:
+    """Columns padded to their widest cell, a header row first."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for r in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 def cmd_run(args, settings: Settings) -> None:
     conn = _conn(settings)
-    session = _fire(settings, conn, args.name, Firing(kind="manual", text=args.text))
+    session = control.run_now(settings, conn, args.name, args.text)
     if args.json:
         _print_json(session)
     else:
@@ -92,6 +107,17 @@ def cmd_run(args, settings: Settings) -> None:
 
 
 def cmd_sessions(args, settings: Settings) -> None:
+    if args.action and not args.id:
+        raise CliError(f"usage: routinely sessions {args.action} SESSION_ID")
+    if args.action == "show":
+        found = sessions.get(_conn(settings), settings, args.id)
+        if found is None:
+            raise CliError(f"no session {args.id!r}: `routinely sessions` lists them")
+        if args.json:
+            _print_json(found)
+            return
+        print(sessions.describe(found, settings.clock()))
+        return
     if args.action == "cancel":
         if not args.id:
             raise CliError("usage: routinely sessions cancel SESSION_ID")
@@ -106,13 +132,30 @@ def cmd_sessions(args, settings: Settings) -> None:
     if args.json:
         _print_json(rows)
         return
-    for s in rows:
-        print(f"{s['id']}  {s['status']:<9}  {s['routine']:<24}  {s['trigger'].get('kind', '')}  {s['created_at']}")
+    if not rows:
+        print("no sessions")
+        return
+    now = settings.clock()
+    _table(["ID", "STATUS", "ACCOUNT", "NAME", "TRIGGER", "CREATED"],
+           [[s["id"], s["status"], s["account"], s["routine"], s["trigger"].get("kind", ""), _when(s["created_at"], now)]
+            for s in rows])
 
 
 def cmd_token(args, settings: Settings) -> None:
     conn = _conn(settings)
     cat = catalog.load(conn)
+    if args.action == "list":
+        rows = control.tokens(conn, control.find(conn, args.ref) if args.ref else None)
+        if args.json:
+            _print_json(rows)
+        elif not rows:
+            print("no API tokens: `routinely token create ROUTINE`")
+        else:
+            _table(["TRIGGER", "ACCOUNT", "NAME", "STATE"],
+                   [[r["trigger_id"], r["account"], r["name"], "live" if r["live"] else "revoked"] for r in rows])
+        return
+    if not args.ref:
+        raise CliError(f"usage: routinely token {args.action} ROUTINE")
     try:
         if args.action == "create":
             trigger_id, token = api_tokens.create(conn, cat.find(args.ref))
@@ -132,20 +175,7 @@ def cmd_token(args, settings: Settings) -> None:
 
 
 def _schedule_rows(conn: redis.Redis, settings: Settings) -> list[dict[str, Any]]:
-    cat = catalog.load(conn)
-    upcoming = next_runs(conn, cat, settings.clock())
-    rows = []
-    for routine in cat.routines.values():
-        if not routine.schedules:
-            continue
-        items = []
-        for sch in routine.schedules:
-            at = upcoming[field(routine, sch)]
-            items.append({"id": sch.id, **sch.spec, "next_run_at": iso(at) if at else None})
-        times = [i["next_run_at"] for i in items if i["next_run_at"]]
-        rows.append({"routine": routine.name, "account": routine.account, "paused": routine.paused,
-                     "stagger_seconds": routine.stagger, "schedules": items, "next_run_at": min(times) if times else None})
-    return rows
+    return routines_view.schedules(conn, catalog.load(conn), settings.clock())
 
 
 def cmd_schedule(args, settings: Settings) -> None:
@@ -157,10 +187,12 @@ def cmd_schedule(args, settings: Settings) -> None:
             return
         if not rows:
             print("no scheduled routines")
-        for row in rows:
-            for s in row["schedules"]:
-                what = s.get("cron") or s.get("at") or s.get("preset")
-                print(f"{row['account']}/{row['routine']}  {what} ({s['timezone']})  next {s['next_run_at'] or 'spent'}")
+            return
+        now = settings.clock()
+        _table(["ACCOUNT", "NAME", "SCHEDULE", "PAUSED", "NEXT RUN"],
+               [[row["account"], row["name"], routines_view.schedule_words(s), "yes" if row["paused"] else "no",
+                 _when(s["next_run_at"], now, s["timezone"]) if s["next_run_at"] else "spent"]
+                for row in rows for s in row["schedules"]])
         return
     if not args.routine:
         raise CliError(f"usage: routinely schedule {args.action} ROUTINE")
@@ -170,7 +202,7 @@ def cmd_schedule(args, settings: Settings) -> None:
     except LookupError as exc:
         raise CliError(str(exc)) from None
     if args.action == "run":
-        session = _fire(settings, conn, routine.key, Firing(kind="schedule", routine=routine.key,
+        session = fire_one(settings, conn, routine.key, Firing(kind="schedule", routine=routine.key,
                                                               scheduled_for=iso(settings.clock())))
         _print_json(session) if args.json else print(f"{session['id']} {session['url']}")
         return
@@ -186,8 +218,8 @@ def cmd_schedule(args, settings: Settings) -> None:
         if f"{spec['account']}/{spec['name']}" == routine.key:
             spec["triggers"] = [t for t in spec["triggers"] if "schedule" not in t] + [{"schedule": schedule}]
     catalog.apply(conn, data, None)
-    rows = [r for r in _schedule_rows(conn, settings) if f"{r['account']}/{r['routine']}" == routine.key]
-    _print_json(rows[0]) if args.json else print(f"{routine.key}: next run {rows[0]['next_run_at']}")
+    rows = [r for r in _schedule_rows(conn, settings) if f"{r['account']}/{r['name']}" == routine.key]
+    _print_json(rows[0]) if args.json else print(f"{routine.key}: next run {_when(rows[0]['next_run_at'], settings.clock(), schedule.get('timezone'))}")
 
 
 def _schedule_from_args(args) -> dict[str, Any]:
@@ -216,9 +248,10 @@ def cmd_cache(args, settings: Settings) -> None:
         return
     if not rows:
         print("no cached setups on this host")
-    for row in rows:
-        size = f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] is not None else "size pending"
-        print(f"{row['key'][:12]}  {row['routine']:<24}  {row['age']} old  last used {row['used_at']}  {size}")
+        return
+    _table(["KEY", "ROUTINE", "AGE", "LAST USED", "SIZE"],
+           [[row["key"][:12], row["routine"], row["age"], row["used_at"],
+             f"{row['size_bytes'] / 1e6:.1f} MB" if row["size_bytes"] is not None else "size pending"] for row in rows])
 
 
 def _become(module: str, *argv: str) -> None:
@@ -241,61 +274,119 @@ def cmd_up(args, settings: Settings | None) -> None:
     sys.exit(up(args.host, args.port, args.workers))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="routinely", description="Self-hosted routines for coding agents.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def cmd_pause(args, settings: Settings) -> None:
+    routine = control.set_paused(_conn(settings), args.routine, args.command == "pause")
+    if args.json:
+        _print_json({"name": routine.name, "account": routine.account, "paused": routine.paused})
+    else:
+        print(f"{routine.key} {'paused: its triggers are recorded as skipped' if routine.paused else 'resumed'}")
 
-    p = sub.add_parser("up", help="run Redis (if REDIS_URL is unset), web, worker and scheduler")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--host", default="127.0.0.1")
+
+def cmd_explain(args, settings: Settings) -> None:
+    conn = _conn(settings)
+    raw = events.find(conn, args.id)
+    if raw is None:
+        raise CliError(f"no event or delivery {args.id!r} (kept 7 days): GET /api/events lists them")
+    event = events.to_public(raw)
+    explanation = events.explain(raw, catalog.load(conn))
+    if args.json:
+        _print_json({**event, "explanation": explanation})
+        return
+    what = " ".join(x for x in (event["kind"], event["event"], event["repository"], event["routine"]) if x)
+    print(f"{event['id']}  {what}  received {_when(event['received_at'], settings.clock())}")
+    if explanation is None:
+        print(f"started: {', '.join(event['sessions'])}")
+        return
+    print(f"started nothing: {explanation['summary']}")
+    for row in explanation["routines"]:
+        who = f"{row['account']}/{row['name']}" if row.get("account") else row["name"]
+        for reason in row["reasons"]:
+            print(f"  {who}: {reason}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("routinely")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+JSON_HELP = "print the same JSON objects as the HTTP API"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routinely", description="Self-hosted routines for coding agents: "
+                                     "GitHub events, API calls and schedules start sessions of an agent.")
+    parser.add_argument("--version", action="version", version=f"routinely {_version()}", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("up", help="run Redis (if REDIS_URL is unset), web, worker and scheduler",
+                       description="Run everything in the foreground; Ctrl-C stops it. Prints a sign-in link.")
+    p.add_argument("--port", type=int, default=8000, help="web port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--workers", type=int, default=2, help="session workers (default 2)")
     p.set_defaults(func=cmd_up, needs_settings=False)
 
     p = sub.add_parser("apply", help="validate and store a routine file, all or nothing")
-    p.add_argument("file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("file", help="the routine file (YAML)")
+    p.add_argument("--json", action="store_true", help="print {version, added, changed, removed}")
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("list", help="the applied routines")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("list", help="the applied routines: triggers, next run, last session, today's runs, drops")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="start a session of a routine now")
     p.add_argument("name", help="routine name, or ACCOUNT/NAME")
     p.add_argument("--text", help="context passed to the agent, as the API's text")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the session object")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("sessions", help="sessions, newest first; `sessions cancel ID` cancels one")
-    p.add_argument("action", nargs="?", choices=["cancel"])
-    p.add_argument("id", nargs="?")
-    p.add_argument("--routine")
-    p.add_argument("--limit", type=int, default=100)
-    p.add_argument("--json", action="store_true")
+    for name, words in (("pause", "record its triggers as skipped until resumed"), ("resume", "let its triggers start sessions again")):
+        p = sub.add_parser(name, help=f"{name} a routine: {words} (until the next apply sets it from the file)")
+        p.add_argument("routine", help="routine name, or ACCOUNT/NAME")
+        p.add_argument("--json", action="store_true", help="print {name, account, paused}")
+        p.set_defaults(func=cmd_pause)
+
+    p = sub.add_parser("sessions", help="sessions, newest first; `sessions show ID` shows one (usage included), `sessions cancel ID` cancels one")
+    p.add_argument("action", nargs="?", choices=["show", "cancel"], help="show one session, or cancel a queued or running one")
+    p.add_argument("id", nargs="?", help="the session id (session_…)")
+    p.add_argument("--routine", help="only this routine's sessions")
+    p.add_argument("--limit", type=int, default=100, help="at most this many (default 100, up to 1000)")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_sessions)
 
-    p = sub.add_parser("token", help="API trigger tokens: create ROUTINE | revoke ROUTINE|TRIGGER_ID")
-    p.add_argument("action", choices=["create", "revoke"])
-    p.add_argument("ref", help="routine name (or ACCOUNT/NAME); revoke also takes a trig_… id")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("explain", help="why a delivery or firing started nothing: the first failed condition per routine")
+    p.add_argument("id", help="an event id (from /api/events) or a GitHub delivery id (X-GitHub-Delivery)")
+    p.add_argument("--json", action="store_true", help="print the event with its explanation, as GET /api/events/ID")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("token", help="API trigger tokens: list [ROUTINE] | create ROUTINE | revoke ROUTINE|TRIGGER_ID")
+    p.add_argument("action", choices=["list", "create", "revoke"], help="list (ids only), create (token shown once) or revoke")
+    p.add_argument("ref", nargs="?", help="routine name (or ACCOUNT/NAME); revoke also takes a trig_… id")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("schedule", help="schedules: list | update ROUTINE (--cron|--preset …) | run ROUTINE")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "update", "run"])
-    p.add_argument("routine", nargs="?")
-    p.add_argument("--cron")
-    p.add_argument("--preset", choices=["hourly", "daily", "weekdays", "weekly"])
+    p.add_argument("action", nargs="?", default="list", choices=["list", "update", "run"],
+                   help="list (default), replace a routine's schedule, or run it now as a scheduled run")
+    p.add_argument("routine", nargs="?", help="routine name, or ACCOUNT/NAME (update, run)")
+    p.add_argument("--cron", help="five-field cron expression")
+    p.add_argument("--preset", choices=["hourly", "daily", "weekdays", "weekly"], help="a preset instead of cron")
     p.add_argument("--time", help="HH:MM (daily, weekdays, weekly)")
     p.add_argument("--day", help="mon..sun (weekly)")
     p.add_argument("--minute", type=int, help="0..59 (hourly)")
     p.add_argument("--timezone", help="IANA zone; default the account's")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_schedule)
 
     p = sub.add_parser("cache", help="this host's cached setups: list [ROUTINE] | clear [ROUTINE]")
-    p.add_argument("action", nargs="?", default="list", choices=["list", "clear"])
+    p.add_argument("action", nargs="?", default="list", choices=["list", "clear"],
+                   help="list (default) or clear the cached setups")
     p.add_argument("routine", nargs="?", help="routine name or ACCOUNT/NAME; default all")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help=JSON_HELP)
     p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("scheduler", help="run the scheduler (Procfile: scheduler)")
@@ -314,7 +405,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         if getattr(args, "needs_settings", True) and settings is None:
             settings = Settings.from_env()
         args.func(args, settings)
-    except (CliError, ConfigError, ApplyError) as exc:
+    except (CliError, ConfigError, ApplyError, Refused) as exc:
         print(f"routinely: {exc}", file=sys.stderr)
         sys.exit(1)
     except redis.RedisError:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlparse
 
+from routinely import limits
+
 DEFAULT_BETAS = ("experimental-cc-routine-2026-04-01",)
 
 
@@ -34,11 +36,25 @@ class Settings:
     admin_token: str | None = field(default=None, repr=False)
     keep_workspaces: bool = False
     session_users: bool = False  # each session runs as a uid of its own (from_env: on when root)
+    sandbox: bool = True  # ROUTINELY_SANDBOX: off runs sessions unsandboxed (each says so)
+    sandbox_paths: tuple[str, ...] = ()  # ROUTINELY_SANDBOX_PATHS: host paths mounted read-only
+    session_limits: Mapping[str, int | float] = field(default_factory=dict)  # ROUTINELY_SESSION_LIMITS
+    cgroups: str = "auto"  # ROUTINELY_CGROUPS: auto | v2 | v1 | off (rlimits only)
     api_betas: tuple[str, ...] = DEFAULT_BETAS
     queue_name: str = "routinely"
     shutdown_grace: float = 10.0  # seconds running sessions get when a worker is stopped
+    # the model gateway: where it forwards, and the credentials it swaps in (never a session's)
+    anthropic_api_url: str = "https://api.anthropic.com"
+    openai_api_url: str = "https://api.openai.com"
+    gemini_api_url: str = "https://generativelanguage.googleapis.com"
+    anthropic_api_key: str | None = field(default=None, repr=False)
+    claude_code_oauth_token: str | None = field(default=None, repr=False)
+    openai_api_key: str | None = field(default=None, repr=False)
+    gemini_api_key: str | None = field(default=None, repr=False)
+    prices_file: Path | None = None
     cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
+    max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     clock: Callable[[], float] = time.time
 
     @property
@@ -63,7 +79,7 @@ class Settings:
         if urlparse(git_url).scheme not in ("http", "https", "file"):
             raise ConfigError(f"GITHUB_GIT_URL must be an http(s):// or file:// URL, got {git_url!r}")
         app_id = get("GITHUB_APP_ID")
-        if app_id is not None and not app_id.isdigit():
+        if app_id is not None and not (app_id.isascii() and app_id.isdigit()):
             raise ConfigError("GITHUB_APP_ID must be the App's numeric id (see the App's settings page)")
         private_key = _private_key(get("GITHUB_PRIVATE_KEY"), get("GITHUB_PRIVATE_KEY_PATH"))
         if bool(app_id) != bool(private_key):
@@ -77,8 +93,27 @@ class Settings:
         cache_max_gb = _seconds("ROUTINELY_CACHE_MAX_GB", get("ROUTINELY_CACHE_MAX_GB"), cls.cache_max_gb, 0.0001, 1e6, "gigabytes")
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
+        depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
+        if not (depth.isascii() and depth.isdigit()) or not 1 <= int(depth) <= 100:
+            raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         grace = _seconds("ROUTINELY_SHUTDOWN_GRACE_SECONDS", get("ROUTINELY_SHUTDOWN_GRACE_SECONDS"), cls.shutdown_grace, 0, 86_400)
+        vendor_urls = {}
+        for name, default in (("ANTHROPIC", cls.anthropic_api_url), ("OPENAI", cls.openai_api_url),
+                              ("GEMINI", cls.gemini_api_url)):
+            vendor_urls[name] = (get(f"ROUTINELY_{name}_API_URL") or default).rstrip("/")
+            _check_http_url(f"ROUTINELY_{name}_API_URL", vendor_urls[name])
+        prices = get("ROUTINELY_PRICES")
+        if prices is not None and not Path(prices).is_file():
+            raise ConfigError(f"ROUTINELY_PRICES {prices!r} is not a readable file (a YAML or JSON price table)")
+        sandbox, sandbox_paths = _sandbox(get("ROUTINELY_SANDBOX"), get("ROUTINELY_SANDBOX_PATHS"))
+        try:
+            session_limits = limits.parse_env(get("ROUTINELY_SESSION_LIMITS"))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        cgroups = (get("ROUTINELY_CGROUPS") or "auto").lower()
+        if cgroups not in ("auto", "v2", "v1", "off"):
+            raise ConfigError(f"ROUTINELY_CGROUPS takes auto, v2, v1 or off (rlimits only), got {cgroups!r}")
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -96,9 +131,35 @@ class Settings:
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
             shutdown_grace=grace,
+            anthropic_api_url=vendor_urls["ANTHROPIC"],
+            openai_api_url=vendor_urls["OPENAI"],
+            gemini_api_url=vendor_urls["GEMINI"],
+            anthropic_api_key=get("ANTHROPIC_API_KEY"),
+            claude_code_oauth_token=get("CLAUDE_CODE_OAUTH_TOKEN"),
+            openai_api_key=get("OPENAI_API_KEY"),
+            gemini_api_key=get("GEMINI_API_KEY"),
+            prices_file=Path(prices) if prices else None,
             cache_max_gb=cache_max_gb,
+            sandbox=sandbox,
+            sandbox_paths=sandbox_paths,
+            session_limits=session_limits,
+            cgroups=cgroups,
             scheduler_lease_seconds=lease,
+            max_chain_depth=int(depth),
         )
+
+
+def _sandbox(mode: str | None, paths: str | None) -> tuple[bool, tuple[str, ...]]:
+    mode = (mode or "on").lower()
+    if mode not in ("on", "off"):
+        raise ConfigError(f"ROUTINELY_SANDBOX takes on or off, got {mode!r}")
+    listed = tuple(p.strip() for p in (paths or "").split(":") if p.strip())
+    for path in listed:
+        if not os.path.isabs(path):
+            raise ConfigError(f"ROUTINELY_SANDBOX_PATHS lists absolute host paths (colon-separated), got {path!r}")
+        if not os.path.exists(path):
+            raise ConfigError(f"ROUTINELY_SANDBOX_PATHS names {path}, which does not exist")
+    return mode == "on", tuple(os.path.normpath(p) for p in listed)
 
 
 def default_data_dir() -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from filters import EVENT_KINDS
+from filters import COMMAND_EVENTS, EVENT_KINDS, parse_command
 from routinely import keys
 from routinely.start import Firing
 
@@ -26,6 +26,12 @@ def decode(event: str, delivery: str, payload: dict[str, Any], body: bytes) -> F
     if event in EVENT_KINDS and firing.repository:
         firing.payload = body  # the agent gets it as $ROUTINELY_EVENT_FILE
     firing.installations = installation_changes(event, action, payload)
+    if firing.event in COMMAND_EVENTS:
+        comment = payload.get("comment")
+        said = comment.get("body") if isinstance(comment, dict) else None
+        found = parse_command(said) if isinstance(said, str) else None
+        if found:  # the session's trigger says which /command, and its line reaches the agent as text
+            firing.command, firing.text = found
     return firing
 
 

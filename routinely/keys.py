@@ -1,7 +1,8 @@
 """Every Redis key Routinely writes, named here and nowhere else.
 
 Each entry says who writes it, its shape and its lifetime, so nothing grows forever.
-All keys share the `rly:` prefix; RQ's own keys (`rq:*`) belong to RQ.
+All keys share the `rly:` prefix; RQ's own keys (`rq:*`) belong to RQ and are named in
+routinely/jobs.py.
 """
 from __future__ import annotations
 
@@ -25,11 +26,18 @@ def delivery(guid: str) -> str:
 
 
 def event(event_id: str) -> str:
-    """hash: the event record (see routinely.events); written by ingest; TTL EVENT_TTL."""
+    """hash: the event record (see routinely.events); written by the start script; TTL EVENT_TTL.
+
+    Fields: id, kind, received_at, trigger (JSON), delivery / event / repository / routine
+    when known, duplicate (0/1), sessions, dropped, skipped (JSON lists), and for a github
+    delivery to a repository that routines watch for that event kind, `filter_fields`:
+    JSON object {field: value} of every filter field those routines name, as routing read
+    it (strings cut to catalog.RECORDED_CHARS) — what "why did this not fire" needs.
+    """
     return f"{P}event:{event_id}"
 
 
-EVENTS = P + "events"  # zset event id -> received ms; trimmed to EVENTS_KEPT by ingest
+EVENTS = P + "events"  # zset event id -> received ms (µs as the fraction, so close firings keep their order); trimmed to EVENTS_KEPT by the start script
 
 
 def payload(event_id: str) -> str:
@@ -42,7 +50,7 @@ def session(session_id: str) -> str:
     return f"{P}session:{session_id}"
 
 
-SESSIONS = P + "sessions"  # zset session id -> created ms; trimmed to SESSIONS_KEPT
+SESSIONS = P + "sessions"  # zset session id -> created ms (µs as the fraction); trimmed to SESSIONS_KEPT
 
 
 def sessions_of(routine_name: str) -> str:
@@ -53,6 +61,20 @@ def sessions_of(routine_name: str) -> str:
 def session_log(session_id: str) -> str:
     """stream of log lines (field `l`); written by the runner; TTL SESSION_TTL."""
     return f"{P}log:{session_id}"
+
+
+def session_transcript(session_id: str) -> str:
+    """list of JSON transcript entries (routinely.transcript); written by the runner; TTL SESSION_TTL."""
+    return f"{P}transcript:{session_id}"
+
+
+def usage_day(scope: str, ident: str, local_date: str) -> str:
+    """hash requests/tokens/cost_usd/unpriced_requests of one calendar day (the account's timezone), scope
+    "account" (name) or "routine" (key); HINCRBY by the model gateway (routinely.model_usage); TTL 40 days."""
+    return f"{P}usage:{scope}:{ident}:{local_date}"
+
+
+MODEL_METRICS = P + "usage:metrics"  # hash "tokens|routine|model|kind", "cost|routine|model", "stop|routine|reason" -> counter; by the gateway and runner; no TTL (Prometheus counters; fields bounded by routines x models)
 
 
 def session_cancel(session_id: str) -> str:
@@ -113,3 +135,22 @@ def session_actions(session_id: str) -> str:
 def session_reads(session_id: str) -> str:
     """int: how many reads the session's github connector made (INCR); TTL SESSION_TTL."""
     return f"{P}reads:{session_id}"
+
+
+# -- who may fire, chains and schedules' memory (issue #16)
+ROLE_TTL = 60  # a changed permission counts within a minute
+CHAIN_TTL = DAY  # the webhook of a session's write arrives in seconds; redeliveries within hours
+
+
+def role(repo: str, login: str) -> str:
+    """string: the actor's repository role (GitHub's role_name, or "none"); written by the roles check at ingest; TTL ROLE_TTL."""
+    return f"{P}role:{repo.lower()}:{login.lower()}"
+
+
+def chain(repo: str, subject: str) -> str:
+    """string "DEPTH SESSION_ID": the last session whose github connector wrote to this issue/PR
+    number (or pushed this ref); written by routinely.chain.record; TTL CHAIN_TTL."""
+    return f"{P}chain:{repo.lower()}:{subject}"
+
+
+LAST_SCHEDULED_RUN = P + "last-scheduled-run"  # hash routine key -> ISO time of its latest scheduled run that made a session; the scheduler's; fields of removed routines dropped each pass

@@ -12,7 +12,9 @@ from typing import Any
 
 import yaml
 
-from filters import EVENT_KINDS, Filter, FilterError, compile_filters
+from filters import COMMAND_EVENTS, EVENT_KINDS, Filter, FilterError, compile_filters
+from filters.command import NAME as COMMAND_NAME
+from routinely import agent_spec, limits
 from routinely.schedules import Schedule, ScheduleError, parse_schedule, stagger_seconds, zone
 
 PLANS = {"pro": 5, "max": 15, "team": 25, "enterprise": 25}
@@ -26,19 +28,29 @@ ACTIONS = {
         "synchronize", "unassigned", "unlabeled", "unlocked",
     },
     "release": {"created", "deleted", "edited", "prereleased", "published", "released", "unpublished"},
+    "issues": {
+        "assigned", "closed", "deleted", "demilestoned", "edited", "labeled", "locked", "milestoned", "opened",
+        "pinned", "reopened", "transferred", "typed", "unassigned", "unlabeled", "unlocked", "unpinned", "untyped",
+    },
+    "issue_comment": {"created", "deleted", "edited"},
+    "pull_request_review": {"dismissed", "edited", "submitted"},
+    "pull_request_review_comment": {"created", "deleted", "edited"},
+    "workflow_run": {"completed", "in_progress", "requested"},
+    "push": set(),  # push has no action: the event is `push`
 }
+ROLES = ("admin", "maintain", "write", "triage", "read")  # GitHub's repository roles (role_name)
 NETWORKS = ("full", "none", "allowlist")
 _ROUTINE_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 _HOST = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*(:\d{1,5})?$")
 _TOP = {"accounts", "connectors", "routines"}
-_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"}
+_ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"} | agent_spec.ACCOUNT_KEYS
 _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
     "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers", "github",
-}
-_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "maintenance", "cache", "cache_key_files", "cache_ttl_hours"}
+} | agent_spec.ROUTINE_KEYS
+_ENV_KEYS = {"network", "allow_hosts", "env", "setup", "limits", "maintenance", "cache", "cache_key_files", "cache_ttl_hours"}
 # the built-in github connector's write tools; `github.writes` names a subset (default: all)
 GITHUB_WRITES = ("add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue")
 _GITHUB_KEYS = {"writes", "max_writes", "draft_prs", "allow_approve"}
@@ -57,12 +69,15 @@ class Account:
     extra_usage: bool
     timezone: str
     rate_limit: dict[str, int]
+    daily_budget_usd: float | None = None  # model spend per calendar day; past it firings drop (daily_budget)
 
 
 @dataclass(frozen=True)
 class GithubTrigger:
     events: tuple[str, ...]
     filters: tuple[Filter, ...]
+    command: str | None = None  # fires only on a comment starting with /command
+    roles: frozenset[str] = frozenset()  # empty: anyone; else the actor's repository role must be one
 
 
 @dataclass(frozen=True)
@@ -193,6 +208,7 @@ def _accounts(raw: Any) -> dict[str, dict[str, Any]]:
             "extra_usage": _bool(acc.get("extra_usage", False), where, "extra_usage"),
             "timezone": tz,
             "rate_limit": _rate_limit(acc.get("rate_limit"), DEFAULT_ACCOUNT_LIMIT, where),
+            **agent_spec.account_fields(acc, where, _err),
         }
     return out
 
@@ -263,6 +279,7 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
         "github": github_policy(raw.get("github"), where),
         "triggers": [],
+        **agent_spec.routine_fields(raw, where, _err),
     }
     triggers = raw.get("triggers")
     if not isinstance(triggers, list) or not triggers:
@@ -305,8 +322,8 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
         raise _err(where, f"environment.allow_hosts must be a list of host names (optionally *.domain or :port), got {hosts!r}")
     if network == "allowlist" and not hosts:
         raise _err(where, "environment.network allowlist needs at least one host in allow_hosts")
-    if network != "allowlist" and hosts:
-        raise _err(where, "environment.allow_hosts applies only with network: allowlist")
+    if network == "none" and hosts:
+        raise _err(where, "environment.allow_hosts applies with network: allowlist (the hosts) or full (private hosts it may reach)")
     variables = env.get("env") or {}
     if not isinstance(variables, dict):
         raise _err(where, "environment.env must map variable names to values")
@@ -322,7 +339,12 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
     setup = env.get("setup")
     if setup is not None and not isinstance(setup, str):
         raise _err(where, "environment.setup must be a shell script (a string)")
-    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, **_warm_start(env, where)}
+    try:
+        session_limits = limits.check(env.get("limits") or {}, "environment.limits")
+    except ValueError as exc:
+        raise _err(where, str(exc)) from None
+    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits,
+            **_warm_start(env, where)}
 
 
 def _warm_start(env: dict[str, Any], where: str) -> dict[str, Any]:
@@ -363,25 +385,47 @@ def _trigger(trig: Any, where: str, routine: dict[str, Any], tz: str, now: float
             spec["at"] = schedule.at.replace(tzinfo=None).isoformat(timespec="minutes")
         return {"schedule": spec}
     if not isinstance(body, dict):
-        raise _err(where, "github takes {events: [...], filters: [...]}")
-    _unknown(body, {"events", "filters"}, where)
+        raise _err(where, "github takes {events: [...], filters: [...], command: NAME, roles: [...]}")
+    _unknown(body, {"events", "filters", "command", "roles"}, where)
     if not routine["repositories"]:
         raise _err(where, "a github trigger needs the routine's repositories: it fires only for their events")
-    events = body.get("events")
+    command = _command(body.get("command"), where)
+    events = body.get("events", list(COMMAND_EVENTS) if command else None)
     if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
         raise _err(where, "events must be a non-empty list such as [pull_request.opened, release.published]")
     for event in events:
         kind_name, _, action = event.partition(".")
         if kind_name not in EVENT_KINDS:
-            raise _err(where, f"event {event!r} is not supported: routines start on pull_request and release events only")
+            raise _err(where, f"event {event!r} is not supported; routines start on {', '.join(sorted(EVENT_KINDS))} events")
         if action and action not in ACTIONS[kind_name]:
-            raise _err(where, f"event {event!r}: {action!r} is not a {kind_name} action; known: {', '.join(sorted(ACTIONS[kind_name]))}")
+            known = ", ".join(sorted(ACTIONS[kind_name])) or f"none (write {kind_name})"
+            raise _err(where, f"event {event!r}: {action!r} is not a {kind_name} action; known: {known}")
+        if command and event not in COMMAND_EVENTS:
+            raise _err(where, f"command fires on {' and '.join(COMMAND_EVENTS)} only, not on {event!r}")
+    roles = body.get("roles")
+    if roles is not None and (not isinstance(roles, list) or not roles or any(r not in ROLES for r in roles)):
+        raise _err(where, f"roles takes a non-empty list of {', '.join(ROLES)}, got {roles!r}")
     kinds = {e.partition(".")[0] for e in events}
     try:
         compile_filters(body.get("filters"), kinds)
     except FilterError as exc:
         raise _err(where, str(exc)) from None
-    return {"github": {"events": list(events), "filters": list(body.get("filters") or [])}}
+    out: dict[str, Any] = {"events": list(events), "filters": list(body.get("filters") or [])}
+    if command:
+        out["command"] = command
+    if roles:
+        out["roles"] = list(dict.fromkeys(roles))
+    return {"github": out}
+
+
+def _command(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value.startswith("/"):
+        value = value[1:]  # `command: /fix` means what `command: fix` does
+    if not isinstance(value, str) or not COMMAND_NAME.match(value):
+        raise _err(where, f"command takes a word such as fix (letters, digits, '.', '_', '-'), got {value!r}")
+    return value
 
 
 def build_routine(spec: dict[str, Any], account_tz: str) -> Routine:
@@ -391,7 +435,8 @@ def build_routine(spec: dict[str, Any], account_tz: str) -> Routine:
         if "github" in trig:
             body = trig["github"]
             kinds = {e.partition(".")[0] for e in body["events"]}
-            github.append(GithubTrigger(tuple(body["events"]), compile_filters(body["filters"], kinds)))
+            github.append(GithubTrigger(tuple(body["events"]), compile_filters(body["filters"], kinds),
+                                        body.get("command"), frozenset(body.get("roles") or ())))
         elif "schedule" in trig:
             schedules.append(parse_schedule(trig["schedule"], account_tz, float("-inf")))
         else:
@@ -415,4 +460,5 @@ def build_account(spec: dict[str, Any]) -> Account:
         extra_usage=spec["extra_usage"],
         timezone=spec["timezone"],
         rate_limit=spec["rate_limit"],
+        daily_budget_usd=spec.get("daily_budget_usd"),
     )

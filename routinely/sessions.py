@@ -34,13 +34,50 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     out["metered"] = raw.get(b"metered") == b"1"
     out["url"] = f"{settings.public_url}/sessions/{out['id']}"
     out["log_url"] = f"{settings.public_url}/api/sessions/{out['id']}/log"
+    for name in ("usage", "agent_usage"):  # the gateway's metered record; what the agent itself reported
+        value = raw.get(name.encode())
+        out[name] = orjson.loads(value) if value else None
     reason = _text(raw, "reason")
     if reason:
         out["reason"] = reason
     warm = _text(raw, "warm_start")
     if warm:
         out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
+    resources = raw.get(b"resources")
+    out["resources"] = orjson.loads(resources) if resources else None
+    sandbox = _text(raw, "sandbox")
+    if sandbox:
+        out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
     return out
+
+
+def describe(s: dict[str, Any], now: float) -> str:
+    """One session as `routinely sessions show` prints it: the record (times local, with
+    their zone), the gateway's usage, the agent's report."""
+    from routinely import when
+
+    def at(value: str | None) -> str:
+        return when.local_and_relative(when.parse_iso(value), now) if value else "-"
+
+    t = s["trigger"]
+    rows = [("id", s["id"]), ("routine", f"{s['account']}/{s['routine']}"), ("status", s["status"]),
+            ("trigger", " · ".join(str(t[k]) for k in ("kind", "event", "delivery", "scheduled_for") if t.get(k))),
+            ("created", at(s["created_at"])), ("started", at(s["started_at"])), ("finished", at(s["finished_at"])),
+            ("exit code", "-" if s["exit_code"] is None else str(s["exit_code"])),
+            ("metered", "yes" if s["metered"] else "no"), ("reason", s.get("reason") or "-")]
+    lines = [f"{name + ':':<11}{value}" for name, value in rows]
+    u = s.get("usage")
+    if u:
+        cost = "unknown" if u["cost_usd"] is None else f"${u['cost_usd']:.4f}"
+        lines.append(f"usage (metered by the gateway): {u['requests']} requests, {u['input_tokens']} input, "
+                     f"{u['output_tokens']} output, {u['cache_creation_input_tokens']} cache write, "
+                     f"{u['cache_read_input_tokens']} cache read tokens, cost {cost}, models {', '.join(u['models']) or '-'}")
+    a = s.get("agent_usage")
+    if a:
+        lines.append(f"reported by the agent: {a.get('turns')} turns, {a.get('input_tokens')} input, "
+                     f"{a.get('output_tokens')} output tokens, cost {a.get('cost_usd')}")
+    lines += [f"{'page:':<11}{s['url']}", f"{'log:':<11}{s['log_url']}"]
+    return "\n".join(lines)
 
 
 def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:
@@ -65,11 +102,68 @@ def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, l
     return [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
 
 
+SCAN_CHUNK = 200
+
+
+def page(conn: redis.Redis, settings: Settings, routine: str | None = None, status: str | None = None,
+         kind: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], bool]:
+    """Sessions newest first matching every filter given: the `limit` after skipping `offset`
+    matches, and whether more follow. Reads the index in chunks, so a page costs what it shows
+    (plus what the filters skip), not the whole history."""
+    index = keys.sessions_of(routine) if routine else keys.SESSIONS
+    if not status and not kind:
+        ids_ = conn.zrevrange(index, offset, offset + limit)
+        rows = [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
+        return rows[:limit], len(rows) > limit
+    rows: list[dict[str, Any]] = []
+    skipped, start = 0, 0
+    while len(rows) <= limit:
+        ids_ = conn.zrevrange(index, start, start + SCAN_CHUNK - 1)
+        if not ids_:
+            break
+        start += len(ids_)
+        for raw in _fetch(conn, ids_):
+            if not raw or (status and raw.get(b"status", b"").decode() != status):
+                continue
+            public = to_public(raw, settings)
+            if kind and public["trigger"].get("kind") != kind:
+                continue
+            if skipped < offset:
+                skipped += 1
+                continue
+            rows.append(public)
+    return rows[:limit], len(rows) > limit
+
+
 def _fetch(conn: redis.Redis, session_ids: Iterable[bytes]) -> list[dict[bytes, bytes]]:
     pipe = conn.pipeline(transaction=False)
     for sid in session_ids:
         pipe.hgetall(keys.session(sid.decode()))
     return pipe.execute()
+
+
+_FIELDS_SINCE = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'LIMIT', ARGV[2], ARGV[3])
+local out = {}
+for _, id in ipairs(ids) do
+  out[#out + 1] = redis.call('HMGET', ARGV[4] .. id, unpack(ARGV, 5))
+end
+return out
+"""
+FIELDS_CHUNK = 1000  # sessions read per script call: Redis is busy ~1 ms, then serves the door again
+
+
+def fields_since(conn: redis.Redis, since: float, *names: str) -> list[list[bytes | None]]:
+    """`names` of every session created since `since` (epoch s), oldest first, for the
+    counts usage and metrics need: read inside Redis in chunks, one reply per chunk, instead
+    of one command per session through the client."""
+    prefix = keys.session("")
+    rows: list[list[bytes | None]] = []
+    while True:
+        chunk = conn.eval(_FIELDS_SINCE, 1, keys.SESSIONS, int(since * 1000), len(rows), FIELDS_CHUNK, prefix, *names)
+        rows += chunk
+        if len(chunk) < FIELDS_CHUNK:
+            return rows
 
 
 def update(conn: redis.Redis, session_id: str, **fields: Any) -> None:

@@ -1,14 +1,16 @@
 -- Apply one start plan atomically (routinely/start_plan.py builds it and documents the
 -- KEYS/ARGV layout). Order: configuration version, claim, then per session the admission
--- rule of routinely/admission.py `decide` over its three counters; admitted sessions get
+-- rule of routinely/admission.py `decide` over its three counters and the daily budget; admitted sessions get
 -- their record, index entries and RQ job; finally the event record and installations.
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
-local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap'}
-local now_ms, now_iso = tonumber(ARGV[4]), ARGV[5]
+local KEYS_PER_SESSION = 8  -- routinely/start_plan.py KEYS_PER_SESSION
+local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap', 'daily_budget'}
+local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
 local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
 local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local ev_from = 18
+local n_refused = tonumber(ARGV[18])
+local ev_from = 19
 local job_from = ev_from + n_event
 local inst_from = job_from + n_job
 
@@ -16,7 +18,7 @@ local function record_event(duplicate, sessions, dropped, skipped)
   redis.call('HSET', event_key, 'duplicate', duplicate, 'sessions', sessions, 'dropped', dropped,
     'skipped', skipped, unpack(ARGV, ev_from, job_from - 1))
   redis.call('EXPIRE', event_key, event_ttl)
-  redis.call('ZADD', KEYS[3], now_ms, ARGV[8])
+  redis.call('ZADD', KEYS[3], score, ARGV[8])
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
 end
 
@@ -34,19 +36,24 @@ end
 local admitted, dropped, out_dropped, ids = {}, {}, {}, {}
 local a = inst_from + 3 * n_inst
 for i = 1, n_sess do
-  local k = 9 + (i - 1) * 7
+  local k = 9 + (i - 1) * KEYS_PER_SESSION
   local sid, routine = ARGV[a], ARGV[a + 1]
   local reason, retry, metered = nil, 0, '0'
+  local counts = redis.call('MGET', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
   for w = 0, 1 do
-    if tonumber(redis.call('GET', KEYS[k + 1 + w]) or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
+    if tonumber(counts[w + 1] or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
       reason, retry = REASONS[w + 1], ARGV[a + 4 + 3 * w]
       break
     end
   end
-  if not reason and tonumber(redis.call('GET', KEYS[k + 3]) or '0') >= tonumber(ARGV[a + 8]) then
+  local budget = tonumber(ARGV[a + 14])
+  if not reason and budget >= 0 and tonumber(redis.call('HGET', KEYS[k + 8], 'cost_usd') or '0') >= budget then
+    reason, retry = REASONS[4], ARGV[a + 15]
+  end
+  if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + 8]) then
     if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
   end
-  local n_fields = tonumber(ARGV[a + 14])
+  local n_fields = tonumber(ARGV[a + 16])
   if reason then
     redis.call('HINCRBY', KEYS[k + 4], reason, 1)
     redis.call('HSET', KEYS[k + 4], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms + tonumber(retry) * 1000)
@@ -59,9 +66,9 @@ for i = 1, n_sess do
     for w = 0, 2 do
       if redis.call('INCR', KEYS[k + 1 + w]) == 1 then redis.call('EXPIRE', KEYS[k + 1 + w], ARGV[a + 3 + 3 * w]) end
     end
-    redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 15, a + 14 + n_fields))
+    redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 17, a + 16 + n_fields))
     redis.call('EXPIRE', KEYS[k + 5], session_ttl)
-    redis.call('ZADD', KEYS[k + 6], now_ms, sid)
+    redis.call('ZADD', KEYS[k + 6], score, sid)
     redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6])
     redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
       'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))
@@ -69,13 +76,27 @@ for i = 1, n_sess do
     table.insert(admitted, sid)
     table.insert(admitted, metered)
   end
-  a = a + 15 + n_fields
+  a = a + 17 + n_fields
+end
+
+-- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
+for i = 1, n_refused do
+  local k = 9 + n_sess * KEYS_PER_SESSION + i
+  local routine, reason = ARGV[a], ARGV[a + 1]
+  redis.call('HINCRBY', KEYS[k], reason, 1)
+  redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)
+  redis.call('EXPIRE', KEYS[k], session_ttl)
+  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + 2], retry_after = 0})
+  table.insert(out_dropped, routine)
+  table.insert(out_dropped, reason)
+  table.insert(out_dropped, 0)
+  a = a + 3
 end
 
 if #ids > 0 then
   local scored = {}
   for _, sid in ipairs(ids) do
-    table.insert(scored, now_ms)
+    table.insert(scored, score)
     table.insert(scored, sid)
   end
   redis.call('ZADD', KEYS[4], unpack(scored))

@@ -23,7 +23,7 @@ from routinely.routine_file import Routine
 from routinely.start_plan import iso
 from routinely.wire import Wire, pack
 
-__all__ = ["Firing", "FireRefused", "Outcome", "Starter", "fire_one", "iso"]
+__all__ = ["Firing", "FireRefused", "Outcome", "Routed", "Starter", "fire_one", "iso"]
 
 SCRIPT = Path(__file__).with_name("start.lua").read_text()
 
@@ -37,8 +37,10 @@ class Firing:
     routine: str | None = None  # the routine an api/schedule/manual firing is for (shown on its event)
     delivery: str | None = None  # X-GitHub-Delivery: deduplicated
     repository: str | None = None
-    text: str | None = None  # api: passed raw to the agent
+    text: str | None = None  # api: passed raw to the agent; github: the rest of a /command's line
+    command: str | None = None  # github: the /command a comment starts with (routinely.deliveries)
     scheduled_for: str | None = None
+    previous_run_at: str | None = None  # schedule: the routine's previous scheduled run ("" on the first)
     payload: bytes = b""  # github: the raw body, kept for the session when one is made
     installations: list[list[str]] = field(default_factory=list)  # ["set", repo, id] | ["del", repo]
     claim: str | None = None  # a key that makes the firing happen once (delivery id, scheduled run)
@@ -49,7 +51,7 @@ class Firing:
 
     def trigger(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
-        for name in ("event", "delivery", "text", "scheduled_for"):
+        for name in ("event", "delivery", "command", "text", "scheduled_for", "previous_run_at"):
             value = getattr(self, name)
             if value is not None:
                 out[name] = value
@@ -65,7 +67,17 @@ class Outcome:
     skipped: list[str] = field(default_factory=list)  # paused routines
 
 
-Router = Callable[[Catalog], list[Routine]]
+@dataclass
+class Routed:
+    """What routing decided beyond "these routines match" (routinely.gate): firings refused
+    before admission (`role`, `chain_depth`), recorded as drops, and the sessions' chain depth."""
+
+    routines: list[Routine]
+    refused: list[start_plan.Refused] = field(default_factory=list)
+    chain_depth: int = 1
+
+
+Router = Callable[[Catalog], "list[Routine] | Routed"]
 
 
 class Starter:
@@ -81,7 +93,11 @@ class Starter:
         """Route and start a firing. Raises redis.RedisError when Redis cannot be reached."""
         for _ in range(5):
             catalog = self.cache.get(self.conn)
-            plan = start_plan.build(firing, catalog, route(catalog), self.settings.clock())
+            routed = route(catalog)
+            if not isinstance(routed, Routed):
+                routed = Routed(routed)
+            plan = start_plan.build(firing, catalog, routed.routines, self.settings.clock(),
+                                    refused=routed.refused, chain_depth=routed.chain_depth)
             result = self._apply(plan)
             if result is not None:
                 return result
@@ -124,7 +140,12 @@ class Starter:
 
 
 class FireRefused(Exception):
-    """A named routine did not start: unknown, paused or dropped; str() is the line to show."""
+    """A named routine did not start: unknown, paused or dropped; str() is the line to show,
+    `status` the HTTP code it deserves (404, 400, 429) and `retry_after` a drop's wait."""
+
+    def __init__(self, message: str, status: int = 400, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
 
 
 def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing,
@@ -135,14 +156,16 @@ def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing,
 
     def route(cat: Catalog) -> list[Routine]:
         try:
-            return [cat.find(ref)]
+            routine = cat.find(ref)
         except LookupError as exc:
-            raise FireRefused(str(exc)) from None
+            raise FireRefused(str(exc), 404) from None
+        firing.routine = firing.routine or routine.key  # the event names the routine it was for
+        return [routine]
 
     outcome = (starter or Starter(conn, settings)).fire(firing, route)
     if outcome.skipped:
-        raise FireRefused(f"routine {ref!r} is paused: set paused: false and apply")
+        raise FireRefused(f"routine {ref!r} is paused: `routinely resume {ref}` first", 400)
     if outcome.dropped:
         d = outcome.dropped[0]
-        raise FireRefused(f"dropped ({d['reason']}): try again in {d['retry_after']} s")
+        raise FireRefused(f"dropped ({d['reason']}): try again in {d['retry_after']} s", 429, d["retry_after"])
     return sessions.get(conn, settings, outcome.sessions[0]["id"])

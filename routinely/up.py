@@ -9,6 +9,7 @@ stops `up` with exit code 1 instead.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -110,19 +111,39 @@ class Child:
             self.proc.wait()
 
 
+def admin_token(data_dir: Path) -> str:
+    """The admin token kept in the data dir (mode 0600), made on first start.
+
+    `up` uses it when ROUTINELY_ADMIN_TOKEN is unset: there is no open mode, loopback included.
+    """
+    path = data_dir / "admin_token"
+    try:
+        token = path.read_text().strip()
+        if token:
+            os.chmod(path, 0o600)
+            return token
+    except FileNotFoundError:
+        pass
+    token = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
 def up(host: str, port: int, workers: int) -> int:
     env_redis = os.environ.get("REDIS_URL")
     settings = Settings.from_env()
-    if host not in ("127.0.0.1", "localhost", "::1") and not settings.admin_token:
-        raise ConfigError(f"refusing to listen on {host} without ROUTINELY_ADMIN_TOKEN: set it, or use 127.0.0.1")
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    token = settings.admin_token or admin_token(settings.data_dir)
     children: list[Child] = []
     if not env_redis:
         children.append(Child("redis", lambda: start_redis(settings.data_dir)))
         children[0].launch()
         if children[0].proc is None:
             return 1
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "ROUTINELY_DATA_DIR": str(settings.data_dir)}
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "ROUTINELY_DATA_DIR": str(settings.data_dir),
+           "ROUTINELY_ADMIN_TOKEN": token}
     if not os.environ.get("PUBLIC_URL"):
         env["PUBLIC_URL"] = f"http://{host}:{port}"
     (settings.data_dir / "public_url").write_text(env["PUBLIC_URL"] + "\n")
@@ -138,6 +159,8 @@ def up(host: str, port: int, workers: int) -> int:
         child.launch()
         children.append(child)
     print(f"routinely: up on {env['PUBLIC_URL']} (redis {settings.redis_url}); Ctrl-C stops", file=sys.stderr, flush=True)
+    kept = "" if settings.admin_token else f" (token kept in {settings.data_dir / 'admin_token'})"
+    print(f"routinely: sign in at {env['PUBLIC_URL']}/login?token={token}{kept}", file=sys.stderr, flush=True)
 
     stopping = False
 

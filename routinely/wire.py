@@ -47,7 +47,7 @@ def _pack_args(args: Sequence[Any]) -> bytes:
         b = value.encode() if kind is str else value if kind is bytes else b"%d" % value if kind is int else None
         if b is None:
             raise TypeError(f"a Redis argument is bytes, str or int, not {kind.__name__}")
-        out += (b"$%d\r\n" % len(b), b, b"\r\n")
+        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
 
 
@@ -124,7 +124,9 @@ class Wire:
             held = None  # a forked child opens its own
         if held is not None and time.monotonic() - held.used > IDLE_CHECK_SECONDS:
             # readable while idle = the server closed it (restart, timeout): reconnect now
-            if select.select([held.sock], [], [], 0)[0]:
+            poller = select.poll()  # (select() cannot watch descriptors past 1024)
+            poller.register(held.sock, select.POLLIN)
+            if poller.poll(0):
                 self._drop(held)
                 held = None
         if held is None:

@@ -8,7 +8,7 @@ import redis
 
 from routinely.config import Settings
 from tests import proc_guard
-from tests.support import ENV_KEYS_TO_CLEAR, SECRET, RedisServer
+from tests.support import ADMIN_TOKEN, ENV_KEYS_TO_CLEAR, SECRET, RedisServer
 
 LINGER_SECONDS = 10  # a process being stopped when its test ends gets this long to go
 
@@ -76,6 +76,7 @@ def settings(redis_server, conn, tmp_path: Path) -> Settings:
         public_url="http://routinely.test",
         webhook_secret=SECRET,
         agent="true",
+        admin_token=ADMIN_TOKEN,
     )
 
 
@@ -88,4 +89,7 @@ def app(settings):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    """A client that presents the admin token (the API has no open mode)."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"
+    return client

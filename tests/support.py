@@ -18,6 +18,7 @@ from app.signature import sign
 
 FIXTURES = Path(__file__).with_name("fixtures")
 SECRET = "test-webhook-secret"
+ADMIN_TOKEN = "test-admin-token"
 
 
 def free_port() -> int:
@@ -221,3 +222,9 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+def admin(client):
+    """A Flask test client that presents the admin token (the API has no open mode)."""
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"
+    return client

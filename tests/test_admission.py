@@ -40,6 +40,7 @@ def test_two_hundred_concurrent_deliveries_against_a_cap_of_ten_on_two_hosts(con
     setup(conn, [{"name": "capped", "rate_limit": {"events": 10, "per_seconds": 3600}}],
           {"rate_limit": {"events": 1000, "per_seconds": 3600}})
     env = {**os.environ, "REDIS_URL": redis_server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "2",
+           "ROUTINELY_ADMIN_TOKEN": "test-admin-token",
            "ROUTINELY_DATA_DIR": str(tmp_path)}
     ports = [free_port(), free_port()]
     hosts = [subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
@@ -83,7 +84,10 @@ def test_two_hundred_concurrent_deliveries_against_a_cap_of_ten_on_two_hosts(con
 def create_app_client(redis_server, tmp_path):
     from routinely.config import Settings
 
-    return create_app(Settings(redis_url=redis_server.url, data_dir=tmp_path, webhook_secret=SECRET)).test_client()
+    client = create_app(Settings(redis_url=redis_server.url, data_dir=tmp_path, webhook_secret=SECRET,
+                                 admin_token="test-admin-token")).test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = "Bearer test-admin-token"
+    return client
 
 
 def test_a_window_resets_after_per_seconds(conn, settings):

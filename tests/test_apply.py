@@ -20,7 +20,8 @@ def test_the_contract_example_applies_with_defaults_filled(conn):
     cat, diff = catalog.apply(conn, copy.deepcopy(EXAMPLE), NOW)
     assert diff == {"added": ["alice/pr-review"], "changed": [], "removed": []}
     routine = cat.routines["alice/pr-review"]
-    assert routine.api and len(routine.github) == 1 and len(routine.schedules) == 2
+    assert routine.api and len(routine.github) == 2 and len(routine.schedules) == 2
+    assert routine.github[1].command == "fix" and routine.github[1].roles == {"admin", "maintain", "write"}
     assert routine.spec["branch_prefix"] == "claude/"
     assert catalog.load(conn).routines["alice/pr-review"].spec == routine.spec
     assert cat.accounts["alice"].daily_cap == 15
@@ -60,7 +61,8 @@ def broken(path: str, value) -> dict:
          "trigger 1 (github): filter 1: field 'base' is unknown for pull_request"),
         ("routines.0.triggers.0.github.filters.2.value", "(a)\\1", "filter 3: bad pattern"),
         ("routines.0.triggers.0.github.filters.3.value", "false", "filter 4: field is_draft is a boolean"),
-        ("routines.0.triggers.0.github.events", ["push"], "event 'push' is not supported"),
+        ("routines.0.triggers.0.github.events", ["deployment"], "event 'deployment' is not supported"),
+        ("routines.0.triggers.0.github.events", ["push.created"], "'created' is not a push action; known: none (write push)"),
         ("routines.0.triggers.0.github.events", ["pull_request.open"], "'open' is not a pull_request action"),
         ("routines.0.triggers.3.schedule.cron", "*/30 * * * *", "trigger 4 (schedule): cron '*/30 * * * *' can run 30 minutes apart"),
         ("routines.0.triggers.2.schedule.time", "9am", "trigger 3 (schedule): time must be"),

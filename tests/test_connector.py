@@ -18,11 +18,11 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from routinely import actions, keys, session_log
+from routinely.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, github_policy
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
-from tests.test_isolation import needs_netns
-from workers.github_auth import InstallationTokens
+from tests.test_isolation import needs_sandbox as needs_netns
 from workers.sandbox import Sandbox
 
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
@@ -80,6 +80,14 @@ class Session:
 
     def call(self, *calls, token: str | None = "own"):
         return asyncio.run(self._calls(list(calls), self.connector.token if token == "own" else token))
+
+    def concurrently(self, name, args_list):
+        async def go():
+            headers = {"Authorization": f"Bearer {self.connector.token}"}
+            async with httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=self.sock), headers=headers) as http:
+                async with Client(streamable_http_client("http://127.0.0.1/mcp", http_client=http)) as client:
+                    return await asyncio.gather(*[client.call_tool(name, args) for args in args_list])
+        return asyncio.run(go())
 
     def tools(self):
         return asyncio.run(self._calls(None, self.connector.token))
@@ -328,11 +336,40 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_setting
         for name, entry in (("own", connector.mcp_entry(port)),
                             ("other", {**connector.mcp_entry(port), "headers": {"Authorization": "Bearer someone-elses"}})):
             (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"github": entry}}))
-            done = subprocess.run(box.command([CLAUDE, "mcp", "list"]), cwd=project, env=env, capture_output=True,
-                                  text=True, timeout=60)
+            box.share(project, writable=True)
+            box.share(home, writable=True)
+            cmd = box.command([CLAUDE, "mcp", "list"], env, project, home)
+            try:
+                done = subprocess.run(cmd.argv, cwd=cmd.cwd, env=cmd.env, pass_fds=cmd.pass_fds, capture_output=True,
+                                      text=True, timeout=60)
+            finally:
+                for fd in cmd.pass_fds:
+                    os.close(fd)
             said[name] = done.stdout + done.stderr
     finally:
         connector.close()
         box.close()
     assert "github: http://127.0.0.1:" in said["own"] and "Connected" in said["own"] and "Failed" not in said["own"], said
     assert "401" in said["other"] and "Connected" not in said["other"].replace("Failed to connect", ""), said
+
+
+def test_a_connector_that_cannot_listen_says_so_in_one_line(conn, app_settings, tmp_path):
+    from workers.connector import ConnectorError
+
+    connector = Connector("sess_x", Policy.from_spec(spec()), str(tmp_path / "no-such-dir" / "github.sock"), conn, app_settings,
+                          InstallationTokens(app_settings), lambda repo, branch: False, lambda line: None)
+    with pytest.raises(ConnectorError, match="could not listen on"):
+        connector.start()
+    assert not connector._thread.is_alive()
+
+
+def test_max_writes_holds_for_concurrent_calls(conn, app_settings, installed, fake):
+    s = Session(conn, app_settings, max_writes=3)
+    try:
+        results = s.concurrently("add_issue_comment", [{"owner": "octo", "repo": "api", "issue_number": 5, "body": f"c{i}"}
+                                                       for i in range(10)])
+    finally:
+        s.close()
+    assert sum(not r.is_error for r in results) == 3
+    assert len(fake.calls()) == 3
+    assert [a["status"] for a in actions.of_session(conn, "sess_a")[0]].count("ok") == 3

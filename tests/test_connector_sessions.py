@@ -18,8 +18,8 @@ from routinely import catalog, session_log
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
-from tests.support import Remotes, body_of, delivery_headers, fixture
-from tests.test_isolation import needs_netns
+from tests.support import Remotes, admin, body_of, delivery_headers, fixture
+from tests.test_isolation import needs_sandbox
 from tests.test_runner import run_worker
 
 AGENT = Path(__file__).with_name("agents") / "github_agent.py"
@@ -48,7 +48,7 @@ def world(settings, private_key, fake, redis_server, tmp_path):
     remotes.create("octo/api", branch="main", files={"app.py": "print('hi')\n"})
     app_settings = settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake.url,
                                   github_git_url=remotes.url)
-    client = create_app(app_settings).test_client()
+    client = admin(create_app(app_settings).test_client())
     payload = fixture("installation.created.json")
     payload["installation"]["id"] = 42
     payload["repositories"] = [{"id": 1, "name": "api", "full_name": "octo/api", "private": True}]
@@ -60,6 +60,7 @@ def world(settings, private_key, fake, redis_server, tmp_path):
         "GITHUB_APP_ID": "67890", "GITHUB_PRIVATE_KEY": private_key, "GITHUB_WEBHOOK_SECRET": "whsec-x",
         "ROUTINELY_DATA_DIR": str(settings.data_dir), "PUBLIC_URL": settings.public_url,
         "ROUTINELY_AGENT": f"{sys.executable} {AGENT}", "ROUTINELY_SESSION_USERS": "off",
+        "ROUTINELY_SANDBOX": "off",  # the agent writes its report to the test's tmp (the sandboxed test below does not)
     }
     return {"client": client, "env": env, "remotes": remotes, "settings": app_settings}
 
@@ -137,29 +138,35 @@ def test_a_review_routine_fired_by_a_delivery_reviews_comments_and_shows_its_act
         assert f'href="{a["url"]}"' in page
     log = "\n".join(session_log.read(conn, sid)[0])
     assert "routinely: github create_pull_request_review octo/api#5: ok" in log
-    assert "routinely: github create_issue octo/api: refused: routinely: create_issue is not in" in log
+    assert "routinely: github create_issue octo/api: refused: create_issue is not in this routine's github.writes" in log
     assert INSTALLATION_TOKEN not in log and "Handle the error here" not in log
     token = (tmp_path / "token").read_text()
     assert token.startswith("Bearer ") and token.split()[1] not in log
 
 
-@needs_netns
+@needs_sandbox
 @pytest.mark.parametrize("network", ["none", "allowlist"])
 def test_the_connector_works_where_the_internet_does_not(conn, world, fake, tmp_path, network):
     environment = {"network": network, **({"allow_hosts": ["example.invalid"]} if network == "allowlist" else {})}
-    (tmp_path / "old-token").write_text("Bearer a-finished-sessions-token")
-    apply(conn, tmp_path, name="probe", environment=environment,
-          env={"PLAN": "probe", "OUTSIDE_URL": fake.url + "/zen", "TOKEN_FILE": str(tmp_path / "token")})
+    shared = tmp_path / "shared"  # read-only inside the sandbox (ROUTINELY_SANDBOX_PATHS)
+    shared.mkdir()
+    env = {**world["env"], "ROUTINELY_SANDBOX": "on", "ROUTINELY_KEEP_WORKSPACES": "1",
+           "ROUTINELY_SANDBOX_PATHS": f"{AGENT.parent}:{shared}"}
+    workspaces = Path(world["settings"].data_dir) / "workspaces"
+    apply(conn, tmp_path, name="probe", environment=environment,  # the agent writes into its own workspace
+          env={"PLAN": "probe", "OUTSIDE_URL": fake.url + "/zen", "TOKEN_FILE": "token", "REPORT": "probe.json"})
     first = fire_one(world["settings"], conn, "probe", Firing(kind="manual"))
-    run_worker(world["env"])
+    run_worker(env)
     # a second session tries the first one's token, now finished
+    (shared / "token").write_text(next((workspaces / first["id"]).rglob("token")).read_text())
     apply(conn, tmp_path, name="probe", environment=environment,
-          env={"PLAN": "probe", "OUTSIDE_URL": fake.url + "/zen", "OLD_TOKEN_FILE": str(tmp_path / "token")})
+          env={"PLAN": "probe", "OUTSIDE_URL": fake.url + "/zen", "OLD_TOKEN_FILE": str(shared / "token"),
+               "REPORT": "probe.json"})
     second = fire_one(world["settings"], conn, "probe", Firing(kind="manual"))
-    run_worker(world["env"])
+    run_worker(env)
     for s in (first, second):
         assert world["client"].get(f"/api/sessions/{s['id']}").get_json()["status"] == "succeeded"
-    report = json.loads((tmp_path / "probe.json").read_text())
+    report = json.loads(next((workspaces / second["id"]).rglob("probe.json")).read_text())
     assert report["calls"] == [{"tool": "get_issue", "error": False, "text": report["calls"][0]["text"]}]
     assert json.loads(report["calls"][0]["text"])["number"] == 7
     assert report["outside"] in ("ConnectError", "ConnectTimeout")  # the host's listener is out of reach

@@ -29,7 +29,7 @@ def web(redis_server, tmp_path_factory):
     port = free_port()
     tmp = tmp_path_factory.mktemp("web")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp),
-           "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "1"}
+           "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "1", "ROUTINELY_ADMIN_TOKEN": "test-admin-token"}
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
                              "--bind", f"127.0.0.1:{port}", "app:create_app()"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,6 +7,7 @@ import socket
 import socketserver
 import stat
 import subprocess
+import tempfile
 import threading
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from workers.sandbox import Sandbox
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="session users need root")
 
 DIAL = """
 import socket, sys
@@ -46,9 +48,32 @@ def environment(network: str) -> dict:
     return {"network": network, "allow_hosts": []}
 
 
-@pytest.mark.parametrize("network", ["none", "allowlist", "full"])
-def test_every_door_is_reached_at_its_port_under_every_policy(network, tmp_path):
-    box = Sandbox.open(environment(network), "sess-doors", False, lambda line: None)
+def run(box: Sandbox, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    box.share(cwd, writable=True)
+    cmd = box.command(argv, {"PATH": "/usr/bin:/bin"}, cwd, cwd)
+    ids = {"user": cmd.user, "group": cmd.user, "extra_groups": []} if cmd.user is not None else {}
+    try:
+        return subprocess.run(cmd.argv, env=cmd.env, cwd=cmd.cwd, pass_fds=cmd.pass_fds, capture_output=True,
+                              text=True, timeout=60, **ids)
+    finally:
+        for fd in cmd.pass_fds:
+            os.close(fd)
+
+
+@pytest.fixture
+def cwd(tmp_path_factory):
+    folder = Path(tempfile.mkdtemp(prefix="rly-doors-test-"))
+    folder.chmod(0o777)  # a session user must be able to bind it
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("network,users,enabled", [("none", False, True), ("allowlist", False, True),
+                                                   ("full", False, True), ("full", False, False),
+                                                   pytest.param("none", True, True, marks=needs_root)])
+def test_every_door_is_reached_at_its_port_under_every_policy(network, users, enabled, cwd):
+    env = environment(network) if network != "allowlist" else {"network": network, "allow_hosts": ["example.com"]}
+    box = Sandbox.open(env, "sess-doors", users, lambda line: None, enabled=enabled)
     servers = []
     try:
         assert stat.S_IMODE(box.door_dir.stat().st_mode) == 0o700
@@ -58,8 +83,7 @@ def test_every_door_is_reached_at_its_port_under_every_policy(network, tmp_path)
             servers.append(Echo(path, name))
             ports.append(box.add_door(name, str(path)))
         assert len(set(ports)) == 2
-        argv = box.command([SYSTEM_PYTHON or "python3", "-c", DIAL, *map(str, ports)])
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        done = run(box, [SYSTEM_PYTHON or "python3", "-c", DIAL, *map(str, ports)], cwd)
         assert done.stdout.split() == ["connector:hello", "gateway:hello"], done.stderr
     finally:
         for server in servers:
@@ -82,7 +106,7 @@ def test_a_door_is_added_once(tmp_path):
         box.close()
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="session users need root")
+@needs_root
 def test_the_door_folder_and_sockets_belong_to_the_session_user_alone(tmp_path):
     box = Sandbox.open(environment("none"), "sess-owner", True, lambda line: None)
     try:

@@ -43,6 +43,7 @@ def test_pull_request_fields_are_read_as_the_contract_says(pr):
         "is_draft": False,
         "is_merged": False,
         "from_fork": False,
+        "author_association": "OWNER",
     }
 
 
@@ -56,6 +57,7 @@ def test_release_fields_are_read_as_the_contract_says(release):
         "target_branch": "master",
         "is_draft": False,
         "is_prerelease": False,
+        "author_association": "",  # GitHub sends none on a release
     }
     assert extract_fields("release", fixture("release.prereleased.json"))["is_prerelease"] is True
 

@@ -19,7 +19,7 @@ from app import create_app
 from routinely import catalog, session_log, sessions
 from routinely.cli import fire_one
 from routinely.start import Firing
-from tests.support import SECRET, Remotes, body_of, delivery_headers, fixture
+from tests.support import admin, SECRET, Remotes, body_of, delivery_headers, fixture
 from workers.run import Runtime, SessionRun
 
 API = "https://ghe.example.test/api/v3"
@@ -42,7 +42,8 @@ def app_settings(settings, key, tmp_path):
     remotes.create("octo/api")
     return settings.with_(github_app_id="12345", github_private_key=key[0], github_api_url=API,
                           github_git_url=remotes.url, keep_workspaces=True,
-                          agent=f"{sys.executable} {AGENTS / 'report.py'}")
+                          agent=f"{sys.executable} {AGENTS / 'report.py'}",
+                          sandbox=False)  # the agent writes its report outside the workspace
 
 
 def install(client):
@@ -54,7 +55,7 @@ def install(client):
 
 
 def test_tokens_are_minted_with_the_app_jwt_cached_and_never_shown(app_settings, conn, key, tmp_path):
-    client = create_app(app_settings).test_client()
+    client = admin(create_app(app_settings).test_client())
     install(client)
     catalog.apply(conn, {"accounts": [{"name": "a"}], "routines": [{
         "name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api"], "triggers": [{"api": {}}],
@@ -73,7 +74,7 @@ def test_tokens_are_minted_with_the_app_jwt_cached_and_never_shown(app_settings,
     with respx.mock(assert_all_called=True) as mock:
         route = mock.post(f"{API}/app/installations/42/access_tokens").mock(side_effect=mint)
         first = fire_one(app_settings, conn, "a/r", Firing(kind="manual"))
-        assert SessionRun(rt, first["id"]).run() == "succeeded"
+        assert SessionRun(rt, first["id"]).run() == "succeeded", session_log.read(conn, first["id"])[0]
         second = fire_one(app_settings, conn, "a/r", Firing(kind="manual"))
         assert SessionRun(rt, second["id"]).run() == "succeeded"
     assert route.call_count == 1  # cached until shortly before it expires
@@ -96,7 +97,7 @@ def test_tokens_are_minted_with_the_app_jwt_cached_and_never_shown(app_settings,
 
 
 def test_a_refused_token_fails_the_session_with_one_clear_line(app_settings, conn, key):
-    client = create_app(app_settings).test_client()
+    client = admin(create_app(app_settings).test_client())
     install(client)
     catalog.apply(conn, {"accounts": [{"name": "a"}], "routines": [{
         "name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api"], "triggers": [{"api": {}}]}]}, time.time())

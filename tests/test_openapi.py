@@ -6,7 +6,7 @@ from routinely.cli import fire_one
 from routinely.start import Firing
 from tests import openapi_check
 from tests.openapi_check import test_the_spec_itself_is_valid_json_schema  # noqa: F401
-from tests.support import body_of, delivery_headers, fixture
+from tests.support import admin, body_of, delivery_headers, fixture
 from tests.test_receiver import apply, gh
 
 
@@ -28,7 +28,25 @@ def test_json_api_responses_match_the_spec(client, conn, settings):
         (client.get("/healthz"), "/healthz", "get"),
         (client.post(f"/api/sessions/{sid}/cancel"), "/api/sessions/{id}/cancel", "post"),
         (client.post(f"/api/sessions/{sid}/cancel"), "/api/sessions/{id}/cancel", "post"),
+        (client.get("/api/routines/alice/r"), "/api/routines/{account}/{name}", "get"),
+        (client.get("/api/routines/alice/nope"), "/api/routines/{account}/{name}", "get"),
+        (client.post("/api/routines/alice/r/tokens"), "/api/routines/{account}/{name}/tokens", "post"),
+        (client.get("/api/routines/alice/r/tokens"), "/api/routines/{account}/{name}/tokens", "get"),
+        (client.delete("/api/routines/alice/r/tokens/trig_nope"), "/api/routines/{account}/{name}/tokens/{trigger_id}", "delete"),
+        (client.post("/api/routines/alice/r/run", json={"text": "t"}), "/api/routines/{account}/{name}/run", "post"),
+        (client.post("/api/routines/alice/r/run"), "/api/routines/{account}/{name}/run", "post"),  # 429: rate limit
+        (client.post("/api/routines/alice/r/pause"), "/api/routines/{account}/{name}/pause", "post"),
+        (client.post("/api/routines/alice/r/run"), "/api/routines/{account}/{name}/run", "post"),  # 400: paused
+        (client.post("/api/routines/alice/r/resume"), "/api/routines/{account}/{name}/resume", "post"),
+        (client.get("/api/schedules"), "/api/schedules", "get"),
+        (client.get("/api/usage"), "/api/usage", "get"),
+        (client.get("/metrics"), "/metrics", "get"),
+        (client.get("/api/events/nope"), "/api/events/{id}", "get"),
     ]
+    for e in client.get("/api/events").get_json():
+        checks.append((client.get(f"/api/events/{e['id']}"), "/api/events/{id}", "get"))
+    elsewhere = {"/v1/claude_code/routines/{trigger_id}/fire", "/webhooks/github", "/openapi.yaml"}  # their own tests
+    assert sorted({path for _, path, _ in checks} | elsewhere) == sorted(openapi_check.SPEC["paths"])
     for resp, path, method in checks:
         openapi_check.check(resp, path, method)
     events = client.get("/api/events").get_json()
@@ -77,7 +95,7 @@ def test_refusals_and_errors_match_the_spec(client, conn, settings, redis_server
         checks.append((guarded.open(path, method=method.upper()), spec_path, method))
     proxy = CuttingProxy(redis_server.port)
     try:
-        down = create_app(settings.with_(redis_url=proxy.url)).test_client()
+        down = admin(create_app(settings.with_(redis_url=proxy.url)).test_client())
         proxy.mode = "refuse"
         for path, method in [("/api/sessions", "get"), ("/api/events", "get"), ("/api/routines", "get"),
                              (f"/api/sessions/{sid}", "get"), (f"/api/sessions/{sid}/log", "get"),

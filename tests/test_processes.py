@@ -17,14 +17,14 @@ def gunicorn(bind: str, redis_url: str, tmp_path, **extra) -> subprocess.Complet
                            "app:create_app()"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
 
 
-def test_web_refuses_a_public_bind_without_an_admin_token(redis_server, tmp_path):
-    done = gunicorn(f"0.0.0.0:{free_port()}", redis_server.url, tmp_path)
-    assert done.returncode != 0
-    assert "routinely: refusing to listen on 0.0.0.0 without ROUTINELY_ADMIN_TOKEN: set it, or bind to 127.0.0.1" in done.stderr
+def test_web_refuses_to_start_without_an_admin_token_even_on_loopback(redis_server, tmp_path):
+    done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "routinely: ROUTINELY_ADMIN_TOKEN is not set: set it (`routinely up` makes one in its data dir)" in done.stderr
 
 
 def test_web_stops_on_a_wrong_setting_with_one_line(redis_server, tmp_path):
-    done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, PUBLIC_URL="not a url")
+    done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, PUBLIC_URL="not a url", ROUTINELY_ADMIN_TOKEN="t")
     assert done.returncode != 0 and "routinely: PUBLIC_URL must be an http(s):// URL" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -34,14 +34,82 @@ def test_web_stops_on_a_wrong_worker_count_or_log_level_with_one_line(redis_serv
         ("WEB_CONCURRENCY", "0", "routinely: WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is '0')"),
         ("ROUTINELY_LOG_LEVEL", "loud", "routinely: ROUTINELY_LOG_LEVEL must be one of debug, info, warning, error, critical"),
     ]:  # (a non-number or a negative one gunicorn refuses itself: it reads WEB_CONCURRENCY first)
-        done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, **{name: value})
+        done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, ROUTINELY_ADMIN_TOKEN="t", **{name: value})
         assert done.returncode != 0 and line in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
 
 
-def test_up_refuses_a_public_host_without_an_admin_token(redis_server, tmp_path):
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "up", "--host", "0.0.0.0", "--port", str(free_port())],
-                          env=env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 1
-    assert done.stderr == "routinely: refusing to listen on 0.0.0.0 without ROUTINELY_ADMIN_TOKEN: set it, or use 127.0.0.1\n"
+def test_up_makes_an_admin_token_prints_a_sign_in_link_and_the_api_needs_it(redis_server, tmp_path):
+    import http.client
+    import time
+
+    port = free_port()
+    data = tmp_path / "data"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(data),
+           "WEB_CONCURRENCY": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "routinely.cli", "up", "--port", str(port), "--workers", "1"],
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        lines = [proc.stderr.readline(), proc.stderr.readline()]
+        token = (data / "admin_token").read_text().strip()
+        assert (data / "admin_token").stat().st_mode & 0o777 == 0o600 and len(token) >= 32
+        assert f"routinely: sign in at http://127.0.0.1:{port}/login?token={token}" in lines[1]
+        for _ in range(100):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                c.request("GET", "/api/sessions")
+                status = c.getresponse().status
+                break
+            except OSError:
+                time.sleep(0.1)
+        assert status == 401  # loopback, no token: refused
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c.request("GET", "/api/sessions", headers={"Authorization": f"Bearer {token}"})
+        assert c.getresponse().status == 200
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_metrics_sum_the_door_counts_of_every_gunicorn_worker(redis_server, tmp_path):
+    import http.client
+    import time
+
+    from tests.support import SECRET, body_of, delivery_headers, fixture
+
+    port = free_port()
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp_path),
+           "ROUTINELY_ADMIN_TOKEN": "t", "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "3"}
+    web = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"), "--bind",
+                            f"127.0.0.1:{port}", "app:create_app()"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
+
+    def request(method, path, body=b"", headers=None):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request(method, path, body, headers or {})
+        r = c.getresponse()
+        return r.status, r.read().decode()
+
+    try:
+        for _ in range(100):
+            try:
+                request("GET", "/healthz")
+                break
+            except OSError:
+                time.sleep(0.1)
+        body = body_of(fixture("pull_request.opened.json"))
+        for i in range(12):  # new connections: gunicorn spreads them over its workers
+            headers = delivery_headers("pull_request", body)
+            if i % 3 == 0:
+                headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
+            request("POST", "/webhooks/github", body, headers)
+        assert request("GET", "/metrics")[0] == 401
+        status, text = request("GET", "/metrics", headers={"Authorization": "Bearer t"})
+        assert status == 200
+        assert 'routinely_deliveries_total{event="pull_request",outcome="accepted"} 8.0' in text
+        assert 'routinely_deliveries_total{event="unverified",outcome="refused_signature"} 4.0' in text
+        assert "routinely_ingest_seconds_count 12.0" in text
+        dirs = list((tmp_path / "metrics").iterdir())
+        assert len(dirs) == 1 and list(dirs[0].glob("counter_*.db"))  # one file per worker that counted, summed above
+    finally:
+        web.terminate()
+        web.wait(30)

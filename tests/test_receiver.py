@@ -9,7 +9,7 @@ import redis
 from app import create_app
 from app.signature import sign
 from routinely import catalog, jobs, keys
-from tests.support import SECRET, CuttingProxy, body_of, delivery_headers, fixture, redis_snapshot
+from tests.support import admin, SECRET, CuttingProxy, body_of, delivery_headers, fixture, redis_snapshot
 
 REPO = "Codertocat/Hello-World"
 
@@ -129,7 +129,8 @@ def test_paused_routines_are_recorded_as_skipped(client, conn):
     assert queued_ids(conn) == []
 
 
-@pytest.mark.parametrize("event,name", [("push", "push.json"), ("issues", "issues.opened.json")])
+@pytest.mark.parametrize("event,name", [("push", "push.json"), ("issues", "issues.opened.json"),
+                                        ("deployment", "push.json")])
 def test_other_events_are_acknowledged_and_recorded_only(client, conn, event, name):
     apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})
     resp, _ = post(client, event, fixture(name))
@@ -221,7 +222,7 @@ def test_redis_cut_mid_request_answers_503_writes_nothing_and_redelivery_works(s
     try:
         app = create_app(settings.with_(redis_url=proxy.url))
         apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})
-        client = app.test_client()
+        client = admin(app.test_client())
         body = body_of(fixture("pull_request.opened.json"))
         headers = delivery_headers("pull_request", body)
         app.extensions["routinely"].starter.cache.get(app.extensions["routinely"].conn)  # warm, as a running server is

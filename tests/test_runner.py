@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from routinely import catalog, keys, session_log, sessions
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.support import Remotes, body_of, delivery_headers, fixture, git
+from workers.gateway import session_env
 from workers.reaper import reap
 from workers.warm.start import sweep
 
@@ -41,6 +43,7 @@ def env(redis_server, remotes, settings, tmp_path) -> dict[str, str]:
         "PUBLIC_URL": settings.public_url,
         "ROUTINELY_AGENT": f"{sys.executable} {AGENTS / 'report.py'}",
         "ROUTINELY_SESSION_USERS": "off",  # these agents run the worker's own Python (under /root)
+        "ROUTINELY_SANDBOX": "off",  # they write their reports outside the workspace (test_isolation: the sandbox)
         "GITHUB_WEBHOOK_SECRET": "whsec-must-not-leak",
         "WORKER_SENTINEL": SENTINEL,
         "SLACK_TOKEN": "xoxb-for-the-connector",
@@ -114,7 +117,9 @@ def test_a_github_session_runs_start_to_finish(client, conn, settings, env, remo
     assert agent_env["ROUTINELY_TRIGGER"] == "github" and agent_env["LOG_LEVEL"] == "debug"
     assert agent_env["ALLOWED_FOR_AGENT"] == "yes"
     assert "ROUTINELY_TEXT" not in agent_env
-    assert set(agent_env) - {"PATH", "HOME", "LANG", "TMPDIR", "LOG_LEVEL", "REPORT", "ALLOWED_FOR_AGENT", "PWD", "SHLVL", "_", "OLDPWD"} == {
+    gateway = set(session_env("http://gw", "t"))  # the vendors' variables, pointing at the session's gateway
+    assert agent_env["ANTHROPIC_BASE_URL"].startswith("http://127.0.0.1:") and agent_env["ANTHROPIC_API_KEY"].startswith("rly-session-")
+    assert set(agent_env) - gateway - {"PATH", "HOME", "LANG", "TMPDIR", "LOG_LEVEL", "REPORT", "ALLOWED_FOR_AGENT", "PWD", "SHLVL", "_", "OLDPWD"} == {
         "ROUTINELY_SESSION_ID", "ROUTINELY_ROUTINE", "ROUTINELY_TRIGGER", "ROUTINELY_PROMPT_FILE", "ROUTINELY_REPOS", "ROUTINELY_EVENT_FILE"}
     assert SENTINEL not in json.dumps(report) and "whsec-must-not-leak" not in json.dumps(report)
     # prompt: on stdin and in the file; the routine's words, then the untrusted block
@@ -129,6 +134,8 @@ def test_a_github_session_runs_start_to_finish(client, conn, settings, env, remo
     # repositories at their default branches, several of them
     repos = report["repos"]
     assert [Path(p).name for p in repos] == ["api", "sdk"]
+    assert report["cwd"] == list(repos)[0]  # the agent starts in the first checkout
+    assert report["env"]["HOME"] == str(Path(report["root"]) / ".home")  # the session's own, session users off
     heads = [r["head"] for r in repos.values()]
     assert heads == ["ref: refs/heads/trunk", "ref: refs/heads/develop"]
     assert "REVIEW.md" in list(repos.values())[0]["files"]
@@ -187,7 +194,11 @@ def test_exit_codes_setup_failures_and_missing_agents(conn, env, remotes, tmp_pa
     assert "Traceback" not in log_text(conn, missing["id"])
 
     preset = fire_one(settings, conn, "r", Firing(kind="manual"))
-    run_worker({**env, "PATH": "/usr/bin:/bin"}, ROUTINELY_AGENT="claude")
+    bare = tmp_path / "bare-bin"  # a PATH with git and bash but no agent CLI
+    bare.mkdir()
+    for tool in ("git", "bash"):
+        (bare / tool).symlink_to(shutil.which(tool))
+    run_worker({**env, "PATH": str(bare)}, ROUTINELY_AGENT="claude")
     assert sessions.get(conn, settings, preset["id"])["status"] == "failed"
     assert "the agent preset 'claude' needs `claude` on PATH" in log_text(conn, preset["id"])
 
@@ -290,6 +301,9 @@ def test_push_guard_holds_against_every_bypass(conn, env, remotes, tmp_path, set
     assert "forwarded refs/heads/claude/ok to octo/api" in log
     assert "refs/heads/trunk was not forwarded to octo/api: outside branch_prefix" in log
     assert sessions.get(conn, settings, s["id"])["status"] == "succeeded"
+    # the forwarded branch is on the chain record: its push webhook starts sessions one deeper
+    assert conn.get(keys.chain("octo/api", "refs/heads/claude/ok")) == f"1 {s['id']}".encode()
+    assert not conn.exists(keys.chain("octo/api", "refs/heads/trunk"))
 
 
 def test_unrestricted_pushes_and_deletions_reach_the_remote(conn, env, remotes, tmp_path, settings):

@@ -49,12 +49,31 @@ def test_a_due_run_fires_once_with_its_time_and_stagger(client, conn, settings):
     done = s.tick()
     assert len(done) == 1 and len(done[0]["sessions"]) == 1
     session = client.get(f"/api/sessions/{done[0]['sessions'][0]['id']}").get_json()
-    assert session["trigger"] == {"kind": "schedule", "scheduled_for": datetime.fromtimestamp(nine(24), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")}
+    first = datetime.fromtimestamp(nine(24), UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    assert session["trigger"] == {"kind": "schedule", "scheduled_for": first, "previous_run_at": ""}  # the first run
     clock.t += 30
     assert s.tick() == [] and sessions_made(conn) == 1
     assert float(conn.hget(keys.SCHEDULES, field(routine, routine.schedules[0]))) == nine(25)
     event = client.get("/api/events").get_json()[0]
     assert event["kind"] == "schedule" and event["routine"] == "alice/daily"
+    clock.t = nine(25)
+    second = s.tick()[0]["sessions"][0]["id"]
+    assert client.get(f"/api/sessions/{second}").get_json()["trigger"]["previous_run_at"] == first
+
+
+def test_previous_run_at_skips_a_dropped_run_and_forgets_removed_routines(conn, settings):
+    setup(conn, rate_limit={"events": 1, "per_seconds": 7 * 86400})
+    clock = Clock(T0)
+    s = Scheduler(conn, settings.with_(clock=clock))
+    s.tick()
+    clock.t = nine(24)
+    assert len(s.tick()[0]["sessions"]) == 1
+    clock.t = nine(25)
+    assert s.tick()[0]["dropped"][0]["reason"] == "routine_rate_limit"  # did not run: not a "previous run"
+    assert conn.hget(keys.LAST_SCHEDULED_RUN, "alice/daily").decode().startswith("2026-11-24T09:")
+    catalog.apply(conn, {"accounts": [{"name": "alice"}], "routines": []}, None)
+    s.tick()
+    assert conn.hgetall(keys.LAST_SCHEDULED_RUN) == {}
 
 
 def test_two_schedulers_racing_for_the_same_tick_make_one_session(conn, settings):
@@ -198,7 +217,7 @@ def test_cli_schedule_list_update_and_run(conn, redis_server, tmp_path):
     setup(conn, schedule={"preset": "weekdays", "time": "09:00", "timezone": "Asia/Tokyo"})
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url}
     rows = json.loads(run_cli(env, "schedule", "list", "--json").stdout)
-    assert rows[0]["routine"] == "daily" and rows[0]["stagger_seconds"] == STAGGER
+    assert rows[0]["name"] == "daily" and rows[0]["account"] == "alice" and rows[0]["stagger_seconds"] == STAGGER
     nxt = datetime.fromisoformat(rows[0]["next_run_at"].replace("Z", "+00:00"))
     local = (nxt.timestamp() - STAGGER)
     as_tokyo = datetime.fromtimestamp(local, ZoneInfo("Asia/Tokyo"))

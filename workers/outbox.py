@@ -27,6 +27,7 @@ class Outbox:
         self._dropped = 0
         self._beat_ms: int | None = None
         self._fields: dict[str, str] = {}  # session record fields to write (last value wins)
+        self._ops: list[Callable[[Any], None]] = []  # other writes (transcript entries), in order
         self._buf = threading.Lock()  # guards the pending lines; held only for list moves
         self._writer = threading.Lock()  # one writer at a time keeps lines in order
         self._stop = threading.Event()
@@ -54,6 +55,12 @@ class Outbox:
         if not self.outage.down:
             self.flush()
 
+    def add(self, op: Callable[[Any], None]) -> None:
+        """Another write of the session's (`op(pipeline)` adds its commands), buffered in order."""
+        with self._buf:
+            self._ops.append(op)
+        self._soon()
+
     def beat(self) -> None:
         self._beat_ms = int(self.clock() * 1000)
         self.flush()
@@ -65,13 +72,15 @@ class Outbox:
             return False
         try:
             with self._buf:
-                lines, dropped, beat, fields = self._lines, self._dropped, self._beat_ms, self._fields
-                self._lines, self._dropped, self._fields = [], 0, {}
-            if not lines and beat is None and not fields:
+                lines, dropped, beat, fields, ops = self._lines, self._dropped, self._beat_ms, self._fields, self._ops
+                self._lines, self._dropped, self._fields, self._ops = [], 0, {}, []
+            if not lines and beat is None and not fields and not ops:
                 return True
             pipe = self.conn.pipeline(transaction=True)
             if fields:
                 pipe.hset(keys.session(self.id), mapping=fields)
+            for op in ops:
+                op(pipe)
             if dropped:
                 session_log.append(pipe, self.id, f"routinely: {dropped} log line(s) lost while Redis was unreachable")
             for line in lines:
@@ -86,6 +95,7 @@ class Outbox:
                     self._lines[:0] = lines
                     self._dropped += dropped
                     self._fields = {**fields, **self._fields}
+                    self._ops[:0] = ops
                 return False
             self.outage.ok()
             if self._beat_ms == beat:

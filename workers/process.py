@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import os
 import queue
+import resource
 import signal
 import subprocess
 import threading
@@ -24,6 +25,28 @@ def _die_with_parent() -> None:
         pass
 
 
+def _child_setup(user: int | None, join: tuple[str, ...], limits: tuple[tuple[int, int], ...]) -> Callable[[], None]:
+    """What the child does before exec, in this order: enter the session's cgroup and set its
+    rlimits while still privileged, drop to `user`, then ask to die with the worker (a change of
+    uid would clear that request)."""
+    def setup() -> None:
+        pid = str(os.getpid()).encode()
+        for path in join:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        for which, value in limits:
+            resource.setrlimit(which, (value, value))
+        if user is not None:
+            os.setgroups([])
+            os.setgid(user)
+            os.setuid(user)
+        _die_with_parent()
+    return setup
+
+
 @dataclass
 class Result:
     outcome: str  # exited | timed_out | canceled
@@ -39,15 +62,29 @@ def run(
     on_lines: Callable[[list[str]], None],
     canceled: Callable[[], bool],
     tick: Callable[[], None] = lambda: None,
+    *,
+    user: int | None = None,
+    pass_fds: tuple[int, ...] = (),
+    started: Callable[[int], None] = lambda pid: None,
+    join: tuple[str, ...] = (),
+    rlimits: tuple[tuple[int, int], ...] = (),
 ) -> Result:
     """Run `argv` until it exits, `deadline` (monotonic) passes or `canceled()` turns true.
 
     `on_lines` gets batches of output lines (stdout and stderr merged) as they come;
-    `tick` runs about every second (heartbeats)."""
-    proc = subprocess.Popen(
-        argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=_die_with_parent,
-    )
+    `tick` runs about every second (heartbeats). With `user`, the command starts as that
+    uid and gid (privileges dropped before exec). `pass_fds` are handed to the command and
+    closed here once it has them; `started` gets its pid. `join` are cgroup.procs files the
+    command enters and `rlimits` (resource, value) pairs it gets, both before it drops to `user`."""
+    try:
+        proc = subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_child_setup(user, join, rlimits), pass_fds=pass_fds,
+        )
+    finally:
+        for fd in pass_fds:
+            os.close(fd)
+    started(proc.pid)
     lines: "queue.Queue[str | None]" = queue.Queue()
 
     def feed() -> None:

@@ -38,6 +38,77 @@ def _release_summary(p: dict[str, Any]) -> list[str]:
     ]
 
 
+def _login(obj: Any) -> str:
+    return (obj or {}).get("login", "") if isinstance(obj, dict) else ""
+
+
+def _issue_summary(p: dict[str, Any]) -> list[str]:
+    issue = p.get("issue") or {}
+    return [
+        f"issue #{issue.get('number')}: {issue.get('html_url', '')}",
+        f"title: {issue.get('title') or ''}",
+        f"author: {_login(issue.get('user'))} ({issue.get('author_association', '')})",
+        f"state: {issue.get('state', '')}",
+        f"labels: {', '.join(l.get('name', '') for l in issue.get('labels') or [])}",
+        f"assignees: {', '.join(_login(a) for a in issue.get('assignees') or [])}",
+        "body:",
+        issue.get("body") or "",
+    ]
+
+
+def _comment_summary(p: dict[str, Any]) -> list[str]:
+    comment = p.get("comment") or {}
+    on = p.get("issue") or p.get("pull_request") or {}
+    what = "pull request" if "pull_request" in p or "pull_request" in on else "issue"
+    return [
+        f"comment on {what} #{on.get('number')} ({on.get('title') or ''}): {comment.get('html_url', '')}",
+        f"author: {_login(comment.get('user'))} ({comment.get('author_association', '')})",
+        *([f"file: {comment['path']}"] if comment.get("path") else []),
+        "comment:",
+        comment.get("body") or "",
+    ]
+
+
+def _review_summary(p: dict[str, Any]) -> list[str]:
+    review, pr = p.get("review") or {}, p.get("pull_request") or {}
+    return [
+        f"review of pull request #{pr.get('number')} ({pr.get('title') or ''}): {review.get('html_url', '')}",
+        f"author: {_login(review.get('user'))} ({review.get('author_association', '')})",
+        f"state: {review.get('state', '')}",
+        "body:",
+        review.get("body") or "",
+    ]
+
+
+def _workflow_run_summary(p: dict[str, Any]) -> list[str]:
+    run = p.get("workflow_run") or {}
+    return [
+        f"workflow run {run.get('name') or ''} #{run.get('run_number')}: {run.get('html_url', '')}",
+        f"conclusion: {run.get('conclusion') or ''}, event: {run.get('event', '')}",
+        f"head branch: {run.get('head_branch', '')}, head sha: {run.get('head_sha', '')}",
+    ]
+
+
+def _push_summary(p: dict[str, Any]) -> list[str]:
+    lines = [f"push to {p.get('ref', '')} by {(p.get('pusher') or {}).get('name', '')}: {p.get('compare', '')}"]
+    for commit in (p.get("commits") or [])[:20]:
+        first = (commit.get("message") or "").split("\n", 1)[0]
+        lines.append(f"{str(commit.get('id', ''))[:12]} {first}")
+    return lines
+
+
+SUMMARIES = {
+    "pull_request": _pr_summary,
+    "release": _release_summary,
+    "issues": _issue_summary,
+    "issue_comment": _comment_summary,
+    "pull_request_review": _review_summary,
+    "pull_request_review_comment": _comment_summary,
+    "workflow_run": _workflow_run_summary,
+    "push": _push_summary,
+}
+
+
 def untrusted_block(source: str, lines: list[str]) -> str:
     marker = "UNTRUSTED-" + secrets.token_hex(8)
     body = "\n".join(lines)
@@ -53,19 +124,27 @@ def untrusted_block(source: str, lines: list[str]) -> str:
 def build(routine_prompt: str, trigger: dict[str, Any], payload: dict[str, Any] | None, github: str = "") -> str:
     """`github`: the paragraph about the github connector under the routine's policy."""
     kind = trigger.get("kind")
-    parts = [routine_prompt.rstrip(), "", "---", f"This session was started by a {kind} trigger."]
+    parts = [routine_prompt.rstrip(), "", "---", f"This session was started by {'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind} trigger."]
     if kind == "github":
         event = trigger.get("event", "")
         repo = ((payload or {}).get("repository") or {}).get("full_name", "")
         parts.append(f"Event: {event} on {repo} (delivery {trigger.get('delivery')}). "
                      "The raw payload is in the file named by $ROUTINELY_EVENT_FILE.")
         if payload is not None:
-            summary = _pr_summary(payload) if event.startswith("pull_request") else (
-                _release_summary(payload) if event.startswith("release") else [])
-            if summary:
-                parts += ["", untrusted_block(f"github {event}", summary)]
+            summarize = SUMMARIES.get(event.partition(".")[0])
+            lines = summarize(payload) if summarize is not None else []
+            if trigger.get("command"):
+                # the command's text is the commenter's words: it goes in the same block, never outside it
+                parts.append(f"The comment starts with the command /{trigger['command']}; the rest of that line is "
+                             "the `command text` in the block below (also in $ROUTINELY_TEXT).")
+                lines = [f"command: /{trigger['command']}", f"command text: {trigger.get('text') or ''}", *lines]
+            if lines:
+                parts += ["", untrusted_block(f"github {event}", lines)]
     elif kind == "schedule":
         parts.append(f"Scheduled run for {trigger.get('scheduled_for')} (UTC).")
+        previous = trigger.get("previous_run_at")
+        parts.append(f"The previous scheduled run was at {previous} (UTC; also in $ROUTINELY_PREVIOUS_RUN_AT)."
+                     if previous else "This is the routine's first scheduled run ($ROUTINELY_PREVIOUS_RUN_AT is empty).")
     text = trigger.get("text")
     if text is not None and kind in ("api", "manual"):
         parts += ["The caller passed this text (also in $ROUTINELY_TEXT):", "", untrusted_block(f"{kind} text", [text])]

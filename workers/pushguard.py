@@ -74,8 +74,12 @@ def _refs(path: Path, env: dict[str, str]) -> dict[str, str]:
 
 class PushGuard:
     def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None],
-                 ids: git.Ids | None = None) -> None:
+                 ids: git.Ids | None = None, sock: str | None = None,
+                 on_forward: Callable[[str, str], None] | None = None) -> None:
+        """`sock`: where to serve the hooks' socket (the session's door folder, which its
+        sandbox can see); by default a short tmp dir of its own."""
         self.root, self.prefix, self.unrestricted, self.log, self.ids = root, prefix, unrestricted, log, ids
+        self.on_forward = on_forward  # (repo, ref) after a ref reached the real remote: routinely.chain
         self.relays: dict[str, Relay] = {}
         self._tokens: dict[str, Callable[[], str | None]] = {}
         self._lock = threading.Lock()
@@ -84,9 +88,10 @@ class PushGuard:
             os.chown(root, *ids)
         # unix socket paths are length-limited: keep the socket in a short tmp dir that the
         # session's user may traverse (the hook connects to it; it can only ask for a sync)
-        self._sock_dir = tempfile.mkdtemp(prefix="rly-")
-        os.chmod(self._sock_dir, 0o711)
-        self.sock = os.path.join(self._sock_dir, "s")
+        self._sock_dir = None if sock else tempfile.mkdtemp(prefix="rly-")
+        if self._sock_dir:
+            os.chmod(self._sock_dir, 0o711)
+        self.sock = sock or os.path.join(self._sock_dir, "s")
         guard = self
 
         class Handler(socketserver.StreamRequestHandler):
@@ -155,6 +160,8 @@ class PushGuard:
                     if new:
                         relay.forwarded[ref] = new
                         relay.pushed.add(ref)
+                        if self.on_forward is not None:
+                            self.on_forward(relay.repo, ref)
                     else:
                         relay.forwarded.pop(ref, None)
                         relay.pushed.discard(ref)
@@ -184,4 +191,5 @@ class PushGuard:
         finally:
             self._server.shutdown()
             self._server.server_close()
-            shutil.rmtree(self._sock_dir, ignore_errors=True)
+            if self._sock_dir:
+                shutil.rmtree(self._sock_dir, ignore_errors=True)

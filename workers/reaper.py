@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import redis
+
 from routinely import jobs, keys, session_log, sessions
 from routinely.start import iso
-from workers import leftovers
+from workers import leftovers, sandbox
 from workers.outbox import HEARTBEAT_EVERY
 
 HEARTBEAT_TIMEOUT_SECONDS = 10.0  # runners beat every HEARTBEAT_EVERY s: five missed beats is a dead worker
@@ -37,13 +38,19 @@ def reap(conn: redis.Redis, now: float, data_dir: Path | None = None,
     for raw_id in stale:
         sid = raw_id.decode()
         raw = sessions.get_raw(conn, sid) or {}
-        if raw.get(b"status") == b"running" and data_dir is not None and raw.get(b"host", b"").decode() == socket.gethostname():
-            leftovers.clean(sid, data_dir)  # like the runner: nothing of it left once it reads as finished
+        ended = True
+        if raw.get(b"status") == b"running" and raw.get(b"host", b"").decode() == socket.gethostname():
+            # like the runner: nothing of it is left once it reads as finished
+            ended = sandbox.finish(raw)  # its cgroup and its uid's processes
+            if data_dir is not None:
+                leftovers.clean(sid, data_dir)  # processes that carry its id, its mounts, workspace and relay
         reason = f"routinely: the worker running this session stopped answering for {int(timeout)} s (killed or host lost); marked failed"
         if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
             session_log.append(conn, sid, reason)
             reaped.append(sid)
             jobs.settle(conn, sid, False, reason)  # out of RQ's "started"
+            if not ended:
+                session_log.append(conn, sid, "routinely: processes of this session outlived its worker and could not all be ended")
         conn.zrem(keys.RUNNING, sid)
     return reaped
 

@@ -6,30 +6,34 @@ worker died.
 """
 from __future__ import annotations
 
+import json
 import os
-import shutil
 import socket
 import time
 from typing import Any, Callable
 
 import orjson
-from routinely import catalog, jobs, keys, sessions
+
+from routinely import catalog, chain, jobs, keys, model_usage, sessions, transcript
 from routinely.config import Settings
+from routinely.github_auth import InstallationTokens, TokenError
 from routinely.start import iso
 from routinely.store import connect
-from workers import process, prompt
+from workers import agents, process, prompt
+from workers.agents.transcript import read_lines
 from workers.connector import Connector, ConnectorError, Policy
-from workers.github_auth import InstallationTokens, TokenError
 from workers.outage import Outage
 from workers.outbox import Outbox, guarded, patiently
+from workers.gateway import WITHHELD, Gateway
+from workers.gateway.session import open_gateway
+from workers.liveness import Liveness
+from routinely.agent_spec import DEFAULT_IDLE_MINUTES
+from routinely.prices import PriceError
 from workers.pushguard import PushError, PushGuard
-from workers.sandbox import Sandbox, SandboxError, kill_user
+from workers.sandbox import Sandbox, SandboxError, git_alternates, kill_user
+from workers.sandbox.bounds import limits_for
 from workers.warm import WarmStart
 from workers.workspace import Workspace
-
-CLAUDE = "claude -p --permission-mode bypassPermissions --mcp-config .mcp.json"
-PRESETS = {"claude": CLAUDE}
-
 
 class Runtime:
     """What a worker process keeps between sessions: settings, Redis, the token cache, and
@@ -78,8 +82,9 @@ class SessionRun:
     def heartbeat(self) -> None:
         pass  # the outbox's own thread beats, also while a clone or setup blocks this one
 
-    def _read(self, call: Callable[[], Any]) -> Any:
-        """A Redis read the session needs before its agent starts: waits out an outage."""
+    def _patiently(self, call: Callable[[], Any]) -> Any:
+        """A Redis call the session cannot go on without (a read before its agent starts, a
+        record after): waits out an outage instead of failing the session."""
         return patiently(call, self.rt.outage, self.conn)
 
     def canceled(self) -> bool:
@@ -103,6 +108,8 @@ class SessionRun:
         self.sandbox: Sandbox | None = None
         self.warm: WarmStart | None = None
         self.connector: Connector | None = None
+        self.gateway: Gateway | None = None
+        self.liveness = Liveness(DEFAULT_IDLE_MINUTES, self.canceled)
         try:
             status, code, reason = self._execute(raw)
         except Exception as exc:  # a bug or a lost store must not leave the session running
@@ -123,7 +130,11 @@ class SessionRun:
             if self.connector is not None:
                 self.connector.close()  # its token answers 401 from here on
             if self.sandbox is not None:
-                self.sandbox.close()  # no process of the session's user outlives it
+                self.sandbox.close()  # no process of the session outlives it
+                if self.sandbox.resources() is not None:
+                    self.outbox.update(resources=orjson.dumps(self.sandbox.resources()).decode())
+            if self.gateway is not None:
+                self.gateway.close()
             if self.guard is not None:
                 self.guard.close()
             if self.warm is not None:
@@ -135,7 +146,7 @@ class SessionRun:
     def _execute(self, raw: dict[bytes, bytes]) -> tuple[str, int | None, str | None]:
         """Prepare and run; returns (status, exit code, the line saying why when not a plain exit)."""
         trigger = orjson.loads(raw[b"trigger"])
-        cat = self._read(lambda: catalog.load(self.conn))
+        cat = self._patiently(lambda: catalog.load(self.conn))
         routine = cat.routines.get(raw[b"routine_key"].decode())
         if routine is None:
             return "failed", None, "routinely: the routine was removed before this session started"
@@ -144,7 +155,11 @@ class SessionRun:
         deadline = time.monotonic() + spec["timeout_minutes"] * 60
         began = time.monotonic()
         try:
-            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log)
+            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log,
+                                        self.settings.sandbox, self.settings.sandbox_paths,
+                                        limits_for(spec["environment"], self.settings.session_limits),
+                                        self.settings.cgroups)
+            self.outbox.update(sandbox="on" if self.sandbox.enabled else "off")
         except SandboxError as exc:
             return "failed", None, str(exc)  # fail closed: never more access than asked
         ids = self.sandbox.ids
@@ -152,24 +167,42 @@ class SessionRun:
             self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
+        depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids)
+                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"),
+                               on_forward=lambda repo, ref: self._patiently(lambda: chain.record(self.conn, repo, ref, self.id, depth)))
         try:
             self._checkout(workspace, self.guard, routine.key, spec)
-            argv = self._agent_argv()
         except Failed as exc:
             return "failed", None, str(exc)
+        self._share(workspace)
         payload = self._payload(raw)
-        env = self._agent_env(workspace, routine.name, trigger, payload, spec)
+        self.liveness.idle_seconds = spec.get("idle_timeout_minutes", DEFAULT_IDLE_MINUTES) * 60
+        try:
+            self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
+                                                     routine.account, cat.accounts[routine.account].timezone,
+                                                     spec.get("budget"), self.log)
+        except PriceError as exc:
+            return "failed", None, f"routinely: {exc}"
+        self.liveness.gateway = self.gateway
         try:
             github, paragraph = self._github_connector(spec)
         except ConnectorError as exc:
             return "failed", None, str(exc)
+        env = self._agent_env(workspace, routine.name, trigger, payload, spec)  # after the doors: NO_PROXY lists them
         text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
-        workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
-        if self.sandbox.network != "full" or ids:
-            self.log(f"routinely: network {self.sandbox.network}" + (f", session user {ids[0]}" if ids else ""))
+        env.update(gateway_env)  # in a session the vendors' names point at its gateway
+        mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
+        try:
+            launch = agents.prepare(spec.get("agent"), self.settings.agent, workspace,
+                                    json.loads(mcp.read_text())["mcpServers"], env, as_root=self._agent_is_root())
+        except agents.AgentError as exc:
+            return "failed", None, str(exc)
+        env.update(launch.env)
+        if self.sandbox.enabled or ids:
+            self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
+                     + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
         # -- warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached
         before = self.warm.command()
@@ -181,19 +214,60 @@ class SessionRun:
         self.warm.after_setup(lambda: ids and kill_user(ids[0]))
         self.outbox.update(warm_start=self.warm.summary())
         # -- end warm start
-        self.log(f"routinely: starting the agent: {argv[-1]}")
-        return self._ended(self._command(argv, workspace, env, text, deadline), "agent")
+        self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")
+        self.api_error: str | None = None
+        result = self._command(launch.argv, workspace, env, text, deadline, launch.cwd, self._agent_output(launch))
+        if self.gateway.stop_reason == "budget_exceeded":
+            spent = self.gateway.meter.total
+            self.log(f"routinely: budget_exceeded: spent {spent['input_tokens'] + spent['output_tokens']} input+output tokens, "
+                     f"cost {spent['cost_usd'] if spent['cost_usd'] is not None else 'unknown'} USD")
+            self._patiently(lambda: model_usage.record_stop(self.conn, self.gateway.meter.routine_key, "budget_exceeded"))
+            return "failed", result.exit_code, "budget_exceeded"
+        if self.api_error and result.outcome == "exited":
+            policy = self.sandbox.network
+            blocked = f"the routine's network policy ({policy}) blocks it" if policy != "full" else self.api_error
+            return "failed", result.exit_code, f"routinely: the agent could not reach its model API: {blocked}"
+        return self._ended(result, "agent")
+
+    def _agent_is_root(self) -> bool:
+        return self.sandbox.uid is None and os.geteuid() == 0
+
+    def _agent_output(self, launch: agents.Launch):
+        """The agent's lines: its structured events become transcript entries and readable
+        log lines; anything else goes to the log as it is."""
+        def on_lines(lines: list[str]) -> None:
+            self.liveness.output()
+            reading = read_lines(launch.transcript, lines)
+            # through the outbox, like every write of a running session: Redis may be away
+            if reading.entries:
+                self.outbox.add(lambda pipe, entries=reading.entries: transcript.append(pipe, self.id, entries))
+            if reading.log:
+                self.outbox.log(*reading.log)
+            if reading.agent_usage is not None:
+                self.outbox.update(agent_usage=orjson.dumps(reading.agent_usage).decode())
+            self.api_error = self.api_error or reading.api_error
+        return on_lines
 
     def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
         """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
         policy = Policy.from_spec(spec)
         self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
-                                   self.rt.tokens, self.guard.pushed_branch, self.log).start()
+                                   self.rt.tokens, self.guard.pushed_branch, self.log)
+        self.connector.start()
         port = self.sandbox.add_door("github", self.connector.socket_path)
         return self.connector.mcp_entry(port), policy.prompt(self.settings.github_app)
 
     def _ended(self, result: process.Result, what: str) -> tuple[str, int | None, str | None]:
         code = result.exit_code
+        if notes := self.sandbox.notes():
+            self.log(*notes)
+        if limit := self.sandbox.ended():
+            return "failed", code, limit  # out of memory, disk limit exceeded
+        if result.outcome == "canceled" and self.liveness.reason == "stalled":
+            self.log(self.liveness.stalled_line())
+            if self.gateway is not None:
+                self._patiently(lambda: model_usage.record_stop(self.conn, self.gateway.meter.routine_key, "stalled"))
+            return "timed_out", None, "stalled"
         if result.outcome == "timed_out":
             return "timed_out", None, f"routinely: the {what} ran past timeout_minutes and was stopped"
         if result.outcome == "canceled" and self.stopped_by_shutdown:
@@ -208,13 +282,36 @@ class SessionRun:
         self.log(f"routinely: the agent exited with code {code}")
         return ("succeeded" if code == 0 else "failed"), code, None if code == 0 else f"the agent exited with code {code}"
 
-    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float) -> process.Result:
-        return process.run(self.sandbox.command(argv), ws.root, env, stdin, deadline, lambda lines: self.log(*lines),
-                           self.canceled, self.heartbeat)
+    def _command(self, argv: list[str], ws: Workspace, env: dict[str, str], stdin: str, deadline: float,
+                 cwd: "os.PathLike[str] | None" = None, on_lines=None) -> process.Result:
+        def plain(lines: list[str]) -> None:
+            self.liveness.output()
+            self.log(*lines)
+        cmd = self.sandbox.command(argv, env, cwd or ws.root, ws.home)
+        return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, on_lines or plain,
+                           lambda: self.liveness.should_stop() or self.sandbox.over(), self.heartbeat, user=cmd.user,
+                           pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits,
+                           started=lambda pid: self._started(pid, cmd.user))
+
+    def _started(self, pid: int, uid: int | None) -> None:
+        """What the reaper needs to finish a session whose worker died: its sandbox's pid, uid, cgroup."""
+        bounds = self.sandbox.bounds
+        self.outbox.update(sandbox_pid=pid, sandbox_uid=uid,
+                           sandbox_cgroup=bounds.name if bounds is not None and bounds.cgroup is not None else None)
+
+    def _share(self, ws: Workspace) -> None:
+        """What the sandbox mounts of the host: the workspace and relays, and the object stores
+        the checkouts borrow from."""
+        self.sandbox.share(ws.root, writable=True)
+        self.sandbox.watch(ws.root)
+        self.sandbox.share(ws.relays, writable=True)
+        for repo in ws.repos:
+            for store in git_alternates(repo):
+                self.sandbox.share(store)
 
     def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any]) -> None:
         """Mirrors, relays, then checkouts or a cached setup (workers/warm)."""
-        token_for = lambda repo: lambda: self._read(lambda: self.rt.tokens.for_repository(self.conn, repo))  # noqa: E731
+        token_for = lambda repo: lambda: self._patiently(lambda: self.rt.tokens.for_repository(self.conn, repo))  # noqa: E731
         self.warm = WarmStart(self.settings, self.id, routine_key, spec["environment"], ws, guard, token_for, self.log)
         try:
             self.warm.prepare(spec["repositories"])
@@ -225,7 +322,7 @@ class SessionRun:
 
     def _payload(self, raw: dict[bytes, bytes]) -> bytes | None:
         event_id = raw.get(b"event_id")
-        return self._read(lambda: self.conn.get(keys.payload(event_id.decode()))) if event_id else None
+        return self._patiently(lambda: self.conn.get(keys.payload(event_id.decode()))) if event_id else None
 
     def _agent_env(self, ws: Workspace, routine_name: str, trigger: dict[str, Any], payload: bytes | None,
                    spec: dict[str, Any]) -> dict[str, str]:
@@ -233,15 +330,19 @@ class SessionRun:
         service variables named in ROUTINELY_AGENT_ENV — nothing else of the worker's."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
-            # a session user cannot use the worker's home; it gets one of its own
-            "HOME": str(ws.home) if ws.ids else os.environ.get("HOME", str(ws.home)),
+            # always the session's own: no session reads or writes another's agent state
+            "HOME": str(ws.home),
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "TMPDIR": str(ws.root / ".tmp"),
         }
+        env.update(self.sandbox.extra_env)  # the routine's env may override (e.g. ALL_PROXY: "" for SOCKS-less clients)
         env.update(spec["environment"]["env"])
-        env.update(self.sandbox.extra_env)
+        withheld = [name for name in self.settings.agent_env if name in WITHHELD]
+        if withheld:
+            self.log(f"routinely: withheld from the session: {', '.join(withheld)} (model credentials and base URLs "
+                     "stay with the model gateway)")
         for name in self.settings.agent_env:
-            if name in os.environ:
+            if name in os.environ and name not in WITHHELD:
                 env[name] = os.environ[name]
         env.update({
             "ROUTINELY_SESSION_ID": self.id,
@@ -254,14 +355,6 @@ class SessionRun:
             env["ROUTINELY_EVENT_FILE"] = str(ws.write(".routinely/event.json", payload))
         if trigger.get("text") is not None:
             env["ROUTINELY_TEXT"] = trigger["text"]
+        if trigger.get("kind") == "schedule":
+            env["ROUTINELY_PREVIOUS_RUN_AT"] = trigger.get("previous_run_at") or ""
         return env
-
-    def _agent_argv(self) -> list[str]:
-        agent = self.settings.agent
-        if agent in PRESETS:
-            binary = PRESETS[agent].split()[0]
-            if shutil.which(binary, path=os.environ.get("PATH")) is None:
-                raise Failed(f"routinely: the agent preset '{agent}' needs `{binary}` on PATH: install it "
-                             "(npm install -g @anthropic-ai/claude-code) or set ROUTINELY_AGENT to a command")
-            return ["bash", "-c", PRESETS[agent]]
-        return ["bash", "-c", agent]

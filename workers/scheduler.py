@@ -90,7 +90,10 @@ class Scheduler:
                     done.append(self._fire(routine, sch, latest))
                 updates[f] = following if following is not None else -1
         stale = [k for k in stored if k not in live]
+        gone = [k.decode() for k in self.conn.hkeys(keys.LAST_SCHEDULED_RUN) if k.decode() not in cat.routines]
         pipe = self.conn.pipeline(transaction=False)
+        if gone:
+            pipe.hdel(keys.LAST_SCHEDULED_RUN, *gone)
         if updates:
             pipe.hset(keys.SCHEDULES, mapping=updates)
         if stale:
@@ -99,14 +102,18 @@ class Scheduler:
         return done
 
     def _fire(self, routine: Routine, sch: Schedule, run_at: float) -> dict[str, Any]:
+        previous = self.conn.hget(keys.LAST_SCHEDULED_RUN, routine.key)
         firing = Firing(
             kind="schedule",
             routine=routine.key,
             scheduled_for=iso(run_at),
+            previous_run_at=previous.decode() if previous else "",  # "since the last run" needs no state of its own
             claim=keys.schedule_fired(routine.key, sch.id, int(run_at)),
             claim_ttl=2 * keys.DAY,
         )
         outcome = self.starter.fire(firing, lambda cat: [r for r in [cat.routines.get(routine.key)] if r is not None])
+        if outcome.sessions:  # a dropped or skipped run did not run: the next one still looks back past it
+            self.conn.hset(keys.LAST_SCHEDULED_RUN, routine.key, iso(run_at))
         return {"routine": routine.key, "schedule": sch.id, "run_at": run_at, "duplicate": outcome.duplicate,
                 "sessions": outcome.sessions, "dropped": outcome.dropped, "skipped": outcome.skipped}
 

@@ -13,6 +13,7 @@ gives running sessions ROUTINELY_SHUTDOWN_GRACE_SECONDS; a second signal ends th
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 
@@ -22,8 +23,11 @@ from routinely import jobs, sessions
 from routinely.config import ConfigError, Settings
 from routinely.store import connect
 from workers.outage import BACKOFF_MAX
+from workers import sandbox
 from workers.reaper import reap
 from workers.run import Runtime
+from workers.sandbox import host as sandbox_host
+from workers.sandbox.bounds import enforcer
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
@@ -125,6 +129,15 @@ class Worker(jobs.SimpleWorker):
 
 
 def run(settings: Settings, burst: bool = False) -> None:
+    problem = sandbox_host.problem(settings.session_users, os.environ.get("PATH")) if settings.sandbox else None
+    if problem:  # fail closed: never run a session with less isolation than the contract says
+        print(problem, file=sys.stderr)
+        sys.exit(1)
+    notice = enforcer(settings.cgroups).notice
+    if notice:
+        print(notice, file=sys.stderr)
+    if not settings.sandbox:
+        print("routinely: ROUTINELY_SANDBOX=off: sessions run unsandboxed (each says so in its log and on its page)", file=sys.stderr)
     rt = Runtime(settings)
     Runtime._current = rt
     logging.getLogger("rq.worker").addFilter(_QuietOutages())
@@ -136,6 +149,7 @@ def run(settings: Settings, burst: bool = False) -> None:
         try:
             if first:  # only at start: after an outage, others' buffered heartbeats are still coming
                 reap(rt.conn, settings.clock(), settings.data_dir)
+                sandbox.sweep(rt.conn, settings.cgroups)  # cgroups of ended sessions a dead worker left here
                 first = False
             worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
         except jobs.StopRequested:

@@ -14,7 +14,9 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-entry = json.load(open(".mcp.json"))["mcpServers"]["github"]
+# the agent starts in the first checkout; .mcp.json is at the workspace's root, beside .routinely/
+workspace = os.path.dirname(os.path.dirname(os.environ["ROUTINELY_PROMPT_FILE"]))
+entry = json.load(open(os.path.join(workspace, ".mcp.json")))["mcpServers"]["github"]
 event = json.load(open(os.environ["ROUTINELY_EVENT_FILE"])) if os.environ.get("ROUTINELY_EVENT_FILE") else {}
 pr = (event.get("pull_request") or {}).get("number", 1)
 owner, repo = "octo", "api"

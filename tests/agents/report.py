@@ -7,6 +7,7 @@ import os
 import sys
 
 stdin = sys.stdin.read()
+root = os.path.dirname(os.path.dirname(os.environ["ROUTINELY_PROMPT_FILE"]))  # the workspace; cwd is the first checkout
 print("agent: started")
 print("agent: line with unicode ✓")
 sys.stderr.write("agent: to stderr\n")
@@ -15,8 +16,9 @@ report = {
     "stdin": stdin,
     "prompt_file": open(os.environ["ROUTINELY_PROMPT_FILE"]).read(),
     "cwd": os.getcwd(),
-    "files": sorted(os.listdir(".")),
-    "mcp": json.load(open(".mcp.json")) if os.path.exists(".mcp.json") else None,
+    "root": root,
+    "files": sorted(os.listdir(root)),
+    "mcp": json.load(open(os.path.join(root, ".mcp.json"))) if os.path.exists(os.path.join(root, ".mcp.json")) else None,
     "event": json.load(open(os.environ["ROUTINELY_EVENT_FILE"])) if os.environ.get("ROUTINELY_EVENT_FILE") else None,
     "repos": {},
 }

@@ -6,7 +6,7 @@ from typing import Callable
 
 import redis
 
-from routinely import actions
+from routinely import actions, chain, keys
 from routinely.start import iso
 from workers.connector.tools import Call
 
@@ -14,6 +14,7 @@ from workers.connector.tools import Call
 class Recorder:
     def __init__(self, conn: redis.Redis, session_id: str, log: Callable[[str], None], clock: Callable[[], float]) -> None:
         self.conn, self.session_id, self.log, self.clock = conn, session_id, log, clock
+        self._depth: int | None = None
 
     def __call__(self, call: Call, status: str, detail: str = "", number: int | None = None, url: str | None = None,
                  repo: str | None = None) -> None:
@@ -22,9 +23,19 @@ class Recorder:
         number = number if number is not None else call.number
         repo = repo or f"{call.owner}/{call.repo}"
         target = repo + (f"#{number}" if number else "")
+        detail = detail.removeprefix("routinely: ")
         self.log(f"routinely: github {call.tool} {target}: {status}" + (f": {detail}" if detail else ""))
         if call.write:
             actions.record(self.conn, self.session_id, {"tool": call.tool, "repo": repo, "number": number, "url": url,
                                                         "status": status, "at": iso(self.clock())})
+            if status == "ok" and number:  # the webhook this write causes starts sessions one deeper (routinely.chain)
+                chain.record(self.conn, repo, number, self.session_id, self.depth())
         elif status == "ok":
             actions.count_read(self.conn, self.session_id)
+
+    def depth(self) -> int:
+        """This session's chain depth, read once from its record."""
+        if self._depth is None:
+            raw = self.conn.hget(keys.session(self.session_id), "chain_depth")
+            self._depth = chain.session_depth({b"chain_depth": raw} if raw else {})
+        return self._depth

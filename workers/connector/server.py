@@ -25,11 +25,11 @@ from mcp_types import CallToolResult, TextContent
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from routinely.config import Settings
+from routinely.github_auth import InstallationTokens, TokenError
 from workers.connector.github import GitHubFailed, send
 from workers.connector.policy import Policy
 from workers.connector.record import Recorder
 from workers.connector.tools import Call, register, tool_error
-from workers.github_auth import InstallationTokens, TokenError
 
 START_TIMEOUT_SECONDS = 10
 NOT_CONFIGURED = ("routinely: the GitHub App is not configured on this service (GITHUB_APP_ID and GITHUB_PRIVATE_KEY), "
@@ -63,7 +63,7 @@ class Connector:
         config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_config=None, log_level="warning", lifespan="on",
                                 loop="asyncio", timeout_graceful_shutdown=2, access_log=False)
         self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name=f"github-connector-{session_id}", daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"github-connector-{session_id}", daemon=True)
 
     def start(self) -> "Connector":
         """Listen; returns once the socket accepts. Raises ConnectorError."""
@@ -71,9 +71,16 @@ class Connector:
         end = time.monotonic() + START_TIMEOUT_SECONDS
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > end:
+                self.close()
                 raise ConnectorError(f"routinely: the github connector could not listen on {self.socket_path}")
             time.sleep(0.01)
         return self
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except (Exception, SystemExit):  # uvicorn exits when it cannot bind; start() says so in one line
+            pass
 
     def mcp_entry(self, port: int) -> dict[str, Any]:
         """The `github` entry of the session's .mcp.json."""

@@ -10,6 +10,7 @@ import time
 from datetime import datetime
 
 from githubkit import AppAuthStrategy, GitHub
+from githubkit.cache import MemCacheStrategy
 
 from routinely import keys
 from routinely.config import Settings
@@ -26,6 +27,7 @@ class InstallationTokens:
         self.settings = settings
         self._cache: dict[int, tuple[str, float]] = {}
         self._lock = threading.Lock()
+        self._jwt_cache = MemCacheStrategy()
 
     def for_repository(self, conn, repo: str) -> str | None:
         """A token for `owner/repo`, or None when no GitHub App is configured."""
@@ -48,7 +50,9 @@ class InstallationTokens:
     def _mint(self, installation_id: int) -> tuple[str, float]:
         auth = AppAuthStrategy(self.settings.github_app_id, self.settings.github_private_key)
         try:
-            with GitHub(auth, base_url=self.settings.github_api_url) as gh:
+            # a cache of this instance's own: githubkit's default keeps JWTs per App id for the
+            # whole process, so a rotated key (or a second App with that id) got a stale JWT
+            with GitHub(auth, base_url=self.settings.github_api_url, cache_strategy=self._jwt_cache) as gh:
                 data = gh.rest.apps.create_installation_access_token(installation_id).parsed_data
         except Exception as exc:  # githubkit raises RequestFailed / transport errors
             status = getattr(getattr(exc, "response", None), "status_code", None)
