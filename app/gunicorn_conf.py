@@ -18,7 +18,7 @@ def _stop(message: str) -> None:
 
 def _workers() -> int:
     raw = os.environ.get("WEB_CONCURRENCY", "4")
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         _stop(f"WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is {raw!r})")
     return int(raw)
 

@@ -96,7 +96,7 @@ def _routine(account: str, name: str, new_token: dict[str, str] | None = None, s
 
 def _page_number() -> int:
     raw = request.args.get("page", "1")
-    return int(raw) if raw.isdigit() and 1 <= int(raw) <= 10_000 else 1
+    return int(raw) if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 10_000 else 1  # "²".isdigit() is true
 
 
 def _act(account: str, name: str, action) -> Response | tuple[str, int]:

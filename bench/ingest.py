@@ -84,6 +84,22 @@ def tree_cpu(pid: int) -> float:
     return total
 
 
+def watch_node(runner: subprocess.Popen) -> float:
+    """CPU seconds the Probot peer's node process used (warm-up included), sampled from
+    /proc until run-probot.sh ends; its run is both concurrencies, so is the figure."""
+    last: dict[int, float] = {}
+    while runner.poll() is None:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if b"server.mjs" in (proc / "cmdline").read_bytes() and "probot" in os.readlink(proc / "cwd"):
+                        last[int(proc.name)] = tree_cpu(int(proc.name))
+                except OSError:
+                    pass
+        time.sleep(0.2)
+    return sum(last.values())
+
+
 def redis_cpu(conn: redis.Redis) -> float:
     info = conn.info("cpu")
     return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
@@ -182,16 +198,20 @@ def main() -> None:
             return
         conn.flushall()
         redis0 = redis_cpu(conn)
-        probot = subprocess.run(["bash", str(PROBOT)], env={**os.environ, "REDIS_URL": server.url,
-                                "SECS": str(args.seconds), "CONCURRENCY": " ".join(map(str, args.concurrency))},
-                                capture_output=True, text=True)
+        runner = subprocess.Popen(["bash", str(PROBOT)], env={**os.environ, "REDIS_URL": server.url,
+                                  "SECS": str(args.seconds), "CONCURRENCY": " ".join(map(str, args.concurrency))},
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        node_cpu = watch_node(runner)  # node's CPU, sampled until the script ends
+        out, err = runner.communicate()
+        probot = subprocess.CompletedProcess(runner.args, runner.returncode, out, err)
         rows = [row for row in probot.stdout.splitlines() if "RESULT" in row]
         results = [dict(re.findall(r"(\w+)=([\d.]+)", row)) for row in rows]
         total = sum(int(r.get("requests", 0)) for r in results) or 1
         per = f"{(redis_cpu(conn) - redis0) / total * 1e6:.0f}"  # both concurrencies together
+        web = f"{node_cpu / total * 1e6:.0f}" if node_cpu else "-"
         for row, got in zip(rows, results):
             c = int(re.search(r"c=(\d+)", row).group(1))
-            print(line("probot + ioredis MULTI", c, {**got, "redis_us": per}), flush=True)
+            print(line("probot + ioredis MULTI", c, {**got, "redis_us": per, "web_us": web}), flush=True)
         if probot.returncode:
             print(f"probot: run-probot.sh failed ({probot.returncode}): {probot.stderr.strip()[-300:]}")
         for name, app in FLOORS.items():

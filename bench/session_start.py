@@ -43,17 +43,14 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="routinely-bench-"))
     tmp.chmod(0o711)  # session users (the default as root) must reach their workspaces
     (tmp / "github").mkdir()
-    (tmp / "out").mkdir()
-    (tmp / "out").chmod(0o777)
     remotes = Remotes(tmp / "github")
     remotes.create("bench/small")
     t = time.perf_counter()
     remotes.create("bench/large", count=args.files)
     print(f"made a {args.files}-file repository in {time.perf_counter() - t:.1f} s")
     server = RedisServer()
-    out = tmp / "out" / "started"
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(tmp / "data"),
-           "ROUTINELY_AGENT": 'date +%s.%N > "$OUT"'}
+           "ROUTINELY_AGENT": 'echo "STARTED $(date +%s.%N)"'}  # in its log: the sandbox shows it nothing else
     settings = Settings.from_env(env)
     print(f"session users: {'on' if settings.session_users else 'off'}")
     conn = redis.Redis.from_url(server.url)
@@ -62,7 +59,7 @@ def main() -> None:
     def routine(name: str, repo: str, setup: str | None, cache: bool = True) -> dict:
         return {"name": name, "account": "b", "prompt": "p", "repositories": [repo], "triggers": [{"api": {}}],
                 "rate_limit": {"events": 10_000, "per_seconds": 3600},
-                "environment": {"env": {"OUT": str(out)}, "setup": setup, "cache": cache}}
+                "environment": {"setup": setup, "cache": cache}}
 
     plan = [("small", "bench/small", None), ("small-setup", "bench/small", slow_setup),
             ("large", "bench/large", None), ("large-setup", "bench/large", slow_setup)]
@@ -76,7 +73,6 @@ def main() -> None:
     cache = SetupCache(settings.data_dir)
     try:
         def one(name: str) -> tuple[float, float]:
-            out.unlink(missing_ok=True)
             queued = time.time()
             s = fire_one(settings, conn, name, Firing(kind="manual"))
             while sessions.get(conn, settings, s["id"])["status"] in ("queued", "running"):
@@ -84,7 +80,7 @@ def main() -> None:
             log = session_log.read(conn, s["id"])[0]
             if sessions.get(conn, settings, s["id"])["status"] != "succeeded":
                 raise SystemExit("a bench session failed:\n" + "\n".join(log))
-            started = float(out.read_text())
+            started = next(float(line.split()[1]) for line in log if line.startswith("STARTED "))
             ready = next(float(m.group(1)) for line in log if (m := re.search(r"workspace ready in ([\d.]+) s", line)))
             return started - queued, ready
 

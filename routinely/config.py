@@ -78,7 +78,7 @@ class Settings:
         if urlparse(git_url).scheme not in ("http", "https", "file"):
             raise ConfigError(f"GITHUB_GIT_URL must be an http(s):// or file:// URL, got {git_url!r}")
         app_id = get("GITHUB_APP_ID")
-        if app_id is not None and not app_id.isdigit():
+        if app_id is not None and not (app_id.isascii() and app_id.isdigit()):
             raise ConfigError("GITHUB_APP_ID must be the App's numeric id (see the App's settings page)")
         private_key = _private_key(get("GITHUB_PRIVATE_KEY"), get("GITHUB_PRIVATE_KEY_PATH"))
         if bool(app_id) != bool(private_key):
@@ -93,7 +93,7 @@ class Settings:
         lease = _seconds("ROUTINELY_SCHEDULER_LEASE_SECONDS", get("ROUTINELY_SCHEDULER_LEASE_SECONDS"),
                          cls.scheduler_lease_seconds, 1, 3600)
         depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
-        if not depth.isdigit() or not 1 <= int(depth) <= 100:
+        if not (depth.isascii() and depth.isdigit()) or not 1 <= int(depth) <= 100:
             raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         vendor_urls = {}

@@ -124,7 +124,9 @@ class Wire:
             held = None  # a forked child opens its own
         if held is not None and time.monotonic() - held.used > IDLE_CHECK_SECONDS:
             # readable while idle = the server closed it (restart, timeout): reconnect now
-            if select.select([held.sock], [], [], 0)[0]:
+            poller = select.poll()  # (select() cannot watch descriptors past 1024)
+            poller.register(held.sock, select.POLLIN)
+            if poller.poll(0):
                 self._drop(held)
                 held = None
         if held is None:

@@ -85,6 +85,8 @@ def test_cli_says_one_line_when_redis_is_unreachable(tmp_path):
     ("ROUTINELY_SCHEDULER_LEASE_SECONDS", "0", "from 1 to 3600"),
     ("PUBLIC_URL", "ftp://x", "PUBLIC_URL must be an http(s)"),
     ("GITHUB_APP_ID", "abc", "GITHUB_APP_ID must be the App's numeric id"),
+    ("GITHUB_APP_ID", "١٢", "GITHUB_APP_ID must be the App's numeric id"),
+    ("ROUTINELY_MAX_CHAIN_DEPTH", "²", "ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100"),
     ("GITHUB_PRIVATE_KEY", "-----BEGIN nonsense", "not a PEM private key"),
 ])
 def test_a_wrong_setting_stops_with_one_line(tmp_path, name, value, message):

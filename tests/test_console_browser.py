@@ -107,6 +107,7 @@ def test_a_person_with_a_browser(conn, env, remotes, server, browser, tmp_path):
         page.wait_for_function("document.getElementById('log').textContent.includes('agent: done')")
         assert "hello from the agent (from the browser)" in page.inner_text("#log")
         assert page.locator("#cancel").count() == 0
+        page.wait_for_function("!document.getElementById('sandbox').hidden")  # this run is unsandboxed: it says so
         shoot(page, "session-succeeded")
 
         # pause, and see a delivery recorded as skipped

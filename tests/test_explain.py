@@ -15,7 +15,11 @@ from routinely.routine_file import GithubTrigger
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture
 from tests.test_receiver import REPO, apply, gh
 
-PAYLOADS = {"pull_request": "pull_request.opened.installation.json", "release": "release.published.json"}
+PAYLOADS = {"pull_request": "pull_request.opened.installation.json", "release": "release.published.json",
+            "issues": "issues.labeled.json", "issue_comment": "issue_comment.created.json",
+            "pull_request_review": "pull_request_review.submitted.json",
+            "pull_request_review_comment": "pull_request_review_comment.created.json",
+            "workflow_run": "workflow_run.completed.json", "push": "push.branch.json"}
 
 
 def miss(kind: str, payload: dict, event: str | None = None, events=None, **spec) -> str | None:
@@ -33,8 +37,14 @@ def test_every_field_names_itself_and_the_payloads_value(kind, field):
         assert miss(kind, payload, field=field, op="equals", value=not actual) == \
             f"{field}: {json.dumps(actual)} does not equal {json.dumps(not actual)}"
     elif kind_of == LIST:
+        assert actual, f"the {kind} fixture needs a non-empty {field}"
         assert miss(kind, payload, field=field, op="equals", value=actual[0]) is None
         assert miss(kind, payload, field=field, op="equals", value="zz") == f'{field}: {show(actual)} has none that equals "zz"'
+    elif field == "author_association":  # a closed set: the other value must be one of it
+        other = "OWNER" if actual != "OWNER" else "NONE"
+        if actual:
+            assert miss(kind, payload, field=field, op="equals", value=actual) is None
+        assert miss(kind, payload, field=field, op="equals", value=other) == f'{field}: {show(actual)} does not equal "{other}"'
     else:
         assert miss(kind, payload, field=field, op="equals", value=actual) is None
         assert miss(kind, payload, field=field, op="equals", value="zz") == f'{field}: {show(actual)} does not equal "zz"'
@@ -169,3 +179,26 @@ def test_watched_but_not_taken_says_how_many_watch(client, conn):
     got = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
     assert got == {"summary": f"1 routine(s) watch {REPO}; none took this pull_request.opened",
                    "routines": [{"name": "drafts", "account": "alice", "reasons": ["is_draft: false does not equal true"]}]}
+
+
+def test_a_command_trigger_says_which_command_the_comment_started_with():
+    t = GithubTrigger(("issue_comment.created",), (), command="fix")
+    assert trigger_miss(t, "issue_comment.created", {"body": "thanks! /fix later"}) == \
+        'body: "thanks! /fix later" does not start with the command /fix'
+    assert trigger_miss(t, "issue_comment.created", {"body": "/fixed it"}) == "command /fixed is not /fix"
+    assert trigger_miss(t, "issue_comment.created", {"body": "/deploy now"}) == "command /deploy is not /fix"
+    assert trigger_miss(t, "issue_comment.created", {"body": "  /fix the login"}) is None
+    assert "not recorded" in trigger_miss(t, "issue_comment.created", {})
+
+
+def test_a_comment_delivery_keeps_its_body_for_command_triggers(client, conn):
+    apply(conn, {"name": "fixer", "triggers": [{"github": {"events": ["issue_comment.created"], "command": "fix"}}]})
+    payload = fixture("issue_comment.created.json")
+    payload["repository"]["full_name"] = REPO
+    payload["comment"]["body"] = "/deploy please"
+    body = body_of(payload)
+    resp = client.post("/webhooks/github", data=body, headers=delivery_headers("issue_comment", body))
+    assert resp.status_code == 202 and resp.get_json()["sessions"] == []
+    event = client.get("/api/events").get_json()[0]
+    got = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
+    assert got["routines"] == [{"name": "fixer", "account": "alice", "reasons": ["command /deploy is not /fix"]}]

@@ -2,8 +2,6 @@
 refusal stores nothing but the contract's counters, and every status is in openapi.yaml."""
 from __future__ import annotations
 
-import pytest
-
 from app import create_app
 from tests import hostile, openapi_check
 from tests.support import redis_snapshot

@@ -115,3 +115,12 @@ def test_a_wrong_kind_of_key_in_redis_is_a_500_at_the_webhook_door(client, conn)
     body = body_of(fixture("pull_request.opened.json"))
     resp = client.post("/webhooks/github", data=body, headers=delivery_headers("pull_request", body))
     assert resp.status_code == 500 and "unavailable" not in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("raw", ["%C2%B2", "%D9%A1", "0", "x", "99999"])
+def test_a_strange_page_number_on_a_page_is_never_a_500(client, conn, raw):
+    apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})
+    before = redis_snapshot(conn)
+    resp = client.get(f"/routines/alice/r?page={raw}")
+    assert resp.status_code == 200
+    assert redis_snapshot(conn) == before

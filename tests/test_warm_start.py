@@ -24,17 +24,18 @@ from tests.support import Remotes, git
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
-out="$OUT_DIR/$ROUTINELY_SESSION_ID"; mkdir -p "$out"; cd "${ROUTINELY_REPOS%% *}"  # the first checkout (where the agent starts)
-git rev-parse HEAD > "$out/head"; git status --porcelain > "$out/status"; ls -A > "$out/files"
-cat built.txt > "$out/built" 2>/dev/null || echo none > "$out/built"
-cat "$HOME/.cache/tool" > "$out/home" 2>/dev/null || echo none > "$out/home"
-id -u > "$out/uid"
+cd "${ROUTINELY_REPOS%% *}"  # the first checkout (where the agent starts)
+echo "SEEN head=$(git rev-parse HEAD)"
+echo "SEEN status=$(git status --porcelain | tr '\n' ' ')"
+echo "SEEN files=$(ls -A | tr '\n' ' ')"
+echo "SEEN built=$(cat built.txt 2>/dev/null || echo none)"
+echo "SEEN home=$(cat "$HOME/.cache/tool" 2>/dev/null || echo none)"
+echo "SEEN uid=$(id -u)"
 if [ "$ROUTINELY_TEXT" = vandal ]; then
   rm -f README.md; echo poisoned > built.txt; echo junk > junk.txt; echo poisoned >> "$HOME/.cache/tool"
-  git add -A && git commit -qm vandal && echo committed > "$out/committed"
+  git add -A && git commit -qm vandal && echo "SEEN committed=committed"
   rm -rf .git/objects/pack .git/refs
 fi
-if [ "$ROUTINELY_TEXT" = slow ]; then sleep 1; fi
 exit 0
 """
 SETUP = ('echo SETUP-RAN; sleep ${SETUP_SLEEP:-0}; echo "built from $(cat api/requirements.txt) by $ROUTINELY_SESSION_ID" > api/built.txt; '
@@ -46,11 +47,11 @@ def world():
     """A data dir, remotes and outputs any session user can reach (pytest's tmp is root-only)."""
     base = Path(tempfile.mkdtemp(prefix="rly-warm-"))
     base.chmod(0o711)
-    for sub in ("github", "out"):
+    for sub in ("github", "agent"):
         (base / sub).mkdir()
-    (base / "out").chmod(0o777)
-    (base / "agent.sh").write_text(AGENT)
-    (base / "agent.sh").chmod(0o644)
+    (base / "agent").chmod(0o755)
+    (base / "agent" / "agent.sh").write_text(AGENT)
+    (base / "agent" / "agent.sh").chmod(0o644)
     yield base
     for mounted in reversed([line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
                              if line.split()[1].startswith(str(base))]):
@@ -70,14 +71,13 @@ def env(redis_server, remotes, world) -> dict[str, str]:
     return {
         "PATH": os.environ["PATH"], "HOME": str(world / "home"), "LANG": "C.UTF-8",
         "REDIS_URL": redis_server.url, "GITHUB_GIT_URL": remotes.url,
-        "ROUTINELY_DATA_DIR": str(world / "data"), "ROUTINELY_AGENT": f"sh {world / 'agent.sh'}",
-        "ROUTINELY_SESSION_USERS": "off",
+        "ROUTINELY_DATA_DIR": str(world / "data"), "ROUTINELY_AGENT": f"sh {world / 'agent' / 'agent.sh'}",
+        "ROUTINELY_SESSION_USERS": "off", "ROUTINELY_SANDBOX_PATHS": str(world / "agent"),  # the sandbox stays on
     }
 
 
 def apply(conn, world, name="r", **environment):
     environment = {"setup": SETUP, **environment}
-    environment.setdefault("env", {})["OUT_DIR"] = str(world / "out")
     catalog.apply(conn, {"accounts": [{"name": "alice", "plan": "enterprise"}], "routines": [
         {"name": name, "account": "alice", "prompt": "p", "repositories": ["octo/api"], "triggers": [{"api": {}}],
          "rate_limit": {"events": 1000, "per_seconds": 3600}, "environment": environment}]}, time.time())
@@ -93,10 +93,13 @@ def session(conn, settings, env, text=None, routine="r", **extra) -> dict:
 
 
 def seen(conn, settings, env, sid) -> dict:
-    out = Path(env["ROUTINELY_DATA_DIR"]).parent / "out" / sid
-    got = {"id": sid, "record": sessions.get(conn, settings, sid), "log": "\n".join(session_log.read(conn, sid)[0])}
-    if out.is_dir():
-        got.update({p.name: p.read_text().strip() for p in out.iterdir()})
+    """The session's record and log, and what its agent reported (its `SEEN name=value` lines)."""
+    lines = session_log.read(conn, sid)[0]
+    got = {"id": sid, "record": sessions.get(conn, settings, sid), "log": "\n".join(lines)}
+    for line in lines:
+        if line.startswith("SEEN "):
+            name, _, value = line[5:].partition("=")
+            got[name] = value.strip()
     return got
 
 

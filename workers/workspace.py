@@ -83,13 +83,11 @@ class Workspace:
         root-owned and read-only) and gives the rest to the session's user. Raises PushError."""
         target = self.target_for(repo)
         env = {**git.worker_env(), "HOME": str(self.home)}
-        done = git.run(["clone", "--quiet", str(mirror), str(target)], env)
+        settings = ["user.name=routinely[bot]", "user.email=routinely@localhost", "push.default=current"]
+        done = git.run(["clone", "--quiet", *(f"--config={s}" for s in settings), str(mirror), str(target)], env)
         if done.returncode != 0:
             raise PushError(f"cannot check out {repo}: {git.clean_error(done.stderr)}")
         git.run(["remote", "set-url", "origin", str(relay)], env, target)
-        for key, value in (("user.name", "routinely[bot]"), ("user.email", "routinely@localhost"),
-                           ("push.default", "current")):
-            git.run(["config", key, value], env, target)
         if self.ids:
             git.chown_tree(target, self.ids)
         self.repos.append(target)
