@@ -63,7 +63,7 @@ def run(server: RedisServer, n: int) -> None:
     expires_not_admission = 2 * n * stats.get("cmdstat_expire", {}).get("usec_per_call", 0)  # session + event TTLs
     in_redis = (spent - expires_not_admission) / n
     print(f"start script, one matched routine: {script:.1f} µs per firing inside Redis")
-    print(f"of which admission's GET/INCR/EXPIRE commands: {in_redis:.1f} µs")
+    print(f"of which admission's MGET/INCR/EXPIRE commands: {in_redis:.1f} µs")
     account = cat.accounts["a"]
     t = time.perf_counter()
     for _ in range(n):

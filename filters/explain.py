@@ -11,6 +11,7 @@ from typing import Any, Iterable, Protocol, Sequence
 
 import orjson
 
+from filters.command import parse as parse_command
 from filters.compiled import Filter, first_failing, wants_event
 from filters.fields import FIELDS, LIST
 
@@ -30,6 +31,7 @@ _VERBS = {
 class Trigger(Protocol):
     events: Sequence[str]
     filters: Sequence[Filter]
+    command: str | None
 
 
 def show(value: Any) -> str:
@@ -82,6 +84,15 @@ def trigger_miss(trigger: Trigger, event: str, fields: dict[str, Any], cut: int 
     kind = event.partition(".")[0]
     if not wants_event(trigger.events, kind, event):
         return missing_event(event, trigger.events)
+    command = getattr(trigger, "command", None)
+    if command:
+        if "body" not in fields:
+            return "field body was not recorded with this delivery (the routine's triggers changed since it arrived)"
+        found = parse_command(fields["body"])
+        if found is None:
+            return f"body: {show(fields['body'])} does not start with the command /{command}"
+        if found[0] != command:
+            return f"command /{found[0]} is not /{command}"
     try:
         failing = first_failing(trigger.filters, fields, kind)
     except KeyError as exc:

@@ -53,6 +53,8 @@ class Catalog:
                         kind = event.partition(".")[0]
                         self._watched.setdefault((repo.lower(), kind), set()).update(
                             f.field for f in trig.filters if kind in f.kinds)
+                        if trig.command:  # the explanation names the command a comment started with
+                            self._watched[(repo.lower(), kind)].add("body")
 
     @classmethod
     def empty(cls) -> "Catalog":

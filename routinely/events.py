@@ -69,7 +69,8 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
         return None
     if event["duplicate"]:
         return {"summary": "a redelivery of a delivery already received: duplicates start nothing", "routines": []}
-    rows = [{"name": r["routine"], "reasons": [f"matched, then dropped: {r['reason']}"]} for r in event["dropped"]]
+    rows = [{"name": r["routine"], "reasons": [f"matched, then dropped: {r['reason']}"
+                                               + (f" ({r['detail']})" if r.get("detail") else "")]} for r in event["dropped"]]
     rows += [{"name": name, "reasons": ["matched, but the routine is paused (skipped)"]} for name in event["skipped"]]
     if event["kind"] != "github":
         summary = rows[0]["reasons"][0] if rows else "the routine it was for no longer exists or lost its trigger"

@@ -182,6 +182,56 @@ def test_claude_as_root_without_session_users_under_network_none(conn, settings,
             in shown.stdout) and f"models {MODEL}" in shown.stdout and "reported by the agent: " in shown.stdout
 
 
+class Hello:
+    """Two small web servers on loopback: one the routine allows, one it does not."""
+
+    def __init__(self) -> None:
+        import socketserver
+        import threading
+        from http.server import BaseHTTPRequestHandler
+
+        class Greet(BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"hello-through-the-proxy")
+
+            def log_message(self, *a):
+                pass
+
+        self.servers = [socketserver.ThreadingTCPServer((host, 0), Greet) for host in ("127.0.0.2", "127.0.0.3")]
+        for server in self.servers:
+            server.daemon_threads = True
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.allowed, self.other = (f"127.0.0.{i + 2}:{srv.server_address[1]}" for i, srv in enumerate(self.servers))
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+@needs_netns
+def test_claude_under_allowlist_reaches_its_model_and_only_the_allowed_host(conn, settings, client, env, fake, world):
+    settings = settings.with_(data_dir=world / "data")
+    remote(world)
+    hello = Hello()
+    try:
+        fake.command = (f"curl -s -m 10 http://{hello.allowed}/; echo; "
+                        f"curl -s -m 10 -o /dev/null -w 'other:%{{http_code}}' http://{hello.other}/")
+        apply(conn, environment={"network": "allowlist", "allow_hosts": [hello.allowed]})
+        sid = run(conn, settings, env, ROUTINELY_SESSION_USERS="off")
+    finally:
+        hello.close()
+    s = client.get(f"/api/sessions/{sid}").get_json()
+    log = log_of(conn, sid)
+    assert s["status"] == "succeeded", log
+    output = next(e for e in transcript.read(conn, sid) if e["kind"] == "tool_result")["output"]
+    assert "hello-through-the-proxy" in output and "other:403" in output, output
+    assert f"routinely: egress refused: {hello.other} is not in this routine's allow_hosts" in log
+    assert s["usage"]["requests"] == len([r for r in fake.requests if r.path.split("?")[0].endswith("/v1/messages")])
+
+
 def test_a_token_budget_stops_a_runaway_agent(conn, settings, client, env, fake, world):
     settings = settings.with_(data_dir=world / "data")
     remote(world)

@@ -179,3 +179,26 @@ def test_watched_but_not_taken_says_how_many_watch(client, conn):
     got = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
     assert got == {"summary": f"1 routine(s) watch {REPO}; none took this pull_request.opened",
                    "routines": [{"name": "drafts", "account": "alice", "reasons": ["is_draft: false does not equal true"]}]}
+
+
+def test_a_command_trigger_says_which_command_the_comment_started_with():
+    t = GithubTrigger(("issue_comment.created",), (), command="fix")
+    assert trigger_miss(t, "issue_comment.created", {"body": "thanks! /fix later"}) == \
+        'body: "thanks! /fix later" does not start with the command /fix'
+    assert trigger_miss(t, "issue_comment.created", {"body": "/fixed it"}) == "command /fixed is not /fix"
+    assert trigger_miss(t, "issue_comment.created", {"body": "/deploy now"}) == "command /deploy is not /fix"
+    assert trigger_miss(t, "issue_comment.created", {"body": "  /fix the login"}) is None
+    assert "not recorded" in trigger_miss(t, "issue_comment.created", {})
+
+
+def test_a_comment_delivery_keeps_its_body_for_command_triggers(client, conn):
+    apply(conn, {"name": "fixer", "triggers": [{"github": {"events": ["issue_comment.created"], "command": "fix"}}]})
+    payload = fixture("issue_comment.created.json")
+    payload["repository"]["full_name"] = REPO
+    payload["comment"]["body"] = "/deploy please"
+    body = body_of(payload)
+    resp = client.post("/webhooks/github", data=body, headers=delivery_headers("issue_comment", body))
+    assert resp.status_code == 202 and resp.get_json()["sessions"] == []
+    event = client.get("/api/events").get_json()[0]
+    got = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
+    assert got["routines"] == [{"name": "fixer", "account": "alice", "reasons": ["command /deploy is not /fix"]}]

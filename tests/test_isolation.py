@@ -260,7 +260,7 @@ def test_nothing_of_the_host_is_reachable_under_any_policy(network, conn, settin
     shutil.rmtree(left.parent)
 
 
-def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_server, world, listener):
+def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_server, world, listener, client):
     """Without the sandbox the same probe reaches the listeners: the refusals above are the sandbox's."""
     apply(conn, "full", env={"PROBE_TCP": f"127.0.0.1:{listener.tcp_port} [::1]:{listener.tcp6_port}",
                              "PROBE_UDP": f"127.0.0.1:{listener.udp_port}"})
@@ -272,6 +272,8 @@ def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_serve
     log = "\n".join(log_of(conn, sid))
     assert "routinely: sandbox off (ROUTINELY_SANDBOX=off): this session runs unsandboxed" in log
     assert sessions.get(conn, settings, sid)["sandbox"] == "off"
+    page = client.get(f"/sessions/{sid}").data.decode()
+    assert "this session ran unsandboxed (ROUTINELY_SANDBOX=off)" in page
 
 
 @pytest.mark.parametrize("network", ["allowlist", "full"])
@@ -359,6 +361,17 @@ def test_a_daemon_does_not_outlive_the_agent(conn, settings, redis_server, world
     assert host_processes_with(marker) == []
 
 
+def test_a_daemon_does_not_outlive_a_timeout(conn, settings, redis_server, world):
+    marker = f"4324.{uuid.uuid4().int % 10**6}"
+    catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
+        {"name": "probe", "account": "a", "prompt": "probe", "triggers": [{"api": {}}], "timeout_minutes": 0.05,
+         "environment": {"network": "none", "env": {"PROBE_DAEMON": marker, "PROBE_SLEEP": "120"}}}]}, time.time())
+    sid = run(conn, settings, env_for(redis_server, world))
+    assert "PROBE-DAEMON started" in log_of(conn, sid)
+    assert sessions.get(conn, settings, sid)["status"] == "timed_out"
+    assert host_processes_with(marker) == []
+
+
 def test_a_daemon_does_not_outlive_a_cancel(conn, settings, redis_server, world):
     marker = f"4322.{uuid.uuid4().int % 10**6}"
     apply(conn, "allowlist", allow=["example.com"], env={"PROBE_DAEMON": marker, "PROBE_SLEEP": "120"})
@@ -370,6 +383,36 @@ def test_a_daemon_does_not_outlive_a_cancel(conn, settings, redis_server, world)
         sessions.cancel(conn, made["id"], "2026-01-01T00:00:00Z")
         assert wait_for(lambda: sessions.get(conn, settings, made["id"])["status"] == "canceled")
         assert wait_for(lambda: host_processes_with(marker) == [], 10)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_daemon_does_not_outlive_a_worker_stopped_with_sigterm(conn, settings, redis_server, world):
+    marker = f"4325.{uuid.uuid4().int % 10**6}"
+    apply(conn, "full", env={"PROBE_DAEMON": marker, "PROBE_SLEEP": "120"})
+    made = fire_one(settings, conn, "probe", Firing(kind="manual"))
+    proc = worker(env_for(redis_server, world))
+    try:
+        assert wait_for(lambda: "PROBE-DAEMON started" in log_of(conn, made["id"]))
+        assert host_processes_with(marker)
+        for _ in range(5):  # however the worker winds down (a warm stop, then a cold one), it ends
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(2)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        assert proc.poll() is not None
+        assert wait_for(lambda: host_processes_with(marker) == [], 10), host_processes_with(marker)
+        # whatever cgroup the stopped worker left, the next worker's start-up removes once the session has ended
+        from workers.reaper import reap
+
+        reap(conn, time.time(), timeout=0)
+        name = sessions.get_raw(conn, made["id"]).get(b"sandbox_cgroup", b"").decode()
+        subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env_for(redis_server, world),
+                       capture_output=True, timeout=60)
+        assert not name or not [p for p in Path("/sys/fs/cgroup").glob(f"**/routinely/{name}") if p.is_dir()]
     finally:
         proc.kill()
         proc.wait()
@@ -449,3 +492,29 @@ def test_sandbox_settings_are_checked():
     with pytest.raises(ConfigError, match="does not exist"):
         Settings.from_env({**base, "ROUTINELY_SANDBOX_PATHS": "/usr:/no/such/tool"})
     assert Settings.from_env({**base, "ROUTINELY_SANDBOX_PATHS": "/usr/bin/:/tmp"}).sandbox_paths == ("/usr/bin", "/tmp")
+
+
+@needs_root
+def test_a_cached_setup_and_the_shared_mirror_work_inside_the_sandbox(conn, settings, redis_server, world):
+    """Warm start under the sandbox: the checkout borrows the mirror's objects (mounted read-only)
+    and a second session starts from the first one's setup, as its own user."""
+    from tests.support import Remotes
+
+    (world / "github").mkdir()
+    remotes = Remotes(world / "github")
+    remotes.create("octo/api", files={"requirements.txt": "lib==1\n"})
+    script = world / "agents" / "warm.sh"
+    script.write_text('cd "${ROUTINELY_REPOS%% *}" && echo "SAW $(cat built.txt) $(git log --oneline | wc -l) $(id -u)" && git status --porcelain\n')
+    script.chmod(0o644)
+    catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
+        {"name": "probe", "account": "a", "prompt": "p", "repositories": ["octo/api"], "triggers": [{"api": {}}],
+         "environment": {"setup": "echo built-by-$ROUTINELY_SESSION_ID > api/built.txt", "network": "none"}}]}, time.time())
+    env = env_for(redis_server, world, users="on", GITHUB_GIT_URL=remotes.url, ROUTINELY_AGENT=f"sh {script}")
+    first, second = run(conn, settings, env), run(conn, settings, env)
+    logs = {sid: "\n".join(log_of(conn, sid)) for sid in (first, second)}
+    for sid in (first, second):
+        assert sessions.get(conn, settings, sid)["status"] == "succeeded", logs[sid]
+    saw = {sid: next(l for l in log_of(conn, sid) if l.startswith("SAW ")).split() for sid in (first, second)}
+    assert saw[first][1] == saw[second][1] == f"built-by-{first}"  # the second reused the first's setup
+    assert saw[first][2] == "1" and saw[first][3] != saw[second][3]  # history readable; two session users
+    assert "setup result cached" in logs[first] and "running setup" not in logs[second], logs[second]

@@ -64,7 +64,7 @@ def log_text(conn, sid):
 
 
 @needs_cgroups
-def test_three_hostile_sessions_end_with_their_limit_and_the_honest_one_finishes(conn, settings, redis_server, world):
+def test_three_hostile_sessions_end_with_their_limit_and_the_honest_one_finishes(conn, settings, redis_server, world, client):
     markers = {kind: f"{60 + i}.{uuid.uuid4().int % 10**6}" for i, kind in enumerate(("pids", "memory", "disk", "none"))}
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         routine("pids-hog", "pids", markers["pids"], {"pids": 64}),
@@ -108,6 +108,9 @@ def test_three_hostile_sessions_end_with_their_limit_and_the_honest_one_finishes
     assert got["disk-hog"]["resources"]["disk_mb"] > 40
     assert got["honest"]["resources"]["cpu_seconds"] > 0 and got["honest"]["resources"]["pids_peak"] >= 3
     assert "resources" in got["honest"] and got["honest"]["resources"]["memory_peak_mb"] > 1
+    page = client.get(f"/sessions/{ids['disk-hog']}").data.decode()
+    assert "peak memory" in page and f"disk {got['disk-hog']['resources']['disk_mb']} MB" in page
+    assert client.get(f"/api/sessions/{ids['honest']}").get_json()["resources"] == got["honest"]["resources"]
     print(f"four sessions side by side: {took:.1f} s")
 
 

@@ -24,6 +24,7 @@ def reap(conn: redis.Redis, now: float, timeout: float = HEARTBEAT_TIMEOUT_SECON
         if sessions.transition(conn, sid, ["running"], status="failed", finished_at=iso(now), reason=reason):
             session_log.append(conn, sid, reason)
             reaped.append(sid)
-            sandbox.finish(sessions.get_raw(conn, sid) or {})  # survivors and the cgroup, on this host
+            if not sandbox.finish(sessions.get_raw(conn, sid) or {}):  # survivors and the cgroup, on this host
+                session_log.append(conn, sid, "routinely: processes of this session outlived its worker and could not all be ended")
         conn.zrem(keys.RUNNING, sid)
     return reaped

@@ -14,7 +14,8 @@ Inside, the session reaches every door at 127.0.0.1:PORT through one small launc
 (`launch.py`); the egress proxy (`egress.py`) is one of those doors and the only way out;
 `addresses.py` is the rule of what it never dials; `bwrap.py` turns the walls into arguments.
 """
-from workers.sandbox.box import Command, Door, Sandbox, SandboxError, finish, git_alternates, kill_user, session_uid
+from workers.sandbox.box import (Command, Door, Sandbox, SandboxError, finish, git_alternates, kill_user, session_uid,
+                                 sweep)
 from workers.sandbox.cgroup import Limits
 
-__all__ = ["Command", "Door", "Limits", "Sandbox", "SandboxError", "finish", "git_alternates", "kill_user", "session_uid"]
+__all__ = ["Command", "Door", "Limits", "Sandbox", "SandboxError", "finish", "git_alternates", "kill_user", "session_uid", "sweep"]

@@ -133,3 +133,12 @@ def finish(cgroup_name: str | None, mode: str = "auto") -> bool:
         return True
     group = enforcer(mode).cgroup(cgroup_name, Limits(), create=False)
     return group is None or group.remove()
+
+
+def leftovers(mode: str = "auto") -> list[str]:
+    """Names of the session cgroups this host still has (for the worker's start-up sweep)."""
+    found = enforcer(mode)
+    parent = found.v2_parent or (found.v1_parents or {}).get("freezer")
+    if parent is None:
+        return []
+    return sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name.startswith("session-"))

@@ -299,3 +299,20 @@ def _owned_by(uid: int):
                 yield int(entry.name)
         except OSError:
             continue
+
+
+def sweep(conn, mode: str = "auto") -> list[str]:
+    """At worker start-up: remove the cgroups of this host's sessions that have ended (their
+    worker died and the reaper ran elsewhere). Returns the session ids swept."""
+    from routinely import sessions
+    from workers.sandbox.bounds import finish as finish_cgroup, leftovers
+
+    swept = []
+    for name in leftovers(mode):
+        sid = name.removeprefix("session-")
+        raw = sessions.get_raw(conn, sid)
+        # only sessions this store knows have ended: another service on this host owns the rest
+        if raw is not None and raw.get(b"status", b"").decode() not in ("queued", "running"):
+            finish_cgroup(name, mode)
+            swept.append(sid)
+    return swept

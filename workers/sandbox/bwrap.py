@@ -103,4 +103,4 @@ def command(walls: Walls, env: dict[str, str], launcher_source: bytes, binary: s
     """The full command line: bwrap, its options in a memfd, then the launcher and `argv`."""
     args, fds = arguments(walls, env, launcher_source)
     options = memfd("bwrap-args", b"".join(a.encode() + b"\0" for a in args))
-    return [binary, "--args", str(options), python, LAUNCHER_INSIDE, *launcher_args, "--", *argv], [*fds, options]
+    return [binary, "--args", str(options), python, "-I", "-S", LAUNCHER_INSIDE, *launcher_args, "--", *argv], [*fds, options]

@@ -96,7 +96,7 @@ class CgroupV2(Cgroup):
         self.procs = [self.dir / "cgroup.procs"]
         if not create:
             return
-        self.dir.mkdir(parents=True)
+        self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "memory.max").write_text(str(limits.memory_mb * MB))
         if (self.dir / "memory.swap.max").exists():
             (self.dir / "memory.swap.max").write_text("0")
@@ -136,7 +136,7 @@ class CgroupV1(Cgroup):
         if not create:
             return
         for folder in self.dirs.values():
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
         memory = self.dirs["memory"]
         (memory / "memory.limit_in_bytes").write_text(str(limits.memory_mb * MB))
         if (memory / "memory.memsw.limit_in_bytes").exists():  # no swapping past the limit either

@@ -200,7 +200,9 @@ class EgressProxy:
                 reasons.append(f"{addresses.show(address)} is {why}")
                 continue
             try:
-                return socket.create_connection((str(address), port), timeout=DIAL_TIMEOUT)
+                upstream = socket.create_connection((str(address), port), timeout=DIAL_TIMEOUT)
+                upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # heads and bodies go as they come
+                return upstream
             except OSError as exc:
                 reasons.append(f"{addresses.show(address)}: {exc.strerror or exc}")
         if reasons and all(" is " in r for r in reasons):

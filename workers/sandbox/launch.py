@@ -1,7 +1,7 @@
 """The in-sandbox launcher: bridges 127.0.0.1:PORT to each of the session's doors (unix
 sockets the worker serves), then runs the session's command and exits with its code.
 
-    python3 launch.py [--door SOCKET PORT]... [--uid N --gid N] -- COMMAND...
+    python3 -I -S launch.py [--door SOCKET PORT]... -- COMMAND...
 
 It runs inside the session's namespaces, so it must stand alone: standard library only,
 importable by the system's python3 (the session may not read the worker's interpreter).
@@ -9,14 +9,9 @@ The worker side imports `pump` and `TcpBridge` from here too: one bridge for eve
 """
 from __future__ import annotations
 
-import argparse
-import ctypes
-import fcntl
 import os
 import signal
 import socket
-import struct
-import subprocess
 import sys
 import threading
 
@@ -46,13 +41,17 @@ def pump(a: socket.socket, b: socket.socket) -> None:
 class TcpBridge:
     """Accepts on 127.0.0.1:port (0 = any free port) and connects each client to unix_path."""
 
-    def __init__(self, unix_path: str, port: int = 0) -> None:
+    def __init__(self, unix_path: str, port: int = 0, serve: bool = True) -> None:
         self.unix_path = unix_path
-        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # close-on-exec, as Python makes it
         self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._server.bind(("127.0.0.1", port))
         self._server.listen(128)
         self.port: int = self._server.getsockname()[1]
+        if serve:
+            self.serve()
+
+    def serve(self) -> None:
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -78,44 +77,37 @@ class TcpBridge:
         self._server.close()
 
 
-def loopback_up() -> None:
-    """Bring `lo` up in a namespace made by `unshare --net` (bwrap does this itself)."""
-    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack("16sH", fcntl.ioctl(s, SIOCGIFFLAGS, struct.pack("16sH", b"lo", 0))[:18])[1]
-        if not flags & IFF_UP:
-            fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | IFF_UP))
+def main(argv: list[str]) -> None:
+    """[--door SOCKET PORT]... -- COMMAND...: listen on every door, then fork and exec the command.
 
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--door", nargs=2, action="append", default=[], metavar=("SOCKET", "PORT"))
-    parser.add_argument("--uid", type=int)
-    parser.add_argument("--gid", type=int)
-    parser.add_argument("command", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    try:
-        loopback_up()
-    except OSError as exc:
-        print(f"routinely: cannot bring up loopback in the session's network namespace: {exc}", file=sys.stderr)
-    for unix_path, port in args.door:
-        TcpBridge(unix_path, int(port))
-    user = {"user": args.uid, "group": args.gid, "extra_groups": []} if args.uid is not None else {}
-    try:
-        child = subprocess.Popen(command, preexec_fn=_die_with_parent, **user)
-    except OSError as exc:
-        print(f"routinely: cannot start {command[0]}: {exc.strerror}", file=sys.stderr)
-        sys.exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    The listeners are bound before the command starts (no race with its first connection) and
+    are close-on-exec, so the command holds only fds 0-2. Signals are passed on to it."""
+    doors = []
+    while argv and argv[0] == "--door":
+        doors.append((argv[1], int(argv[2])))
+        argv = argv[3:]
+    command = argv[1:] if argv[:1] == ["--"] else argv
+    bridges = [TcpBridge(unix_path, port, serve=False) for unix_path, port in doors]  # bwrap brought `lo` up
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execvp(command[0], command)
+        except OSError as exc:
+            print(f"routinely: cannot start {command[0]}: {exc.strerror}", file=sys.stderr, flush=True)
+            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    for bridge in bridges:
+        bridge.serve()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, lambda signum, _: child.send_signal(signum))
-    code = child.wait()
+        signal.signal(sig, lambda signum, _: os.kill(pid, signum))
+    while True:
+        try:
+            _, status = os.waitpid(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    code = os.waitstatus_to_exitcode(status)
     sys.exit(code if code >= 0 else 128 - code)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
