@@ -7,7 +7,6 @@ import os
 import stat
 import time
 import tomllib
-from pathlib import Path
 
 import pytest
 
