@@ -240,3 +240,13 @@ def test_a_closed_gateway_leaves_no_thread_behind(conn, settings, fake, tmp_path
         assert call(gw, "POST", "/anthropic/v1/messages", messages(), token=gw.token)[0] == 200
         gw.close()
     assert threading.active_count() == before
+
+
+def test_metrics_show_tokens_and_cost_by_routine_and_model_and_the_stops(conn, client, open_gateway):
+    gw = open_gateway()
+    call(gw, "POST", "/anthropic/v1/messages", messages(), token=gw.token)
+    model_usage.record_stop(conn, "alice/r", "stalled")
+    text = client.get("/metrics").data.decode()
+    assert 'routinely_model_tokens_total{kind="output_tokens",model="claude-priced",routine="alice/r"} 30.0' in text
+    assert 'routinely_model_cost_usd_total{model="claude-priced",routine="alice/r"} 0.000846' in text
+    assert 'routinely_session_stops_total{reason="stalled",routine="alice/r"} 1.0' in text
