@@ -61,6 +61,7 @@ class WarmStart:
         self.mirrors: dict[str, Mirror] = {}
         self.relay_refs: dict[str, dict[str, str]] = {}
         self.notes: list[str] = []  # what was reused, for the session page
+        self.setup_seconds: float | None = None
         self._owner: int | None = None
 
     # -- before setup
