@@ -42,6 +42,7 @@ class Entry:
     refs: dict[str, dict[str, str]] = field(default_factory=dict)  # repo -> origin's refs then
     size_bytes: int | None = None  # measured after the session that made it
     setup_seconds: float | None = None
+    expires_at: float | None = None  # created_at + the routine's cache_ttl_hours
 
     @property
     def short(self) -> str:
@@ -99,6 +100,10 @@ class SetupCache:
             return None
         return entry
 
+    @staticmethod
+    def expired(entry: Entry, now: float) -> bool:
+        return entry.expires_at is not None and now > entry.expires_at
+
     def snapshot_path(self, entry_or_name: Entry | str) -> Path:
         name = entry_or_name.snapshot if isinstance(entry_or_name, Entry) else entry_or_name
         return self.snapshots_dir / name
@@ -139,14 +144,15 @@ class SetupCache:
                 current.size_bytes = entry.size_bytes = disk_usage(self.snapshot_path(entry))
                 self._write(current)
 
-    def evict(self, cap_bytes: float) -> list[Entry]:
-        """Drop least recently used entries until the measured ones fit under `cap_bytes`."""
+    def evict(self, cap_bytes: float, now: float) -> list[Entry]:
+        """Drop expired entries, then least recently used ones until the measured rest fit
+        under `cap_bytes`."""
         evicted = []
         with self._index():
-            entries = sorted(self.entries(), key=lambda e: e.used_at)
+            entries = sorted(self.entries(), key=lambda e: (not self.expired(e, now), e.used_at))
             total = sum(e.size_bytes or 0 for e in entries)
             for entry in entries:
-                if total <= cap_bytes:
+                if total <= cap_bytes and not self.expired(entry, now):
                     break
                 (self.entries_dir / f"{entry.key}.json").unlink(missing_ok=True)
                 total -= entry.size_bytes or 0
@@ -174,10 +180,13 @@ class SetupCache:
                     continue
                 if not self._delete(name):
                     held.append(name)
+            for name in os.listdir(self.root / "trash"):  # a deletion a crash interrupted
+                shutil.rmtree(self.root / "trash" / name, ignore_errors=True)
         return held
 
     def _delete(self, name: str) -> bool:
-        lock = self.locks_dir / f"{name}.lock"
+        # a snapshot still being copied (NAME.part) is held under its final name's lock
+        lock = self.locks_dir / f"{name.removesuffix('.part')}.lock"
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, keys, model_usage, session_log, sessions, transcript
+from routinely import catalog, model_usage, session_log, sessions, transcript
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
@@ -116,6 +116,10 @@ def check_real_run(conn, settings, client, fake, world, remotes, before, sid, ui
     entries = transcript.read(conn, sid)
     kinds = [e["kind"] for e in entries]
     assert kinds[0] == "start" and "tool_call" in kinds and "tool_result" in kinds and kinds[-1] == "result"
+    # the built-in github connector was up before the first request (MCP_CONNECTION_NONBLOCKING=false)
+    assert {"name": "github", "status": "connected"} in entries[0]["mcp_servers"], entries[0]
+    assert "mcp__github__" in json.dumps(fake.turns[0].body)  # its tools offered in the first request (deferred or not)
+    assert entries[0]["cwd"] == str(settings.data_dir / "workspaces" / sid / "api")
     call = next(e for e in entries if e["kind"] == "tool_call")
     assert call["name"] == "Bash" and call["input"]["command"] == PUSH
     assert "pushed" in next(e for e in entries if e["kind"] == "tool_result")["output"]

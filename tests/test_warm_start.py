@@ -211,6 +211,11 @@ def test_an_expired_entry_runs_setup_again(conn, settings, env, world):
     time.sleep(1.2)
     second = session(conn, settings, env)
     assert setup_runs(first, second) == 2
+    assert len(snapshots(world)) == 1  # the expired one was replaced and deleted
+    time.sleep(1.2)
+    apply(conn, world, name="other")  # any session's end drops entries past their ttl
+    session(conn, settings, env, routine="other")
+    assert [e.routine for e in SetupCache(world / "data").entries()] == ["alice/other"]
 
 
 def test_eviction_keeps_the_cache_under_its_cap(conn, settings, env, world):

@@ -205,13 +205,13 @@ class SessionRun:
                      + (f", session user {ids[0]}" if ids else ""))
         self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
         # -- warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached
-        before = self.warm.command()
+        before, setup_began = self.warm.command(), time.monotonic()
         if before:
             self.log(f"routinely: running {before[0]}")
             result = self._command(["bash", "-c", before[1]], workspace, env, "", deadline)
             if result.outcome != "exited" or result.exit_code != 0:
                 return self._ended(result, before[0])
-        self.warm.after_setup(lambda: ids and kill_user(ids[0]))
+        self.warm.after_setup(lambda: ids and kill_user(ids[0]), time.monotonic() - setup_began)
         self.outbox.update(warm_start=self.warm.summary())
         # -- end warm start
         self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")

@@ -61,6 +61,7 @@ class WarmStart:
         self.mirrors: dict[str, Mirror] = {}
         self.relay_refs: dict[str, dict[str, str]] = {}
         self.notes: list[str] = []  # what was reused, for the session page
+        self.setup_seconds: float | None = None
         self._owner: int | None = None
 
     # -- before setup
@@ -99,11 +100,12 @@ class WarmStart:
         return " · ".join(self.notes)
 
     # -- after setup
-    def after_setup(self, stop_leftovers: Callable[[], None]) -> None:
+    def after_setup(self, stop_leftovers: Callable[[], None], setup_seconds: float | None = None) -> None:
         """Keep what setup (which exited 0, before any agent) left as the key's snapshot."""
         if not self.enabled or self.hit is not None or self.key is None:
             return
         began = time.monotonic()
+        self.setup_seconds = setup_seconds
         stop_leftovers()  # a daemon setup started must not write into the snapshot later
         name, hold = self.cache.new_snapshot(self.key)
         snapshot = self.cache.snapshot_path(name)
@@ -125,7 +127,7 @@ class WarmStart:
             checkouts={repo: path.name for repo, path in zip(self.mirrors, self.ws.repos)},
             heads={repo: git.run(["rev-parse", "HEAD"], env, snapshot / path.name).stdout.strip()
                    for repo, path in zip(self.mirrors, self.ws.repos)},
-            refs=self.relay_refs)
+            refs=self.relay_refs, setup_seconds=self.setup_seconds, expires_at=now + self.ttl_hours * 3600)
         self.cache.publish(entry)
         self.made, self.hold = entry, hold
         how = "" if reason is None else f" (copied: {reason})"
@@ -292,7 +294,7 @@ class WarmStart:
             if self.made is not None:
                 self.cache.record_size(self.made)
             if self.enabled:
-                self.cache.evict(self.settings.cache_max_gb * 1024 ** 3)
+                self.cache.evict(self.settings.cache_max_gb * 1024 ** 3, self.settings.clock())
 
     # -- the key
     def _key(self, repos: list[str]) -> str:
