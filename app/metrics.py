@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 
 from app import webhooks
 from app.auth import require_admin
-from routinely import keys, sessions, when
+from routinely import keys, model_usage, sessions, when
 from routinely.routines_view import drops
 
 bp = Blueprint("metrics", __name__)
@@ -131,6 +131,25 @@ class StoreCollector:
         queue = GaugeMetricFamily("routinely_queue_depth", "Sessions waiting for a worker")
         queue.add_metric([], conn.llen(f"rq:queue:{queue_name}"))
         yield queue
+        yield from model_usage_metrics(conn)
+
+
+def model_usage_metrics(conn: Any) -> Iterable[Any]:
+    """What the model gateway metered (routinely.model_usage): tokens and cost by routine and
+    model, and the sessions the platform stopped (budget_exceeded, stalled)."""
+    counted = model_usage.metrics(conn)
+    families = (
+        ("tokens", CounterMetricFamily("routinely_model_tokens", "Model tokens metered by the gateway, by routine, model and kind",
+                                       labels=["routine", "model", "kind"])),
+        ("cost_usd", CounterMetricFamily("routinely_model_cost_usd", "Model cost in USD metered by the gateway (priced models)",
+                                         labels=["routine", "model"])),
+        ("stops", CounterMetricFamily("routinely_session_stops", "Sessions stopped by the platform, by routine and reason "
+                                      "(budget_exceeded, stalled)", labels=["routine", "reason"])),
+    )
+    for name, family in families:
+        for labels, value in sorted(counted[name], key=lambda row: sorted(row[0].items())):
+            family.add_metric(list(labels.values()), value)
+        yield family
 
 
 @bp.get("/metrics")

@@ -18,6 +18,7 @@ from routinely.start import iso
 
 bp = Blueprint("pages", __name__)
 PAGE_SIZE = 50
+EVENTS_PAGE = 100
 _OPEN = ("pages.login", "pages.login_post")
 
 
@@ -191,7 +192,9 @@ def cancel_page(session_id: str):
 @bp.get("/events")
 def events_page():
     state = _state()
-    return render_template("events.html", rows=events.explained(state.conn, state.catalog(), 200))
+    page = _page_number()
+    rows = events.explained(state.conn, state.catalog(), EVENTS_PAGE + 1, (page - 1) * EVENTS_PAGE)
+    return render_template("events.html", rows=rows[:EVENTS_PAGE], page=page, more=len(rows) > EVENTS_PAGE)
 
 
 @bp.get("/usage")

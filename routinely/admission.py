@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from typing import Sequence
-from zoneinfo import ZoneInfo
 
-from routinely import keys
+from routinely import keys, when
 from routinely.routine_file import Account, Routine
 
 # the order the windows are checked in; start.lua names reasons by this position
@@ -77,10 +75,7 @@ def _window(scope: str, ident: str, limit: dict[str, int], now: float) -> Window
 
 def local_day(account: Account, now: float) -> tuple[str, int]:
     """The account's calendar day at `now` and the seconds until it ends (DST-aware)."""
-    tz = ZoneInfo(account.timezone)
-    local = datetime.fromtimestamp(now, tz)
-    next_midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tz)
-    return local.date().isoformat(), max(1, math.ceil(next_midnight.timestamp() - now))
+    return when.calendar_day(account.timezone, now)
 
 
 def checks(routine: Routine, account: Account, now: float) -> Checks:

@@ -103,9 +103,9 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
     return {"summary": f"{len(watching)} routine(s) watch {repo}; none took this {name}", "routines": rows}
 
 
-def explained(conn: redis.Redis, catalog: Catalog, limit: int = 100) -> list[dict[str, Any]]:
-    """The newest events, each with its `explanation` (None when it started a session)."""
-    ids_ = conn.zrevrange(keys.EVENTS, 0, max(1, min(limit, MAX_LIMIT)) - 1)
+def explained(conn: redis.Redis, catalog: Catalog, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+    """The newest events after `offset`, each with its `explanation` (None when it started a session)."""
+    ids_ = conn.zrevrange(keys.EVENTS, offset, offset + max(1, min(limit, MAX_LIMIT)) - 1)
     pipe = conn.pipeline(transaction=False)
     for eid in ids_:
         pipe.hgetall(keys.event(eid.decode()))

@@ -7,7 +7,6 @@ timezone): `keys.usage_day("account", NAME, DAY)` and `keys.usage_day("routine",
 """
 from __future__ import annotations
 
-import math
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +14,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import redis
 
-from routinely import keys
+from routinely import keys, when
 
 TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 DAYS_KEPT = 40
@@ -29,18 +28,10 @@ def total_tokens(usage: dict[str, Any]) -> int:
     return sum(int(usage.get(name) or 0) for name in TOKENS)
 
 
-def local_day(timezone: str, now: float) -> tuple[str, int]:
-    """The calendar day at `now` in `timezone` and the seconds until it ends."""
-    tz = ZoneInfo(timezone)
-    local = datetime.fromtimestamp(now, tz)
-    midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), tz)
-    return local.date().isoformat(), max(1, math.ceil(midnight.timestamp() - now))
-
-
 def record(conn: redis.Redis, session_id: str, routine_key: str, account: str, timezone: str, now: float,
            session_total: dict[str, Any], model: str | None, delta: dict[str, Any], delta_cost: float | None) -> None:
     """Write the session's whole record and add one response's tokens to today's totals."""
-    day, _ = local_day(timezone, now)
+    day, _ = when.calendar_day(timezone, now)
     pipe = conn.pipeline(transaction=True)
     pipe.hset(keys.session(session_id), "usage", orjson.dumps(session_total))
     for scope, ident in (("account", account), ("routine", routine_key)):
@@ -94,7 +85,7 @@ def daily(conn: redis.Redis, scope: str, ident: str, timezone: str, now: float, 
 
 
 def spent_today(conn: redis.Redis, account: str, timezone: str, now: float) -> float:
-    day, _ = local_day(timezone, now)
+    day, _ = when.calendar_day(timezone, now)
     return float(conn.hget(keys.usage_day("account", account, day), "cost_usd") or 0)
 
 
@@ -104,7 +95,7 @@ def over_daily_budget(conn: redis.Redis, account: str, timezone: str, daily_budg
     (admission makes the same comparison inside the start script: routinely.admission)."""
     if daily_budget_usd is None or spent_today(conn, account, timezone, now) < daily_budget_usd:
         return None
-    return local_day(timezone, now)[1]
+    return when.calendar_day(timezone, now)[1]
 
 
 def _totals(raw: dict[bytes, bytes]) -> dict[str, Any]:

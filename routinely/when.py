@@ -4,7 +4,8 @@ The API keeps ISO 8601 UTC; pages and the CLI say "09:00 JST (in 5 h)".
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import math
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 
@@ -44,3 +45,12 @@ def local_and_relative(ts: float, now: float, tz: str | None = None) -> str:
 
 def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def calendar_day(tz_name: str, now: float) -> tuple[str, int]:
+    """The calendar day at `now` in the zone `tz_name` (ISO date) and the seconds until it ends (DST-aware):
+    the day of daily caps and daily budgets."""
+    tz = ZoneInfo(tz_name)
+    day = datetime.fromtimestamp(now, tz).date()
+    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz)
+    return day.isoformat(), max(1, math.ceil(midnight.timestamp() - now))

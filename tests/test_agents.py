@@ -7,7 +7,6 @@ import os
 import stat
 import time
 import tomllib
-from pathlib import Path
 
 import pytest
 
@@ -177,3 +176,31 @@ def test_agent_budget_and_idle_are_normalized(conn):
     with pytest.raises(ApplyError, match="daily_budget_usd takes a number"):
         catalog.apply(conn, {"accounts": [{"name": "alice", "daily_budget_usd": -1}], "routines": []}, time.time())
     assert redis_snapshot(conn) == before
+
+
+CODEX = [
+    {"type": "thread.started", "thread_id": "th_1"},
+    {"type": "turn.started"},
+    {"type": "item.completed", "item": {"id": "item_0", "type": "reasoning", "text": "look first"}},
+    {"type": "item.started", "item": {"id": "item_1", "type": "command_execution", "command": "bash -lc ls", "status": "in_progress"}},
+    {"type": "item.completed", "item": {"id": "item_1", "type": "command_execution", "command": "bash -lc ls",
+                                        "aggregated_output": "README.md\n", "exit_code": 0, "status": "completed"}},
+    {"type": "item.completed", "item": {"id": "item_2", "type": "command_execution", "command": "make test",
+                                        "aggregated_output": "1 failed\n", "exit_code": 2, "status": "failed"}},
+    {"type": "item.completed", "item": {"id": "item_3", "type": "agent_message", "text": "Tests fail."}},
+    {"type": "turn.completed", "usage": {"input_tokens": 100, "cached_input_tokens": 40, "output_tokens": 9}},
+]
+
+
+def test_codex_exec_json_becomes_a_transcript(client, conn):
+    assert PRESETS["codex"].transcript == "codex-json"
+    reading = read_lines("codex-json", [json.dumps(e) for e in CODEX])
+    assert [e["kind"] for e in reading.entries] == ["start", "thinking", "tool_call", "tool_result", "tool_call",
+                                                    "tool_result", "text"]
+    steps = transcript.steps(reading.entries)
+    calls = [s for s in steps if s["kind"] == "tool_call"]
+    assert calls[0]["input"] == {"command": "bash -lc ls"} and calls[0]["result"]["output"] == "README.md\n"
+    assert calls[1]["result"]["is_error"] is True
+    assert "agent: command_execution: bash -lc ls" in reading.log and "agent: Tests fail." in reading.log
+    assert reading.agent_usage["input_tokens"] == 60 and reading.agent_usage["cache_read_input_tokens"] == 40
+    assert reading.agent_usage["output_tokens"] == 9 and reading.agent_usage["turns"] == 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, keys, model_usage, session_log, sessions, transcript
+from routinely import catalog, model_usage, session_log, sessions, transcript
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages

@@ -228,3 +228,25 @@ def test_price_files(tmp_path):
     bad.write_text("m: {input: cheap}\n")
     with pytest.raises(PriceError, match="'m' needs input and output"):
         Prices.load(bad)
+
+
+def test_a_closed_gateway_leaves_no_thread_behind(conn, settings, fake, tmp_path):
+    """A worker runs thousands of sessions: each gateway's server and metering threads end with it."""
+    s = settings.with_(anthropic_api_url=fake.url, anthropic_api_key="k")
+    before = threading.active_count()
+    for i in range(5):
+        gw = Gateway.start(s, Meter(conn, Prices({}), f"session_t{i}", "a/r", "a", "UTC"), str(tmp_path / f"{i}.sock"),
+                           lambda line: None)
+        assert call(gw, "POST", "/anthropic/v1/messages", messages(), token=gw.token)[0] == 200
+        gw.close()
+    assert threading.active_count() == before
+
+
+def test_metrics_show_tokens_and_cost_by_routine_and_model_and_the_stops(conn, client, open_gateway):
+    gw = open_gateway()
+    call(gw, "POST", "/anthropic/v1/messages", messages(), token=gw.token)
+    model_usage.record_stop(conn, "alice/r", "stalled")
+    text = client.get("/metrics").data.decode()
+    assert 'routinely_model_tokens_total{kind="output_tokens",model="claude-priced",routine="alice/r"} 30.0' in text
+    assert 'routinely_model_cost_usd_total{model="claude-priced",routine="alice/r"} 0.000846' in text
+    assert 'routinely_session_stops_total{reason="stalled",routine="alice/r"} 1.0' in text

@@ -338,3 +338,15 @@ def test_the_session_page_lists_the_connectors_actions_and_links_only_web_urls(c
     assert "(1 reads)" in html
     got = client.get(f"/api/sessions/{s['id']}").get_json()
     assert [a["status"] for a in got["actions"]] == ["ok", "ok", "refused"] and got["github_reads"] == 1
+
+
+def test_the_events_page_is_paged(client, conn, settings, monkeypatch):
+    from app import pages
+
+    monkeypatch.setattr(pages, "EVENTS_PAGE", 2)
+    apply(conn, {"name": "r", "triggers": [{"api": {}}]})
+    made = [fire_one(settings, conn, "r", Firing(kind="manual"))["id"] for _ in range(3)]
+    first, second = client.get("/events").data.decode(), client.get("/events?page=2").data.decode()
+    assert first.count('<tr data-event=') == 2 and 'href="?page=2">Older' in first
+    assert second.count('<tr data-event=') == 1 and 'href="?page=1">Newer' in second and "Older" not in second
+    assert sum(sid in first + second for sid in made) == 3

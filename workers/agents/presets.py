@@ -53,6 +53,7 @@ PRESETS: dict[str, Preset] = {
         model_flag="--model",
         add_dir_flag="--add-dir",
         env={"CODEX_HOME": "{home}/.codex"},
+        transcript="codex-json",
         install="npm install -g @openai/codex",
     ),
     "gemini": Preset(

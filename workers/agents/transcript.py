@@ -1,4 +1,5 @@
-"""Read an agent's structured output (Claude Code's stream-json) into transcript entries,
+"""Read an agent's structured output (Claude Code's stream-json, Codex's `exec --json`
+JSONL) into transcript entries,
 a readable line for the plain log, and the usage the agent reports at the end.
 
 Lines that are not the agent's JSON events (its stderr, a wrapper's echo) pass to the log as
@@ -23,12 +24,13 @@ class Reading:
 
 def read_lines(fmt: str | None, lines: list[str]) -> Reading:
     out = Reading()
+    reader = READERS.get(fmt or "")
     for line in lines:
-        event = _json(line) if fmt == "claude-stream-json" else None
+        event = _json(line) if reader else None
         if event is None:
             out.log.append(line)
         else:
-            _claude_event(event, out)
+            reader(event, out)
     return out
 
 
@@ -115,3 +117,48 @@ def _text_of(content: Any) -> str:
     if isinstance(content, list):
         return "\n".join(c.get("text", "") if isinstance(c, dict) else str(c) for c in content)
     return "" if content is None else str(content)
+
+
+def _codex_event(event: dict[str, Any], out: Reading) -> None:
+    kind = event.get("type")
+    if kind == "thread.started":
+        out.entries.append({"kind": "start", "model": None, "cwd": None, "tools": None, "mcp_servers": [],
+                            "version": None})
+    elif kind in ("item.completed", "item.started"):
+        item = event.get("item") or {}
+        what = item.get("type") or item.get("item_type")
+        if kind == "item.started":
+            if what in ("command_execution", "mcp_tool_call"):
+                out.log.append(f"agent: {what}: {cut(str(item.get('command') or item.get('tool') or ''), 300)}")
+            return
+        if what == "agent_message" and item.get("text"):
+            out.entries.append({"kind": "text", "text": cut(item["text"])})
+            out.log.extend(f"agent: {line}" for line in item["text"].splitlines() or [""])
+        elif what == "reasoning" and item.get("text"):
+            out.entries.append({"kind": "thinking", "text": cut(item["text"])})
+        elif what in ("command_execution", "mcp_tool_call", "file_change", "web_search"):
+            name = {"command_execution": "shell", "file_change": "edit", "web_search": "web_search"}.get(
+                what, f"{item.get('server')}.{item.get('tool')}")
+            shown = {k: item[k] for k in ("command", "arguments", "changes", "query") if k in item}
+            failed = item.get("status") == "failed" or item.get("exit_code") not in (None, 0)
+            out.entries.append({"kind": "tool_call", "id": item.get("id"), "name": name, "input": shown})
+            output = item.get("aggregated_output") or json.dumps(item.get("result") or item.get("error") or "")
+            out.entries.append({"kind": "tool_result", "id": item.get("id"), "output": cut(str(output)), "is_error": failed})
+        elif what == "error":
+            out.entries.append({"kind": "error", "text": cut(str(item.get("message")))})
+    elif kind == "turn.completed":
+        usage = event.get("usage") or {}
+        previous = out.agent_usage or {"input_tokens": 0, "output_tokens": 0, "cache_read_input_tokens": 0, "turns": 0}
+        cached = int(usage.get("cached_input_tokens") or 0)
+        out.agent_usage = {"input_tokens": previous["input_tokens"] + int(usage.get("input_tokens") or 0) - cached,
+                           "output_tokens": previous["output_tokens"] + int(usage.get("output_tokens") or 0),
+                           "cache_read_input_tokens": previous["cache_read_input_tokens"] + cached,
+                           "cache_creation_input_tokens": None, "cost_usd": None, "turns": previous["turns"] + 1,
+                           "duration_ms": None, "duration_api_ms": None, "is_error": False, "models": []}
+    elif kind in ("turn.failed", "error"):
+        message = (event.get("error") or {}).get("message") if kind == "turn.failed" else event.get("message")
+        out.entries.append({"kind": "error", "text": cut(str(message))})
+        out.log.append(f"agent error: {message}")
+
+
+READERS = {"claude-stream-json": _claude_event, "codex-json": _codex_event}

@@ -72,7 +72,10 @@ class Gateway:
             self._ready.set()
             return
         self._ready.set()
-        self._loop.run_forever()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()
 
     async def _setup(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -90,6 +93,7 @@ class Gateway:
         async def stop() -> None:
             await self._client.close()
             await self._runner.cleanup()
+            await self._loop.shutdown_default_executor()  # the metering threads: none outlives the session
             self._loop.stop()
 
         asyncio.run_coroutine_threadsafe(stop(), self._loop)
