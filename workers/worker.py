@@ -12,7 +12,7 @@ from routinely import jobs
 from routinely.config import ConfigError, Settings
 from workers.reaper import reap
 from workers.run import Runtime
-from workers import sandbox
+from workers import sandbox, warm
 from workers.sandbox import host as sandbox_host
 from workers.sandbox.bounds import enforcer
 
@@ -31,6 +31,7 @@ def run(settings: Settings, burst: bool = False) -> None:
     Runtime._current = rt
     reap(rt.conn, settings.clock())
     sandbox.sweep(rt.conn, settings.cgroups)  # cgroups of ended sessions a dead worker left here
+    warm.sweep(settings.data_dir, settings.keep_workspaces)  # and the overlays it left mounted
     jobs.worker(rt.conn, settings.queue_name).work(burst=burst, with_scheduler=False, logging_level="WARNING")
 
 
