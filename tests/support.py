@@ -228,3 +228,11 @@ def admin(client):
     """A Flask test client that presents the admin token (the API has no open mode)."""
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {ADMIN_TOKEN}"
     return client
+
+
+def unmount_under(base: Path) -> None:
+    """Detach mounts a test's sessions left under `base` (a worker the test killed leaves
+    its overlay; the next worker on the host would sweep it), so the folder can go."""
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for mounted in sorted((m for m in mounts if m.startswith(f"{base}/")), reverse=True):
+        subprocess.run(["umount", "-l", mounted], capture_output=True)

@@ -28,6 +28,7 @@ from routinely import catalog, session_log, sessions
 from routinely.cli import fire_one
 from routinely.config import Settings
 from routinely.start import Firing
+from tests.support import unmount_under
 from workers.sandbox import host
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -52,6 +53,7 @@ def world(tmp_path):
     agents.chmod(0o755)
     (agents / "probe.py").chmod(0o644)
     yield base
+    unmount_under(base)
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -20,7 +20,7 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.setup_cache import SetupCache
 from routinely.start import Firing
-from tests.support import Remotes, git
+from tests.support import Remotes, git, unmount_under
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
@@ -53,9 +53,7 @@ def world():
     (base / "agent" / "agent.sh").write_text(AGENT)
     (base / "agent" / "agent.sh").chmod(0o644)
     yield base
-    for mounted in reversed([line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()
-                             if line.split()[1].startswith(str(base))]):
-        subprocess.run(["umount", "-l", mounted], capture_output=True)
+    unmount_under(base)
     shutil.rmtree(base, ignore_errors=True)
 
 

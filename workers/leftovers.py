@@ -42,7 +42,7 @@ def kill(pids: list[int]) -> None:
 def clean(session_id: str, data_dir: Path) -> None:
     """SIGKILL the session's processes on this host, unmount what the dead worker left mounted
     (workers/warm), then remove the workspace and relay."""
-    from workers.warm.start import sweep
+    from workers.warm import sweep
 
     workspace = data_dir / "workspaces" / session_id
     for _ in range(3):  # a process may fork while we look

@@ -22,8 +22,8 @@ import redis
 from routinely import jobs, sessions
 from routinely.config import ConfigError, Settings
 from routinely.store import connect
+from workers import sandbox, warm
 from workers.outage import BACKOFF_MAX
-from workers import sandbox
 from workers.reaper import reap
 from workers.run import Runtime
 from workers.sandbox import host as sandbox_host
@@ -150,6 +150,7 @@ def run(settings: Settings, burst: bool = False) -> None:
             if first:  # only at start: after an outage, others' buffered heartbeats are still coming
                 reap(rt.conn, settings.clock(), settings.data_dir)
                 sandbox.sweep(rt.conn, settings.cgroups)  # cgroups of ended sessions a dead worker left here
+                warm.sweep(settings.data_dir, settings.keep_workspaces)  # and the overlays it left mounted
                 first = False
             worker.work(burst=burst, with_scheduler=False, logging_level="WARNING")
         except jobs.StopRequested:

@@ -6,6 +6,6 @@ cached setup result mounted read-only under the session's own overlay layer — 
 run before the agent (setup or maintenance). The cache's index lives in
 routinely.setup_cache, which the CLI reads too.
 """
-from workers.warm.start import WarmStart
+from workers.warm.start import WarmStart, sweep
 
-__all__ = ["WarmStart"]
+__all__ = ["WarmStart", "sweep"]

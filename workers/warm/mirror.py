@@ -70,9 +70,9 @@ class Mirrors:
                 stamp.touch()
                 os.utime(stamp, (began, began))
                 seconds = time.time() - began
-            env = git.worker_env()
-            branch = git.run(["symbolic-ref", "--short", "HEAD"], env, path).stdout.strip()
-            head = git.run(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], env, path).stdout.strip()
+            # HEAD of a bare repository we made is always "ref: refs/heads/NAME": read, not run
+            branch = (path / "HEAD").read_text().strip().removeprefix("ref: refs/heads/")
+            head = git.run(["rev-parse", "--verify", "--quiet", "HEAD^{commit}"], git.worker_env(), path).stdout.strip()
         return Mirror(repo, path, branch, head, action, seconds)
 
     def _create(self, repo: str, url: str, path: Path, env: dict[str, str]) -> None:
