@@ -204,3 +204,14 @@ def test_codex_exec_json_becomes_a_transcript(client, conn):
     assert "agent: command_execution: bash -lc ls" in reading.log and "agent: Tests fail." in reading.log
     assert reading.agent_usage["input_tokens"] == 60 and reading.agent_usage["cache_read_input_tokens"] == 40
     assert reading.agent_usage["output_tokens"] == 9 and reading.agent_usage["turns"] == 1
+
+
+def test_an_unreachable_api_is_noticed_in_the_stream():
+    failed = [{"type": "assistant", "message": {"content": [{"type": "text", "text": "API Error: Connection refused"}]},
+               "error": "server_error", "is_api_error_message": True, "api_error": "connection_failed"},
+              {"type": "result", "is_error": True, "result": "API Error: Connection refused", "api_error": "connection_failed",
+               "num_turns": 1, "usage": {}}]
+    reading = read_lines("claude-stream-json", [json.dumps(e) for e in failed])
+    assert reading.api_error == "API Error: Connection refused"
+    assert [e["kind"] for e in reading.entries] == ["error", "result"] and reading.entries[1]["is_error"]
+    assert read_lines("claude-stream-json", [json.dumps(STREAM[-1])]).api_error is None
