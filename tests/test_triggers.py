@@ -17,8 +17,6 @@ from pathlib import Path
 import httpx
 import pytest
 import respx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import create_app
 from routinely import catalog, chain, keys, sessions
@@ -32,12 +30,6 @@ AGENTS = Path(__file__).with_name("agents")
 BOT = {"login": "routinely[bot]", "id": 9, "type": "Bot"}
 
 
-@pytest.fixture(scope="module")
-def private_key() -> str:
-    # githubkit caches an App JWT per app id in the process: an id of its own keeps other tests' keys apart
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
 
 
 @pytest.fixture
