@@ -6,7 +6,7 @@ import json
 
 from routinely import chain, keys
 from tests.support import fixture
-from tests.test_connector import Session, app_settings, fake, installed, private_key, text  # noqa: F401
+from tests.test_connector import Session, app_settings, fake, installed, text  # noqa: F401
 
 BOT = {"login": "routinely[bot]", "type": "Bot"}
 
