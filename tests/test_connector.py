@@ -26,8 +26,6 @@ from workers.sandbox import Sandbox
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
 
 
-
-
 @pytest.fixture
 def fake():
     server = FakeGitHub()

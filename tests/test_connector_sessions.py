@@ -15,21 +15,13 @@ from app import create_app
 from routinely import catalog, session_log
 from routinely.cli import fire_one
 from routinely.start import Firing
-from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
+from tests.fake_github import INSTALLATION_TOKEN
 from tests.support import Remotes, admin, body_of, delivery_headers, fixture
+from tests.test_connector import fake  # noqa: F401 (the fake GitHub fixture)
 from tests.test_isolation import needs_sandbox
 from tests.test_runner import run_worker
 
 AGENT = Path(__file__).with_name("agents") / "github_agent.py"
-
-
-
-
-@pytest.fixture
-def fake():
-    server = FakeGitHub()
-    yield server
-    server.close()
 
 
 @pytest.fixture

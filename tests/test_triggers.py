@@ -30,8 +30,6 @@ AGENTS = Path(__file__).with_name("agents")
 BOT = {"login": "routinely[bot]", "id": 9, "type": "Bot"}
 
 
-
-
 @pytest.fixture
 def app_settings(settings, private_key):
     return settings.with_(github_app_id="24680", github_private_key=private_key, github_api_url=API)
