@@ -1,6 +1,7 @@
 """Test helpers: a throwaway redis-server, fixtures, real signatures."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import redis
 
@@ -236,3 +237,23 @@ def unmount_under(base: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
     for mounted in sorted((m for m in mounts if m.startswith(f"{base}/")), reverse=True):
         subprocess.run(["umount", "-l", mounted], capture_output=True)
+
+
+@contextlib.contextmanager
+def reachable_folder(prefix: str, agents: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A folder any session user can traverse (pytest's tmp is root-only), with copies of
+    the named test agents in `agents/`; on exit, what sessions mounted there is detached and
+    the folder removed."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    base.chmod(0o711)
+    if agents:
+        (base / "agents").mkdir()
+        for name in agents:
+            shutil.copy(Path(__file__).with_name("agents") / name, base / "agents" / name)
+            (base / "agents" / name).chmod(0o644)
+        (base / "agents").chmod(0o755)
+    try:
+        yield base
+    finally:
+        unmount_under(base)
+        shutil.rmtree(base, ignore_errors=True)

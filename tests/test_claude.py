@@ -11,7 +11,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from routinely import catalog, model_usage, session_log, sessions, transcript
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
-from tests.support import Remotes, redis_snapshot
+from tests.support import Remotes, reachable_folder, redis_snapshot
 from workers.sandbox import host
 
 CLAUDE = shutil.which("claude")
@@ -39,11 +38,9 @@ PUSH = ("git checkout -q -b claude/fix && git commit -q --allow-empty -m fix && 
 @pytest.fixture
 def world():
     """Data dir and remotes any session user can reach (pytest's tmp is root-only)."""
-    base = Path(tempfile.mkdtemp(prefix="rly-cc-"))
-    base.chmod(0o711)
-    (base / "github").mkdir()
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
+    with reachable_folder("rly-cc-") as base:
+        (base / "github").mkdir()
+        yield base
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ from routinely import catalog, session_log, sessions
 from routinely.cli import fire_one
 from routinely.config import Settings
 from routinely.start import Firing
-from tests.support import unmount_under
+from tests.support import reachable_folder
 from workers.sandbox import host
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -45,16 +45,8 @@ def world(tmp_path):
     """A data dir and agent copy that any session user can reach (pytest's tmp is root-only)."""
     if SYSTEM_PYTHON is None:
         pytest.skip("no system python3 for the probe agent")
-    base = Path(tempfile.mkdtemp(prefix="rly-iso-"))
-    base.chmod(0o711)
-    agents = base / "agents"
-    agents.mkdir()
-    shutil.copy(Path(__file__).with_name("agents") / "probe.py", agents / "probe.py")
-    agents.chmod(0o755)
-    (agents / "probe.py").chmod(0o644)
-    yield base
-    unmount_under(base)
-    shutil.rmtree(base, ignore_errors=True)
+    with reachable_folder("rly-iso-", agents=("probe.py",)) as base:
+        yield base
 
 
 class Hello(http.server.BaseHTTPRequestHandler):

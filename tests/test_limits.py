@@ -5,10 +5,8 @@ small limits set here, so a limit that does not hold fails the test instead of t
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -20,6 +18,7 @@ from routinely.cli import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing
+from tests.support import reachable_folder
 from tests.test_isolation import SYSTEM_PYTHON, host_processes_with, needs_root, needs_sandbox
 from workers.sandbox.bounds import enforcer
 
@@ -31,15 +30,8 @@ needs_cgroups = pytest.mark.skipif(enforcer("auto").kind == "rlimit", reason="no
 def world():
     if SYSTEM_PYTHON is None:
         pytest.skip("no system python3 for the hog agents")
-    base = Path(tempfile.mkdtemp(prefix="rly-lim-"))
-    base.chmod(0o711)
-    agents = base / "agents"
-    agents.mkdir()
-    shutil.copy(Path(__file__).with_name("agents") / "hog.py", agents / "hog.py")
-    agents.chmod(0o755)
-    (agents / "hog.py").chmod(0o644)
-    yield base
-    shutil.rmtree(base, ignore_errors=True)
+    with reachable_folder("rly-lim-", agents=("hog.py",)) as base:
+        yield base
 
 
 def env_for(redis_server, world, **extra):

@@ -5,10 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +18,7 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.setup_cache import SetupCache
 from routinely.start import Firing
-from tests.support import Remotes, git, unmount_under
+from tests.support import Remotes, git, reachable_folder
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
@@ -45,16 +43,13 @@ SETUP = ('echo SETUP-RAN; sleep ${SETUP_SLEEP:-0}; echo "built from $(cat api/re
 @pytest.fixture
 def world():
     """A data dir, remotes and outputs any session user can reach (pytest's tmp is root-only)."""
-    base = Path(tempfile.mkdtemp(prefix="rly-warm-"))
-    base.chmod(0o711)
-    for sub in ("github", "agent"):
-        (base / sub).mkdir()
-    (base / "agent").chmod(0o755)
-    (base / "agent" / "agent.sh").write_text(AGENT)
-    (base / "agent" / "agent.sh").chmod(0o644)
-    yield base
-    unmount_under(base)
-    shutil.rmtree(base, ignore_errors=True)
+    with reachable_folder("rly-warm-") as base:
+        for sub in ("github", "agent"):
+            (base / sub).mkdir()
+        (base / "agent").chmod(0o755)
+        (base / "agent" / "agent.sh").write_text(AGENT)
+        (base / "agent" / "agent.sh").chmod(0o644)
+        yield base
 
 
 @pytest.fixture
