@@ -30,9 +30,11 @@ def _log_level() -> str:
     return raw
 
 
-# sync workers: measured against gthread and gevent (README, Speed), none was faster here
+# one event loop per process, connections kept alive (app/keepalive_worker.py says why)
 workers = _workers()
-worker_class = "sync"
+worker_class = "app.keepalive_worker.KeepAliveWorker"
+keepalive = 75  # seconds an idle connection stays open: past a proxy's own (nginx: 60 s upstream)
+control_socket_disable = True  # gunicorn 27's runtime control socket: one path per user, shared by every server
 accesslog = None
 errorlog = "-"
 loglevel = _log_level()

@@ -1,6 +1,6 @@
 """Calibration apps for bench/ingest.py --compare: what the stack itself costs.
 
-Each is served by the same gunicorn (4 sync workers) and driven by the same wrk script as
+Each is served by the same gunicorn (4 workers, its configured class) and driven by the same wrk script as
 Routinely, so the gap between them is the price of each layer:
 
 - `raw`: a bare WSGI callable that reads the body and answers 202 (gunicorn + kernel + wrk).

@@ -106,12 +106,14 @@ def redis_cpu(conn: redis.Redis) -> float:
 
 
 @contextmanager
-def serve(app: str, env: dict[str, str], workers: int) -> Iterator[tuple[str, int]]:
-    """Run `app` under the Procfile's gunicorn configuration; yield its base URL and pid."""
+def serve(app: str, env: dict[str, str], workers: int, worker_class: str | None = None) -> Iterator[tuple[str, int]]:
+    """Run `app` under the Procfile's gunicorn configuration (its worker class unless one is
+    named); yield its base URL and pid."""
     port = free_port()
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
-         "--workers", str(workers), "--bind", f"127.0.0.1:{port}", app],
+         "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+         *(["-k", worker_class] if worker_class else []), app],
         env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
@@ -164,6 +166,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
+    parser.add_argument("--worker-class", default=None,
+                        help="another gunicorn worker class for Routinely's rows (e.g. sync, to compare)")
     parser.add_argument("--unmatched", action="store_true",
                         help="the routine watches another repository: only verify, dedup and record happen")
     parser.add_argument("--compare", action="store_true",
@@ -183,9 +187,9 @@ def main() -> None:
     conn = redis.Redis.from_url(server.url)
     try:
         apply(env, routines)
-        print(f"gunicorn {args.workers} sync workers, body {len(body)} bytes, {os.cpu_count()} cores, "
+        print(f"gunicorn {args.workers} workers ({args.worker_class or 'app/gunicorn_conf.py worker class'}), body {len(body)} bytes, {os.cpu_count()} cores, "
               + ("no routine matching" if args.unmatched else "one matching routine"))
-        with serve("app:create_app()", env, args.workers) as (url, pid):
+        with serve("app:create_app()", env, args.workers, args.worker_class) as (url, pid):
             drive(url, 8, 2, wrk_env)  # warm-up (its ids repeat later: answered as duplicates)
             for c in args.concurrency:
                 conn.flushall()  # our own throwaway server
