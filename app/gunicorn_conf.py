@@ -92,3 +92,11 @@ def child_exit(server, worker):
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    # the app's objects (routines, filters, modules) live as long as the worker: taken out of
+    # the collector's sweeps, which would otherwise walk them again and again on the hot path
+    import gc
+
+    gc.freeze()

@@ -6,7 +6,8 @@ fresh X-GitHub-Delivery per request, at each concurrency; one routine matches it
 delivery makes a session and its RQ job durably before the 202. Prints one line per
 concurrency and what Redis holds afterwards (events, sessions, jobs).
 
-With --compare it then runs, on the same machine and against the same throwaway Redis,
+With --compare it also runs the unmatched case (the routine watches another repository),
+then, on the same machine and against the same throwaway Redis,
 Probot doing the same durable work (../shared/peers/run-probot.sh) and three calibration
 apps under the same gunicorn (bench/floor_apps.py): a bare WSGI callable, an empty Flask
 route, Flask doing only HMAC + JSON decode + one MULTI, and a bare WSGI callable doing that
@@ -179,25 +180,32 @@ def main() -> None:
     body = json.dumps(json.loads(PAYLOAD.read_bytes()), separators=(",", ":")).encode()
     (tmp / "body.json").write_bytes(body)
     routines = tmp / "routines.yml"
-    routines.write_text(ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other") if args.unmatched else ROUTINES)
+    unmatched = ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other")
+    configs = [] if args.unmatched else [("routinely, matched", ROUTINES)]
+    if args.unmatched or args.compare:
+        configs.append(("routinely, unmatched", unmatched))
     server = RedisServer()
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
            "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT), "ROUTINELY_ADMIN_TOKEN": "bench-admin-token"}
     wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
     conn = redis.Redis.from_url(server.url)
     try:
+        routines.write_text(configs[0][1])
         apply(env, routines)
-        print(f"gunicorn {args.workers} workers ({args.worker_class or 'app/gunicorn_conf.py worker class'}), body {len(body)} bytes, {os.cpu_count()} cores, "
-              + ("no routine matching" if args.unmatched else "one matching routine"))
+        print(f"gunicorn {args.workers} workers ({args.worker_class or 'app/gunicorn_conf.py worker class'}), "
+              f"body {len(body)} bytes, {os.cpu_count()} cores; matched: one routine matches each delivery, "
+              "unmatched: it watches another repository")
         with serve("app:create_app()", env, args.workers, args.worker_class) as (url, pid):
             drive(url, 8, 2, wrk_env)  # warm-up (its ids repeat later: answered as duplicates)
-            for c in args.concurrency:
-                conn.flushall()  # our own throwaway server
-                apply(env, routines)
-                got = measured(url, pid, conn, c, args.seconds, wrk_env)
-                time.sleep(0.5)  # let in-flight deliveries land before counting
-                print(line("routinely", c, got, f"requests={got['requests']} events={conn.zcard('rly:events')} "
-                           f"sessions={conn.zcard('rly:sessions')} jobs={conn.llen('rq:queue:routinely')}"), flush=True)
+            for name, text in configs:
+                routines.write_text(text)
+                for c in args.concurrency:
+                    conn.flushall()  # our own throwaway server
+                    apply(env, routines)
+                    got = measured(url, pid, conn, c, args.seconds, wrk_env)
+                    time.sleep(0.5)  # let in-flight deliveries land before counting
+                    print(line(name, c, got, f"requests={got['requests']} events={conn.zcard('rly:events')} "
+                               f"sessions={conn.zcard('rly:sessions')} jobs={conn.llen('rq:queue:routinely')}"), flush=True)
         if not args.compare:
             return
         conn.flushall()

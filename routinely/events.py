@@ -1,5 +1,11 @@
 """Reading event records (deliveries and firings with their outcome), newest first, and
-explaining one that started nothing."""
+explaining one that started nothing.
+
+A record is one JSON object at keys.event(id), written by routinely/start.lua: id, kind,
+received_at, trigger, delivery/event/repository/routine when the firing had them,
+filter_fields (what the routines watching the repository read), duplicate, sessions,
+dropped, skipped. Records written before it was JSON are hashes; they read the same.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -14,50 +20,78 @@ from routinely.catalog import RECORDED_CHARS, Catalog
 from routinely.sessions import MAX_LIMIT
 
 
-def to_public(raw: dict[bytes, bytes]) -> dict[str, Any]:
-    text = lambda name: raw[name].decode() if raw.get(name) else None  # noqa: E731
+Record = dict[str, Any]
+_JSON_FIELDS = (b"trigger", b"sessions", b"dropped", b"skipped", b"filter_fields")
+
+
+def to_public(record: Record) -> dict[str, Any]:
     return {
-        "id": text(b"id"),
-        "kind": text(b"kind"),
-        "delivery": text(b"delivery"),
-        "event": text(b"event"),
-        "repository": text(b"repository"),
-        "routine": text(b"routine"),
-        "received_at": text(b"received_at"),
-        "sessions": orjson.loads(raw.get(b"sessions") or b"[]"),
-        "dropped": orjson.loads(raw.get(b"dropped") or b"[]"),
-        "skipped": orjson.loads(raw.get(b"skipped") or b"[]"),
-        "duplicate": raw.get(b"duplicate") == b"1",
+        "id": record.get("id"),
+        "kind": record.get("kind"),
+        "delivery": record.get("delivery"),
+        "event": record.get("event"),
+        "repository": record.get("repository"),
+        "routine": record.get("routine"),
+        "received_at": record.get("received_at"),
+        "sessions": record.get("sessions") or [],
+        "dropped": record.get("dropped") or [],
+        "skipped": record.get("skipped") or [],
+        "duplicate": record.get("duplicate") is True,
     }
+
+
+def _from_hash(raw: dict[bytes, bytes]) -> Record:
+    """A record of the hash layout (before records were JSON)."""
+    out: Record = {k.decode(): orjson.loads(v) if k in _JSON_FIELDS else v.decode() for k, v in raw.items()}
+    out["duplicate"] = raw.get(b"duplicate") == b"1"
+    return out
+
+
+def _decoded(conn: redis.Redis, key: str, got: Any) -> Record | None:
+    if isinstance(got, redis.ResponseError):  # WRONGTYPE: a hash record
+        return _from_hash(conn.hgetall(key)) or None
+    return orjson.loads(got) if got else None
+
+
+def records(conn: redis.Redis, event_ids: list[bytes]) -> list[Record]:
+    """The records of these events (one round trip), those that expired left out."""
+    names = [keys.event(eid.decode()) for eid in event_ids]
+    pipe = conn.pipeline(transaction=False)
+    for name in names:
+        pipe.get(name)
+    got = pipe.execute(raise_on_error=False)
+    return [r for r in (_decoded(conn, name, value) for name, value in zip(names, got)) if r]
 
 
 def listing(conn: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
     ids_ = conn.zrevrange(keys.EVENTS, 0, max(1, min(limit, MAX_LIMIT)) - 1)
-    pipe = conn.pipeline(transaction=False)
-    for eid in ids_:
-        pipe.hgetall(keys.event(eid.decode()))
-    return [to_public(raw) for raw in pipe.execute() if raw]
+    return [to_public(record) for record in records(conn, ids_)]
+
+
+def get_raw(conn: redis.Redis, event_id: str) -> Record | None:
+    """One event's record as stored, or None."""
+    key = keys.event(event_id)
+    try:
+        return _decoded(conn, key, conn.get(key))
+    except redis.ResponseError as exc:
+        return _decoded(conn, key, exc)
 
 
 def get(conn: redis.Redis, event_id: str) -> dict[str, Any] | None:
-    raw = conn.hgetall(keys.event(event_id))
-    return to_public(raw) if raw else None
+    record = get_raw(conn, event_id)
+    return to_public(record) if record else None
 
 
-def get_raw(conn: redis.Redis, event_id: str) -> dict[bytes, bytes] | None:
-    return conn.hgetall(keys.event(event_id)) or None
-
-
-def find(conn: redis.Redis, ref: str) -> dict[bytes, bytes] | None:
+def find(conn: redis.Redis, ref: str) -> Record | None:
     """An event record by event id, or by the GitHub delivery id it recorded."""
-    raw = get_raw(conn, ref)
-    if raw is None:
+    record = get_raw(conn, ref)
+    if record is None:
         claimed = conn.get(keys.delivery(ref))
-        raw = get_raw(conn, claimed.decode()) if claimed else None
-    return raw
+        record = get_raw(conn, claimed.decode()) if claimed else None
+    return record
 
 
-def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
+def explain(raw: Record, catalog: Catalog) -> dict[str, Any] | None:
     """Why this event started nothing, or None when it started a session.
 
     `summary` is one line; `routines` has, per routine watching the repository, the first
@@ -81,7 +115,7 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
         return {"summary": f"routines do not start on {kind or 'unnamed'} events", "routines": rows}
     if not repo:
         return {"summary": "the delivery names no repository", "routines": rows}
-    fields = orjson.loads(raw.get(b"filter_fields") or b"{}")  # kept by the receiver (routinely.catalog.route)
+    fields = raw.get("filter_fields") or {}  # kept by the receiver (routinely.catalog.route)
     done = {r["name"] for r in rows}
     watching = [r for r in catalog.routines.values() if r.github and repo.lower() in {x.lower() for x in r.repositories}]
     for routine in watching:
@@ -106,7 +140,4 @@ def explain(raw: dict[bytes, bytes], catalog: Catalog) -> dict[str, Any] | None:
 def explained(conn: redis.Redis, catalog: Catalog, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
     """The newest events after `offset`, each with its `explanation` (None when it started a session)."""
     ids_ = conn.zrevrange(keys.EVENTS, offset, offset + max(1, min(limit, MAX_LIMIT)) - 1)
-    pipe = conn.pipeline(transaction=False)
-    for eid in ids_:
-        pipe.hgetall(keys.event(eid.decode()))
-    return [{**to_public(raw), "explanation": explain(raw, catalog)} for raw in pipe.execute() if raw]
+    return [{**to_public(record), "explanation": explain(record, catalog)} for record in records(conn, ids_)]

@@ -29,6 +29,7 @@ from rq.serializers import JSONSerializer
 
 from routinely.wire import Segment
 
+
 RUN_SESSION = "workers.run.run_session"
 SERIALIZER = JSONSerializer
 QUEUES_KEY = Queue.redis_queues_keys  # the set of queue keys RQ workers discover

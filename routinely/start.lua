@@ -2,34 +2,42 @@
 -- KEYS/ARGV layout). Order: configuration version, claim, then per session the admission
 -- rule of routinely/admission.py `decide` over its three counters and the daily budget; admitted sessions get
 -- their record, index entries and RQ job; finally the event record and installations.
+-- Record field names live here, not in ARGV: every argument costs Redis ~1k instructions
+-- to parse, and a name is the same on every call. The event record is one JSON string
+-- (Python writes all of it but the outcome, which is appended here): a hash of a dozen
+-- fields costs Redis ~5x more to write.
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
 local KEYS_PER_SESSION = 8  -- routinely/start_plan.py KEYS_PER_SESSION
+local PER_SESSION = 18  -- routinely/start_plan.py PER_SESSION
 local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap', 'daily_budget'}
 local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
-local event_key, event_ttl, session_ttl = KEYS[2], ARGV[9], ARGV[10]
-local n_event, n_job, n_inst, n_sess = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local n_refused = tonumber(ARGV[18])
-local ev_from = 19
-local job_from = ev_from + n_event
-local inst_from = job_from + n_job
+local event_id, event_key, event_ttl, session_ttl = ARGV[8], KEYS[2], ARGV[9], ARGV[10]
+local n_sess, n_refused, n_inst = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
+local chain_depth, trigger = ARGV[18], ARGV[20]
+local job_from = 21  -- the job template's fields
+local inst_from = job_from + tonumber(ARGV[14])
 
 local function record_event(duplicate, sessions, dropped, skipped)
-  redis.call('HSET', event_key, 'duplicate', duplicate, 'sessions', sessions, 'dropped', dropped,
-    'skipped', skipped, unpack(ARGV, ev_from, job_from - 1))
-  redis.call('EXPIRE', event_key, event_ttl)
-  redis.call('ZADD', KEYS[3], score, ARGV[8])
-  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7])
+  redis.call('SET', event_key, ARGV[19] .. ',"duplicate":' .. duplicate .. ',"sessions":' .. sessions ..
+    ',"dropped":' .. dropped .. ',"skipped":' .. skipped .. '}', 'EX', event_ttl)
+  redis.call('ZADD', KEYS[3], score, event_id)
+  if ARGV[7] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7]) end
+end
+
+-- the payload was SET just before, in the same MULTI: it stays only when a session is made
+local function drop_payload()
+  if ARGV[3] == '1' then redis.call('DEL', KEYS[9]) end
 end
 
 if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
-  if ARGV[3] == '1' then redis.call('DEL', KEYS[9]) end
+  drop_payload()
   return {0}
 end
 
-if ARGV[2] ~= '0' and not redis.call('SET', KEYS[8], ARGV[8], 'NX', 'EX', ARGV[2]) then
-  record_event('1', '[]', '[]', '[]')  -- a redelivery: its own event, starts nothing
-  if ARGV[3] == '1' then redis.call('DEL', KEYS[9]) end
+if ARGV[2] ~= '0' and not redis.call('SET', KEYS[8], event_id, 'NX', 'EX', ARGV[2]) then
+  record_event('true', '[]', '[]', '[]')  -- a redelivery: its own event, starts nothing
+  drop_payload()
   return {1}
 end
 
@@ -53,7 +61,6 @@ for i = 1, n_sess do
   if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + 8]) then
     if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
   end
-  local n_fields = tonumber(ARGV[a + 16])
   if reason then
     redis.call('HINCRBY', KEYS[k + 4], reason, 1)
     redis.call('HSET', KEYS[k + 4], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms + tonumber(retry) * 1000)
@@ -66,17 +73,19 @@ for i = 1, n_sess do
     for w = 0, 2 do
       if redis.call('INCR', KEYS[k + 1 + w]) == 1 then redis.call('EXPIRE', KEYS[k + 1 + w], ARGV[a + 3 + 3 * w]) end
     end
-    redis.call('HSET', KEYS[k + 5], 'metered', metered, unpack(ARGV, a + 17, a + 16 + n_fields))
+    redis.call('HSET', KEYS[k + 5], 'id', sid, 'routine', routine, 'routine_key', ARGV[a + 16], 'account', ARGV[a + 17],
+      'trigger', trigger, 'event_id', event_id, 'status', 'queued', 'created_at', now_iso, 'chain_depth', chain_depth,
+      'metered', metered)
     redis.call('EXPIRE', KEYS[k + 5], session_ttl)
     redis.call('ZADD', KEYS[k + 6], score, sid)
-    redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6])
+    if ARGV[6] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6]) end
     redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
       'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))
     table.insert(ids, sid)
     table.insert(admitted, sid)
     table.insert(admitted, metered)
   end
-  a = a + 17 + n_fields
+  a = a + PER_SESSION
 end
 
 -- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
@@ -100,14 +109,14 @@ if #ids > 0 then
     table.insert(scored, sid)
   end
   redis.call('ZADD', KEYS[4], unpack(scored))
-  redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6])
-  redis.call('SADD', KEYS[6], KEYS[5])
+  if ARGV[6] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6]) end
+  if ARGV[6] ~= '' then redis.call('SADD', KEYS[6], KEYS[5]) end  -- RQ's queue listing (rq info): once is enough
   redis.call('RPUSH', KEYS[5], unpack(ids))
-elseif ARGV[3] == '1' then
-  redis.call('DEL', KEYS[9])
+else
+  drop_payload()
 end
 
-record_event('0', #ids > 0 and cjson.encode(ids) or '[]', #dropped > 0 and cjson.encode(dropped) or '[]', ARGV[11])
+record_event('false', #ids > 0 and cjson.encode(ids) or '[]', #dropped > 0 and cjson.encode(dropped) or '[]', ARGV[11])
 
 for i = inst_from, inst_from + 3 * n_inst - 1, 3 do
   if ARGV[i] == 'set' then

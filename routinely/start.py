@@ -26,6 +26,9 @@ from routinely.wire import Wire, pack
 __all__ = ["Firing", "FireRefused", "Outcome", "Routed", "Starter", "fire_one", "iso"]
 
 SCRIPT = Path(__file__).with_name("start.lua").read_text()
+# how often a process trims the listing indexes to their windows (keys.EVENTS_KEPT, SESSIONS_KEPT):
+# not on every firing — three ZREMRANGEBYSCOREs a firing cost more than the rest of an index write
+TRIM_SECONDS = 1.0
 
 
 @dataclass
@@ -88,6 +91,7 @@ class Starter:
         self._wire = Wire(settings.redis_url)
         self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._job = jobs.JobTemplate.build(conn, settings.queue_name)
+        self._trimmed = float("-inf")
 
     def fire(self, firing: Firing, route: Router) -> Outcome:
         """Route and start a firing. Raises redis.RedisError when Redis cannot be reached."""
@@ -96,10 +100,14 @@ class Starter:
             routed = route(catalog)
             if not isinstance(routed, Routed):
                 routed = Routed(routed)
-            plan = start_plan.build(firing, catalog, routed.routines, self.settings.clock(),
-                                    refused=routed.refused, chain_depth=routed.chain_depth)
+            now = self.settings.clock()
+            trim = now - self._trimmed >= TRIM_SECONDS
+            plan = start_plan.build(firing, catalog, routed.routines, now,
+                                    refused=routed.refused, chain_depth=routed.chain_depth, trim=trim)
             result = self._apply(plan)
             if result is not None:
+                if trim:
+                    self._trimmed = now
                 return result
             self.cache.reload(self.conn)  # configuration changed under us: route again
         raise redis.RedisError("the routine configuration keeps changing; try again")

@@ -47,10 +47,17 @@ def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+_days: dict[str, tuple[float, float, str]] = {}  # zone -> (day start, next midnight, ISO date): one day at a time
+
+
 def calendar_day(tz_name: str, now: float) -> tuple[str, int]:
     """The calendar day at `now` in the zone `tz_name` (ISO date) and the seconds until it ends (DST-aware):
-    the day of daily caps and daily budgets."""
-    tz = ZoneInfo(tz_name)
-    day = datetime.fromtimestamp(now, tz).date()
-    midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz)
-    return day.isoformat(), max(1, math.ceil(midnight.timestamp() - now))
+    the day of daily caps and daily budgets. Each start asks; the zone arithmetic runs once a day."""
+    known = _days.get(tz_name)
+    if known is None or not known[0] <= now < known[1]:
+        tz = ZoneInfo(tz_name)
+        day = datetime.fromtimestamp(now, tz).date()
+        start = datetime.combine(day, datetime.min.time(), tz).timestamp()
+        midnight = datetime.combine(day + timedelta(days=1), datetime.min.time(), tz).timestamp()
+        known = _days[tz_name] = (start, midnight, day.isoformat())
+    return known[2], max(1, math.ceil(known[1] - now))

@@ -37,34 +37,20 @@ class Segment:
 
     def __init__(self, args: Sequence[Any]) -> None:
         self.count = len(args)
-        self.data = _pack_args(args)
-
-
-def _pack_args(args: Sequence[Any]) -> bytes:
-    out: list[bytes] = []
-    for value in args:
-        kind = type(value)
-        b = value.encode() if kind is str else value if kind is bytes else b"%d" % value if kind is int else None
-        if b is None:
-            raise TypeError(f"a Redis argument is bytes, str or int, not {kind.__name__}")
-        out.append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
+        self.data = pack(*args)[len(b"*%d\r\n" % len(args)):]
 
 
 def pack(*args: Any) -> bytes:
     """One command as RESP: *N, then $len and the bytes of each argument (a Segment
     stands for the arguments it packed)."""
-    count, parts, run = 0, [], []
-    for value in args:
-        if type(value) is Segment:
-            parts.append(_pack_args(run))
-            parts.append(value.data)
-            count += len(run) + value.count
-            run = []
-        else:
-            run.append(value)
-    parts.append(_pack_args(run))
-    return b"*%d\r\n" % (count + len(run)) + b"".join(parts)
+    parts = [b"$%d\r\n%b\r\n" % (len(b), b) if type(b) is bytes else b.data if type(b) is Segment else _refuse(b)
+             for b in [v.encode() if type(v) is str else b"%d" % v if type(v) is int else v for v in args]]
+    count = len(args) + sum([v.count - 1 for v in args if type(v) is Segment])
+    return b"*%d\r\n" % count + b"".join(parts)
+
+
+def _refuse(value: Any) -> bytes:
+    raise TypeError(f"a Redis argument is bytes, str or int, not {type(value).__name__}")
 
 
 def reply_error(err: hiredis.ReplyError) -> redis.ResponseError:

@@ -157,9 +157,9 @@ def test_the_event_record_keeps_the_filter_fields_of_the_watching_routines(clien
     resp, _ = post(client, "pull_request", fixture("pull_request.opened.json"))
     assert resp.get_json()["sessions"] == []  # base is master
     event_id = client.get("/api/events").get_json()[0]["id"]
-    record = conn.hgetall(keys.event(event_id))
-    assert record[b"event"] == b"pull_request.opened" and record[b"repository"] == b"Codertocat/Hello-World"
-    assert orjson.loads(record[b"filter_fields"]) == {"base_branch": "master", "is_draft": False, "labels": []}
+    record = orjson.loads(conn.get(keys.event(event_id)))
+    assert record["event"] == "pull_request.opened" and record["repository"] == "Codertocat/Hello-World"
+    assert record["filter_fields"] == {"base_branch": "master", "is_draft": False, "labels": []}
 
 
 def test_an_unwatched_repository_keeps_no_filter_fields(client, conn):
@@ -167,4 +167,4 @@ def test_an_unwatched_repository_keeps_no_filter_fields(client, conn):
                  "triggers": [gh(["pull_request"], {"field": "title", "op": "contains", "value": "x"})]})
     post(client, "pull_request", fixture("pull_request.opened.json"))
     event_id = client.get("/api/events").get_json()[0]["id"]
-    assert b"filter_fields" not in conn.hgetall(keys.event(event_id))
+    assert "filter_fields" not in orjson.loads(conn.get(keys.event(event_id)))

@@ -28,12 +28,15 @@ def start(tmp: Path, redis_url: str, workers: int = 2) -> tuple[subprocess.Popen
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
                              "--keep-alive", str(KEEPALIVE), "--bind", f"127.0.0.1:{port}", "tests.echo_app:app"],
                             env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return proc, port
+            if len(children.read_text().split()) == workers:  # every worker forked: none appears mid-test
+                return proc, port
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     proc.kill()
     raise RuntimeError("gunicorn did not start: " + proc.stderr.read().decode()[-500:])
 

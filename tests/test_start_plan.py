@@ -6,6 +6,7 @@ import itertools
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 
 from routinely import admission, catalog, jobs, keys, start_plan
@@ -43,11 +44,10 @@ def test_the_plan_is_built_without_redis():
     (s,) = plan.sessions
     assert (s.id, s.routine, s.routine_key) == ("session_2", "review", "alice/review")
     assert s.job_timeout == 30 * 60 + start_plan.JOB_MARGIN_SECONDS and s.job_description == "alice/review github"
-    fields = dict(zip(s.fields[::2], s.fields[1::2]))
+    fields = dict(zip(plan.session_fields(s)[::2], plan.session_fields(s)[1::2]))
     assert fields["status"] == "queued" and fields["event_id"] == "event_1" and fields["account"] == "alice"
-    event = dict(zip(plan.event_fields[::2], plan.event_fields[1::2]))
-    assert event["delivery"] == "d-1" and event["event"] == "pull_request.opened"
-    assert event["filter_fields"] == '{"base_branch":"master"}'
+    assert plan.event["delivery"] == "d-1" and plan.event["event"] == "pull_request.opened"
+    assert plan.event["filter_fields"] == {"base_branch": "master"}
     c = s.checks
     window = int(NOW // 3600)
     assert c.routine == admission.Window(keys.rate_window("routine", "alice/review", 3600, window), 3,
@@ -128,6 +128,14 @@ def test_the_script_touches_only_the_keys_it_declares(conn, settings):
     assert changed <= set(declared) and keys.payload(plan.event_id) in declared
     assert {keys.session(plan.sessions[0].id), jobs.job_key(plan.sessions[0].id), keys.event(plan.event_id),
             keys.delivery("d-2"), keys.INSTALLATIONS} <= changed
+    # the records are the plan's (the field names are the script's: both must agree)
+    fields = plan.session_fields(plan.sessions[0])
+    stored = {k.decode(): v.decode() for k, v in conn.hgetall(keys.session(plan.sessions[0].id)).items()}
+    assert stored == {**dict(zip(fields[::2], fields[1::2])), "metered": "0"}
+    event = orjson.loads(conn.get(keys.event(plan.event_id)))
+    assert event == {**plan.event, "duplicate": False, "sessions": [plan.sessions[0].id], "dropped": [], "skipped": []}
+    assert 0 < conn.ttl(keys.event(plan.event_id)) <= keys.EVENT_TTL
+    assert conn.get(keys.payload(plan.event_id)) == b'{"x": 1}' and conn.ttl(keys.payload(plan.event_id)) > 0
 
 
 def test_the_job_the_script_writes_is_the_job_rq_would_write(conn, settings):
@@ -147,3 +155,15 @@ def test_the_job_the_script_writes_is_the_job_rq_would_write(conn, settings):
     same = ("func_name", "args", "kwargs", "timeout", "description", "result_ttl", "failure_ttl", "meta", "retries_left",
             "_dependency_ids", "allow_dependency_failures", "enqueue_at_front", "ttl", "worker_name", "group_id")
     assert {n: getattr(ours, n) for n in same} == {n: getattr(theirs, n) for n in same}
+
+
+def test_an_event_recorded_as_a_hash_before_records_were_json_still_reads(conn):
+    from routinely import events
+
+    conn.hset(keys.event("evt_old"), mapping={"id": "evt_old", "kind": "github", "event": "push", "duplicate": "0",
+                                              "received_at": "2026-11-24T00:00:00.000Z", "sessions": '["s1"]',
+                                              "dropped": "[]", "skipped": "[]", "trigger": '{"kind": "github"}'})
+    conn.zadd(keys.EVENTS, {"evt_old": 1})
+    old = events.get(conn, "evt_old")
+    assert old["sessions"] == ["s1"] and old["duplicate"] is False and old["event"] == "push"
+    assert events.listing(conn) == [old]

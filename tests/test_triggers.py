@@ -380,11 +380,12 @@ def test_refusals_travel_in_the_start_plan_with_their_drops_key_declared():
                             [cat.routines["alice/ok"]], 1_800_000_000.0, lambda kind: next(ids),
                             refused=[start_plan.Refused(cat.routines["alice/no"], "role", "x has role read")],
                             chain_depth=2)
-    assert dict(zip(plan.sessions[0].fields[::2], plan.sessions[0].fields[1::2]))["chain_depth"] == "2"
+    fields = plan.session_fields(plan.sessions[0])
+    assert dict(zip(fields[::2], fields[1::2]))["chain_depth"] == "2"
     job = jobs.JobTemplate(data=b"d", fields=())
     kv, argv = start_plan.encode(plan, job, "routinely")
     assert kv[-1] == keys.drops("alice/no") and len(kv) == start_plan.FIXED_KEYS + start_plan.KEYS_PER_SESSION + 1
-    assert argv[16:18] == [1, 1]  # one session, one refusal
+    assert argv[14:16] == [1, 1]  # one session, one refusal
     assert argv[-3:] == ["no", "role", "x has role read"]
-    trigger = json.loads(dict(zip(plan.event_fields[::2], plan.event_fields[1::2]))["trigger"])
+    trigger = plan.event["trigger"]
     assert trigger == {"kind": "github", "event": "issue_comment.created", "command": "fix", "text": "x"}

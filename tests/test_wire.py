@@ -19,8 +19,9 @@ def test_pack_writes_what_redis_py_writes():
     args = ("EVALSHA", "abc", 2, "k1", "k2", b"\x00\xffbytes", "ünï", 0, -7)
     assert pack(*args) == b"".join(Connection().pack_command(*args))
     assert pack("X", Segment(["a", b"b", 3]), "y") == b"".join(Connection().pack_command("X", "a", b"b", 3, "y"))
-    with pytest.raises(TypeError):
-        pack("SET", "k", 1.5)
+    for wrong in (1.5, True, None):
+        with pytest.raises(TypeError):
+            pack("SET", "k", wrong)
 
 
 def test_replies_errors_and_transactions(redis_server, conn):
