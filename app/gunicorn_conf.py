@@ -17,7 +17,8 @@ def _stop(message: str) -> None:
 
 
 def _workers() -> int:
-    raw = os.environ.get("WEB_CONCURRENCY", "4")
+    # one event loop per core, plus one to keep a core busy while another waits on Redis
+    raw = os.environ.get("WEB_CONCURRENCY", str((os.cpu_count() or 1) + 1))
     if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         _stop(f"WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is {raw!r})")
     return int(raw)

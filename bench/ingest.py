@@ -107,13 +107,13 @@ def redis_cpu(conn: redis.Redis) -> float:
 
 
 @contextmanager
-def serve(app: str, env: dict[str, str], workers: int, worker_class: str | None = None) -> Iterator[tuple[str, int]]:
+def serve(app: str, env: dict[str, str], workers: int | None, worker_class: str | None = None) -> Iterator[tuple[str, int]]:
     """Run `app` under the Procfile's gunicorn configuration (its worker class unless one is
     named); yield its base URL and pid."""
     port = free_port()
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
-         "--workers", str(workers), "--bind", f"127.0.0.1:{port}",
+         *(["--workers", str(workers)] if workers else []), "--bind", f"127.0.0.1:{port}",
          *(["-k", worker_class] if worker_class else []), app],
         env=env, cwd=ROOT, stderr=subprocess.DEVNULL,
     )
@@ -166,7 +166,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("WEB_CONCURRENCY", "4")))
+    parser.add_argument("--workers", type=int, default=None,
+                        help="web workers (default: app/gunicorn_conf.py's, cores + 1)")
     parser.add_argument("--worker-class", default=None,
                         help="another gunicorn worker class for Routinely's rows (e.g. sync, to compare)")
     parser.add_argument("--unmatched", action="store_true",
@@ -192,15 +193,18 @@ def main() -> None:
     try:
         routines.write_text(configs[0][1])
         apply(env, routines)
-        print(f"gunicorn {args.workers} workers ({args.worker_class or 'app/gunicorn_conf.py worker class'}), "
+        print(f"gunicorn {args.workers or (os.cpu_count() or 1) + 1} workers ({args.worker_class or 'app/gunicorn_conf.py worker class'}), "
               f"body {len(body)} bytes, {os.cpu_count()} cores; matched: one routine matches each delivery, "
               "unmatched: it watches another repository")
+        runs = 100
         with serve("app:create_app()", env, args.workers, args.worker_class) as (url, pid):
             drive(url, 8, 2, wrk_env)  # warm-up (its ids repeat later: answered as duplicates)
             for name, text in configs:
                 routines.write_text(text)
                 for c in args.concurrency:
-                    conn.flushall()  # our own throwaway server
+                    conn.flushall()  # our own throwaway server; the version goes on rising, so that the
+                    conn.set("rly:routines:version", runs)  # workers' cached configuration is seen as stale
+                    runs += 100
                     apply(env, routines)
                     got = measured(url, pid, conn, c, args.seconds, wrk_env)
                     time.sleep(0.5)  # let in-flight deliveries land before counting
