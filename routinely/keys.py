@@ -12,7 +12,7 @@ DAY = 86_400
 DELIVERY_TTL = 7 * DAY  # GitHub redelivers for days; ids are kept at least a week
 EVENT_TTL = 7 * DAY  # event records and their payloads
 SESSION_TTL = 30 * DAY  # session records, logs and listings
-EVENTS_KEPT = 7 * DAY  # listing windows, trimmed on every write
+EVENTS_KEPT = 7 * DAY  # listing windows, trimmed by the start script at most once a second per process
 SESSIONS_KEPT = 30 * DAY
 
 # -- routines (writer: `routinely apply`, `schedule update`; no TTL: it is the configuration)
@@ -26,10 +26,11 @@ def delivery(guid: str) -> str:
 
 
 def event(event_id: str) -> str:
-    """hash: the event record (see routinely.events); written by the start script; TTL EVENT_TTL.
+    """string: the event record, one JSON object (see routinely.events; records written
+    before were hashes of the same fields); written by the start script; TTL EVENT_TTL.
 
-    Fields: id, kind, received_at, trigger (JSON), delivery / event / repository / routine
-    when known, duplicate (0/1), sessions, dropped, skipped (JSON lists), and for a github
+    Fields: id, kind, received_at, trigger, delivery / event / repository / routine
+    when known, duplicate (true/false), sessions, dropped, skipped (lists), and for a github
     delivery to a repository that routines watch for that event kind, `filter_fields`:
     JSON object {field: value} of every filter field those routines name, as routing read
     it (strings cut to catalog.RECORDED_CHARS) — what "why did this not fire" needs.
@@ -37,7 +38,7 @@ def event(event_id: str) -> str:
     return f"{P}event:{event_id}"
 
 
-EVENTS = P + "events"  # zset event id -> received ms (µs as the fraction, so close firings keep their order); trimmed to EVENTS_KEPT by the start script
+EVENTS = P + "events"  # zset event id -> received ms (µs as the fraction, so close firings keep their order); trimmed to EVENTS_KEPT by the start script (once a second per process)
 
 
 def payload(event_id: str) -> str:
