@@ -35,6 +35,7 @@ def _log_level() -> str:
 workers = _workers()
 worker_class = "app.keepalive_worker.KeepAliveWorker"
 keepalive = 75  # seconds an idle connection stays open: past a proxy's own (nginx: 60 s upstream)
+worker_connections = 100  # per worker: each may be buffering a body of up to 25 MB
 control_socket_disable = True  # gunicorn 27's runtime control socket: one path per user, shared by every server
 accesslog = None
 errorlog = "-"

@@ -49,7 +49,8 @@ def _from_hash(raw: dict[bytes, bytes]) -> Record:
 
 def _decoded(conn: redis.Redis, key: str, got: Any) -> Record | None:
     if isinstance(got, redis.ResponseError):  # WRONGTYPE: a hash record
-        return _from_hash(conn.hgetall(key)) or None
+        raw = conn.hgetall(key)
+        return _from_hash(raw) if raw else None  # (gone in between: expired)
     return orjson.loads(got) if got else None
 
 

@@ -9,7 +9,7 @@
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
 local KEYS_PER_SESSION = 8  -- routinely/start_plan.py KEYS_PER_SESSION
-local PER_SESSION = 18  -- routinely/start_plan.py PER_SESSION
+local PER_SESSION = 19  -- routinely/start_plan.py PER_SESSION
 local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap', 'daily_budget'}
 local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
 local event_id, event_key, event_ttl, session_ttl = ARGV[8], KEYS[2], ARGV[9], ARGV[10]
@@ -78,7 +78,7 @@ for i = 1, n_sess do
       'metered', metered)
     redis.call('EXPIRE', KEYS[k + 5], session_ttl)
     redis.call('ZADD', KEYS[k + 6], score, sid)
-    if ARGV[6] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[6]) end
+    if ARGV[a + 18] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[a + 18]) end
     redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
       'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))
     table.insert(ids, sid)

@@ -91,7 +91,7 @@ class Starter:
         self._wire = Wire(settings.redis_url)
         self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
         self._job = jobs.JobTemplate.build(conn, settings.queue_name)
-        self._trimmed = float("-inf")
+        self._trimmed: dict[str, float] = {}  # listing index -> when this process last trimmed it
 
     def fire(self, firing: Firing, route: Router) -> Outcome:
         """Route and start a firing. Raises redis.RedisError when Redis cannot be reached."""
@@ -101,13 +101,17 @@ class Starter:
             if not isinstance(routed, Routed):
                 routed = Routed(routed)
             now = self.settings.clock()
-            trim = now - self._trimmed >= TRIM_SECONDS
+            due = lambda index: now - self._trimmed.get(index, float("-inf")) >= TRIM_SECONDS  # noqa: E731
             plan = start_plan.build(firing, catalog, routed.routines, now,
-                                    refused=routed.refused, chain_depth=routed.chain_depth, trim=trim)
+                                    refused=routed.refused, chain_depth=routed.chain_depth, trim=due)
             result = self._apply(plan)
             if result is not None:
-                if trim:
-                    self._trimmed = now
+                # an index is trimmed only where the script wrote to it: the sessions indexes by admitted sessions
+                made = {s["routine"] for s in result.sessions}
+                done = {"events"} & plan.trim | ({"sessions"} & plan.trim if made else set())
+                done |= {"routine:" + s.routine for s in plan.sessions if s.trim and s.routine in made}
+                for index in done:
+                    self._trimmed[index] = now
                 return result
             self.cache.reload(self.conn)  # configuration changed under us: route again
         raise redis.RedisError("the routine configuration keeps changing; try again")

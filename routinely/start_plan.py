@@ -16,15 +16,16 @@ every argument is a value — each costs Redis ~1k instructions to parse and Pyt
         event key, unread, without a daily budget)
   ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now in ms,
         to the µs (the index score: firings a millisecond apart still list in order)
-        5 now iso (received_at, created_at)  6 sessions trim ms  7 events trim ms ("" for
-        both: not this time)  8 event id  9 event ttl  10 session ttl  11 skipped (JSON)
+        5 now iso (received_at, created_at)  6 sessions trim ms  7 events trim ms ("": not
+        this time)  8 event id  9 event ttl  10 session ttl  11 skipped (JSON)
         12 job data  13 job stamp  14 #job template fields  15 #sessions  16 #refused
         17 #installation ops  18 chain depth  19 the event record as JSON without its
         closing brace (start.lua appends the outcome)  20 trigger (JSON); then the job
         template's fields (one pre-packed routinely.wire.Segment; none when no session is
         planned), installation ops (op, repo, id) and per session PER_SESSION values (id, routine,
         3 x (max, ttl, retry_after), extra_usage, job timeout, job description, daily budget
-        max (-1: none), its retry_after, routine key, account); then per refused firing
+        max (-1: none), its retry_after, routine key, account, the routine's index trim ms
+        or ""); then per refused firing
         (routinely.gate: role, chain_depth) 3 values (routine, reason, detail)
   KEYS  after the sessions' keys, per refused firing 1 key: the routine's drops
 """
@@ -43,7 +44,7 @@ from routinely.routine_file import Routine
 JOB_MARGIN_SECONDS = 600  # RQ's own timeout sits past the runner's, which ends the agent first
 FIXED_KEYS = 9
 KEYS_PER_SESSION = 8
-PER_SESSION = 18  # ARGV values per session (start.lua PER_SESSION)
+PER_SESSION = 19  # ARGV values per session (start.lua PER_SESSION)
 EVENT_OPTIONAL = ("delivery", "event", "repository", "routine")  # on the event record when the firing has them
 
 
@@ -65,6 +66,7 @@ class SessionPlan:
     checks: admission.Checks
     job_timeout: int
     job_description: str
+    trim: bool = True  # trim the routine's sessions index on this firing
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class StartPlan:
     skipped: tuple[str, ...]  # paused routines that matched
     sessions: tuple[SessionPlan, ...]
     refused: tuple[Refused, ...] = ()
-    trim: bool = True  # trim the listing indexes to their windows on this firing
+    trim: frozenset[str] = frozenset(("events", "sessions"))  # the shared indexes this firing trims
 
     @property
     def keeps_payload(self) -> bool:
@@ -111,10 +113,11 @@ def _new_id(kind: str) -> str:
 
 def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
           new_id: Callable[[str], str] = _new_id, refused: Iterable[Refused] = (), chain_depth: int = 1,
-          trim: bool = True) -> StartPlan:
+          trim: Callable[[str], bool] = lambda index: True) -> StartPlan:
     """The plan for `firing` (routinely.start.Firing) routed to `matched` at `now`; `refused`
     and `chain_depth` come from routinely.gate (github firings; others start chains at 1);
-    `trim` says whether this firing trims the listing indexes (routinely.start: once a second)."""
+    `trim(index)` says whether this firing trims a listing index to its window: "events",
+    "sessions", or "routine:NAME" (routinely.start: each at most once a second)."""
     event_id = new_id("event")
     sessions = []
     for routine in matched:
@@ -128,6 +131,7 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
             checks=admission.checks(routine, catalog.accounts[routine.account], now),
             job_timeout=int(routine.spec["timeout_minutes"] * 60) + JOB_MARGIN_SECONDS,
             job_description=f"{routine.key} {firing.kind}",
+            trim=trim("routine:" + routine.name),
         ))
     created = iso(now)
     trigger = firing.trigger()
@@ -153,7 +157,7 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
         skipped=tuple(r.name for r in matched if r.paused),
         sessions=tuple(sessions),
         refused=tuple(refused),
-        trim=trim,
+        trim=frozenset(index for index in ("events", "sessions") if trim(index)),
     )
 
 
@@ -168,7 +172,8 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
     argv: list[Any] = [
         plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0,
         f"{plan.now * 1000:.3f}", plan.created,
-        now_ms - _trim_ms["sessions"] if plan.trim else "", now_ms - _trim_ms["events"] if plan.trim else "",
+        now_ms - _trim_ms["sessions"] if "sessions" in plan.trim else "",
+        now_ms - _trim_ms["events"] if "events" in plan.trim else "",
         plan.event_id, keys.EVENT_TTL, keys.SESSION_TTL, orjson.dumps(plan.skipped).decode() if plan.skipped else "[]",
         job.data if plan.sessions else "", jobs.stamp(plan.now), job.packed.count if plan.sessions else 0,
         len(plan.sessions), len(plan.refused), len(plan.installations), plan.chain_depth,
@@ -185,7 +190,8 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
         r, a, d = c.windows
         argv += [s.id, s.routine, r.max, r.ttl, r.retry_after, a.max, a.ttl, a.retry_after, d.max, d.ttl, d.retry_after,
                  1 if c.extra_usage else 0, s.job_timeout, s.job_description,
-                 repr(c.budget.max) if c.budget else -1, c.budget.retry_after if c.budget else 0, s.routine_key, s.account]
+                 repr(c.budget.max) if c.budget else -1, c.budget.retry_after if c.budget else 0, s.routine_key, s.account,
+                 now_ms - _trim_ms["sessions"] if s.trim else ""]
     for r in plan.refused:
         kv.append(keys.drops(r.routine.key))
         argv += [r.routine.name, r.reason, r.detail]

@@ -36,6 +36,8 @@ class Segment:
     __slots__ = ("count", "data")
 
     def __init__(self, args: Sequence[Any]) -> None:
+        if any(type(v) is Segment for v in args):
+            raise TypeError("a Segment holds plain arguments, not another Segment")
         self.count = len(args)
         self.data = pack(*args)[len(b"*%d\r\n" % len(args)):]
 

@@ -28,6 +28,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def gunicorn(app: str, env: dict[str, str], *extra: str, workers: int = 1) -> tuple[subprocess.Popen, int]:
+    """gunicorn serving `app` as the Procfile runs it (app/gunicorn_conf.py), on a free port;
+    returned once every worker is forked (one forked later would count as a process the
+    test that saw it left behind)."""
+    import sys
+
+    port = free_port()
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(root / "app" / "gunicorn_conf.py"), *extra,
+                             "--bind", f"127.0.0.1:{port}", app], env={**env, "WEB_CONCURRENCY": str(workers)},
+                            cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    for _ in range(400):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            if len(children.read_text().split()) == workers:
+                return proc, port
+        except OSError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("gunicorn did not start: " + proc.stderr.read().decode()[-500:])
+
+
 class RedisServer:
     """A redis-server this test run starts, owns, flushes and stops.
 

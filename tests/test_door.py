@@ -5,40 +5,26 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
-import sys
-import time
 import uuid
-from pathlib import Path
 
 import orjson
 import pytest
 
 from app import create_app
 from routinely import keys
-from tests.support import CuttingProxy, SECRET, body_of, delivery_headers, fixture, free_port, redis_snapshot
+from tests.support import CuttingProxy, SECRET, body_of, delivery_headers, fixture, gunicorn, redis_snapshot
 from tests.test_receiver import apply, gh, post
 
-ROOT = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def web(redis_server, tmp_path_factory):
     """One gunicorn serving the app, as the Procfile runs it."""
-    port = free_port()
     tmp = tmp_path_factory.mktemp("web")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp),
-           "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "1", "ROUTINELY_ADMIN_TOKEN": "test-admin-token"}
-    proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),
-                             "--bind", f"127.0.0.1:{port}", "app:create_app()"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+           "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_ADMIN_TOKEN": "test-admin-token"}
+    proc, port = gunicorn("app:create_app()", env)
     yield port
     proc.terminate()
     proc.wait(10)

@@ -167,3 +167,29 @@ def test_an_event_recorded_as_a_hash_before_records_were_json_still_reads(conn):
     old = events.get(conn, "evt_old")
     assert old["sessions"] == ["s1"] and old["duplicate"] is False and old["event"] == "push"
     assert events.listing(conn) == [old]
+
+
+def test_each_listing_index_is_trimmed_within_a_second_of_a_write_to_it(conn, settings):
+    """Trims are once a second per process, but per index: a routine that fires rarely
+    beside a busy one still has its own sessions index trimmed when it fires."""
+    cfg = parse_config({"accounts": [{"name": "alice", "extra_usage": True}], "routines": [
+        {"name": n, "account": "alice", "prompt": "p", "triggers": [{"api": {}}]} for n in ("busy", "rare")]}, NOW)
+    catalog.save(conn, cfg)
+    clock = Clock(NOW)
+    starter = Starter(conn, settings.with_(clock=clock))
+    old_ms = (NOW - keys.SESSIONS_KEPT - 60) * 1000
+    for index in (keys.sessions_of("busy"), keys.sessions_of("rare"), keys.SESSIONS):
+        conn.zadd(index, {"session_ancient": old_ms})
+    fire = lambda name: starter.fire(Firing(kind="api", text="x"), lambda c: [c.routines[f"alice/{name}"]])  # noqa: E731
+    fire("busy")  # trims the shared indexes and busy's own
+    assert conn.zscore(keys.sessions_of("busy"), "session_ancient") is None
+    assert conn.zscore(keys.SESSIONS, "session_ancient") is None
+    conn.zadd(keys.SESSIONS, {"session_ancient": old_ms})
+    clock.t = NOW + 0.5
+    fire("busy")  # within the second: nothing shared is trimmed again
+    assert conn.zscore(keys.SESSIONS, "session_ancient") is not None
+    fire("rare")  # its own index was never trimmed by this process: now it is
+    assert conn.zscore(keys.sessions_of("rare"), "session_ancient") is None
+    clock.t = NOW + 1.5
+    fire("busy")
+    assert conn.zscore(keys.SESSIONS, "session_ancient") is None
