@@ -8,7 +8,7 @@ import redis
 from flask import Flask, Response, request
 
 from app import params
-from app.responses import error, json_response
+from app.responses import SecurityHeaders, error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
@@ -42,13 +42,15 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from app import api, auth, fire, metrics, pages
 
-    auth.configure(app, settings.admin_token, settings.public_url)
+    auth.configure(app)
     # POST /webhooks/github is answered in front of Flask (app/webhooks.py says why)
     app.wsgi_app = WebhookDoor(app.wsgi_app, app.extensions["routinely"], app.logger)  # type: ignore[method-assign]
     app.register_blueprint(fire.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     metrics.install(app)
+    # outermost: every answer, the webhook door's and Flask's error pages included (app/responses.py)
+    app.wsgi_app = SecurityHeaders(app.wsgi_app)  # type: ignore[method-assign]
 
     if SPEC.is_file():
         spec = SPEC.read_bytes()

@@ -60,8 +60,11 @@ def list_sessions():
         return error(400, f"status must be one of {', '.join(sessions.STATUSES)}")
     if kind and kind not in ("github", "api", "schedule", "manual"):
         return error(400, "kind must be github, api, schedule or manual")
-    rows, _ = sessions.page(state.conn, state.settings, request.args.get("routine") or None, status, kind,
-                            params.offset(request.args), _limit())
+    try:  # ?routine= is ACCOUNT/NAME, or a name one account has (sessions.index_of)
+        rows, _ = sessions.page(state.conn, state.settings, request.args.get("routine") or None, status, kind,
+                                params.offset(request.args), _limit())
+    except control.Refused as exc:
+        return _refused(exc)
     return json_response(rows)
 
 

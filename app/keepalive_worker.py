@@ -37,6 +37,7 @@ from urllib.parse import unquote_to_bytes
 import httptools
 from gunicorn.workers import base
 
+from app.responses import HEADERS, policy
 from app.webhooks import MAX_BODY  # the largest body any route takes; past it the app answers 413
 
 MAX_HEAD = 64 * 1024  # request line and headers together
@@ -44,6 +45,9 @@ STALLED_SECONDS = 30.0  # a head that takes longer, or a body that sends nothing
 PER_WAKE = 16  # requests of one connection answered before the loop turns to the others
 RECV = 256 * 1024
 
+# what the app's SecurityHeaders adds to its answers, on the answers this worker makes itself
+_OWN_HEADER_PAIRS = [(name.encode(), value.encode()) for name, value in (*HEADERS, ("Content-Security-Policy", policy(None)))]
+_OWN_HEADERS = b"".join(b"%b: %b\r\n" % pair for pair in _OWN_HEADER_PAIRS)
 _REASONS = {400: "Bad Request", 431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 _NO_BODY = {204, 304}
 _READ, _WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -354,8 +358,8 @@ class KeepAliveWorker(base.Worker):
     def refuse(self, conn: _Connection, status: int, message: str) -> None:
         body = ('{"error": "%s"}' % message).encode()
         conn.ready, conn.closing = [], True
-        self.write(conn, b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                   b"Connection: close\r\n\r\n%b" % (status, _REASONS[status].encode(), len(body), body))
+        self.write(conn, b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%b"
+                   b"Connection: close\r\n\r\n%b" % (status, _REASONS[status].encode(), len(body), _OWN_HEADERS, body))
         if not conn.out:
             self.close(conn)
 
@@ -408,7 +412,7 @@ class KeepAliveWorker(base.Worker):
             status, headers, body = self.call(environ)
         except Exception:
             self.log.exception("Error handling request %s", environ.get("RAW_URI"))
-            status, headers, body = b"500 Internal Server Error", [(b"Content-Type", b"text/plain")], b"Internal Server Error"
+            status, headers, body = b"500 Internal Server Error", [(b"Content-Type", b"text/plain"), *_OWN_HEADER_PAIRS], b"Internal Server Error"
         code = int(status[:3])
         keep = req.keep_alive and self.alive and not req.oversized and not conn.closing
         head = [b"HTTP/1.1 ", status, b"\r\n"]

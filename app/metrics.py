@@ -97,7 +97,7 @@ class StoreCollector:
         pipe = conn.pipeline(transaction=False)
         for routine in routines:
             pipe.hgetall(keys.drops(routine.key))
-            pipe.zcard(keys.sessions_of(routine.name))
+            pipe.zcard(keys.sessions_of(routine.key))  # its own account's sessions only
         replies = pipe.execute()
         dropped = CounterMetricFamily("routinely_drops", "Firings dropped by admission, by routine and reason",
                                       labels=["routine", "reason"])

@@ -1,18 +1,22 @@
 """The console's pages: routines, a routine, sessions, a session, events, usage, sign-in.
 
 Server-rendered (Jinja) from the same routinely/ functions as the JSON API and the CLI;
-the only script is the session page's log follower and the local-time formatter. Every
-form that changes something posts its CSRF token (app.auth).
+the only script is the session page's log follower and the local-time formatter, each
+inline `<script>`/`<style>` carrying the response's CSP nonce (app.responses). Every form
+that changes something posts its CSRF token (app.auth); sign-in redirects only to a path on
+this site (`safe_next`).
 """
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import yaml
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 from markupsafe import Markup, escape
 
 from app import auth
+from app.responses import csp_nonce
 from routinely import control, events, routines_view, sessions, transcript, usage, when
 from routinely.start import iso
 
@@ -31,16 +35,21 @@ def sign_in_first():
     if request.endpoint in _OPEN:
         return None
     why = auth.authorized()
-    if why == "token":
-        return render_template("login.html", next=_safe_next(request.full_path.rstrip("?")), failed=False), 401
-    if why == "csrf":
+    if why is None:
+        return None
+    if why[0] == "throttled":
+        return _problem(429, _too_many(why[1]), {"Retry-After": str(why[1])})
+    if why[0] == "csrf":
         return _problem(403, "The form's CSRF token is missing or stale: reload the page and try again.")
-    return None
+    return _login_page(safe_next(request.full_path.rstrip("?")), 401)
 
 
 @bp.app_template_global()
 def csrf_token() -> str:
     return auth.csrf_token()
+
+
+bp.add_app_template_global(csp_nonce)
 
 
 @bp.app_template_filter("at")
@@ -63,8 +72,17 @@ def words(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _problem(status: int, message: str) -> tuple[str, int]:
-    return render_template("problem.html", message=message, status=status), status
+def _problem(status: int, message: str, headers: dict[str, str] | None = None) -> tuple[str, int, dict[str, str]]:
+    return render_template("problem.html", message=message, status=status), status, headers or {}
+
+
+def _too_many(wait: int) -> str:
+    return auth.too_many(wait).capitalize() + "."
+
+
+def _login_page(target: str, status: int = 200, problem: str | None = None,
+                headers: dict[str, str] | None = None) -> tuple[str, int, dict[str, str]]:
+    return render_template("login.html", next=target, problem=problem), status, headers or {}
 
 
 @bp.get("/")
@@ -88,8 +106,7 @@ def _routine(account: str, name: str, new_token: dict[str, str] | None = None, s
         return _problem(404, f"No routine {account}/{name}.")
     row = routines_view.detail(state.conn, cat, state.settings, routine)
     page = _page_number()
-    listed, more = sessions.page(state.conn, state.settings, routine.name, None, None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    listed = [s for s in listed if s["account"] == routine.account]
+    listed, more = sessions.page(state.conn, state.settings, routine.key, None, None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     definition = yaml.safe_dump(row["definition"], sort_keys=False, allow_unicode=True)
     return render_template("routine.html", r=row, definition=definition, sessions=listed, page=page, more=more,
                            new_token=new_token), status
@@ -100,12 +117,12 @@ def _page_number() -> int:
     return int(raw) if raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 10_000 else 1  # "²".isdigit() is true
 
 
-def _act(account: str, name: str, action) -> Response | tuple[str, int]:
+def _act(account: str, name: str, action) -> Response | tuple[str, int, dict[str, str]]:
     try:
         action(f"{account}/{name}")
     except control.Refused as exc:
         return _problem(exc.status, str(exc))
-    return redirect(_safe_next(request.form.get("next")) if request.form.get("next") else f"/routines/{account}/{name}", 303)
+    return redirect(safe_next(request.form.get("next")) if request.form.get("next") else f"/routines/{account}/{name}", 303)
 
 
 @bp.post("/routines/<account>/<name>/run")
@@ -151,8 +168,11 @@ def sessions_page():
     status = request.args.get("status") if request.args.get("status") in sessions.STATUSES else None
     kind = request.args.get("kind") if request.args.get("kind") in ("github", "api", "schedule", "manual") else None
     page = _page_number()
-    rows, more = sessions.page(state.conn, state.settings, routine, status, kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    names = sorted({r.name for r in state.catalog().routines.values()})
+    try:
+        rows, more = sessions.page(state.conn, state.settings, routine, status, kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
+    except control.Refused as exc:
+        return _problem(exc.status, str(exc))
+    names = sorted(state.catalog().routines)  # ACCOUNT/NAME: the per-routine index's own key
     return render_template("sessions.html", rows=rows, more=more, page=page, names=names,
                            f={"routine": routine or "", "status": status or "", "kind": kind or ""},
                            statuses=sessions.STATUSES)
@@ -205,25 +225,38 @@ def usage_page():
 
 @bp.get("/login")
 def login():
-    target = _safe_next(request.args.get("next"))
-    token = request.args.get("token")
-    if token is not None:  # the sign-in link `routinely up` prints (Jupyter-style)
-        if auth.token_ok(token):
-            auth.sign_in()
-            return redirect(target, 303)
-        return render_template("login.html", next=target, failed=True), 401
+    """The sign-in form, or the one-time link `routinely up` / `routinely sign-in` prints."""
+    target = safe_next(request.args.get("next"))
+    if "token" in request.args:  # never checked: a token in a URL stays in the browser's history and logs
+        return _login_page(target, 400, "The admin token is never taken in a URL: paste it here, or open the "
+                                        "one-time link `routinely sign-in` prints.")
     if auth.signed_in():
         return redirect(target, 303)
-    return render_template("login.html", next=target, failed=False)
+    code = request.args.get("code")
+    if code is None:
+        return _login_page(target)
+    wait = auth.throttled()
+    if wait:
+        return _login_page(target, 429, _too_many(wait), {"Retry-After": str(wait)})
+    if not auth.code_ok(code):
+        auth.failed()
+        return _login_page(target, 401, "That sign-in link was used already or has expired: "
+                                        "`routinely sign-in` prints a new one.")
+    auth.sign_in()
+    return redirect(target, 303)
 
 
 @bp.post("/login")
 def login_post():
-    target = _safe_next(request.form.get("next"))
+    target = safe_next(request.form.get("next"))
+    wait = auth.throttled()
+    if wait:
+        return _login_page(target, 429, _too_many(wait), {"Retry-After": str(wait)})
     if not auth.csrf_ok():
-        return render_template("login.html", next=target, failed=False, stale=True), 403
+        return _login_page(target, 403, "The form was stale; try again.")
     if not auth.token_ok(request.form.get("token", "")):
-        return render_template("login.html", next=target, failed=True), 401
+        auth.failed()
+        return _login_page(target, 401, "That token is not ROUTINELY_ADMIN_TOKEN.")
     auth.sign_in()
     return redirect(target, 303)
 
@@ -235,12 +268,32 @@ def logout():
 
 @bp.post("/logout")
 def logout_post():
-    auth.sign_out()
+    """Sign out this browser, or (`everywhere`) every console session there is."""
+    if request.form.get("everywhere"):
+        auth.sign_out_everywhere()
+    else:
+        auth.sign_out()
     return redirect("/login", 303)
 
 
-def _safe_next(target: str | None) -> str:
-    # only local paths: no open redirect through the login form
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
-    return "/"
+def safe_next(target: str | None) -> str:
+    """`target` when it is a path on this site, else "/": no open redirect through sign-in.
+
+    A browser drops tab, CR and LF from a URL and reads a backslash as `/`, so `/%09/evil.example`
+    (a tab once decoded) would leave the site: the path must start with one `/`, and neither
+    it nor its percent-decoded forms may hold `//`, a backslash, whitespace or a control character.
+    """
+    if not target:
+        return "/"
+    seen = target
+    for _ in range(4):  # each decoding is checked: a double-encoded `%252F` as well
+        if not seen.startswith("/") or "//" in seen or not all(0x21 <= ord(c) <= 0x7E and c != "\\" for c in seen):
+            return "/"
+        decoded = unquote(seen)
+        if decoded == seen:
+            break
+        seen = decoded
+    else:
+        return "/"
+    parts = urlsplit(target)
+    return target if not parts.scheme and not parts.netloc else "/"

@@ -268,6 +268,12 @@ def cmd_worker(args, settings: Settings) -> None:
     _become("workers.worker", *(["--burst"] if args.burst else []))
 
 
+def cmd_sign_in(args, settings: Settings) -> None:
+    from routinely.up import sign_in_link
+
+    print(sign_in_link(_conn(settings), settings.public_url))
+
+
 def cmd_up(args, settings: Settings | None) -> None:
     from routinely.up import up
 
@@ -328,6 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--workers", type=int, default=2, help="session workers (default 2)")
     p.set_defaults(func=cmd_up, needs_settings=False)
+
+    p = sub.add_parser("sign-in", help="print a console sign-in link: it works once, within 10 minutes",
+                       description="Print a one-time link that signs a browser in to the console (PUBLIC_URL). "
+                                   "It holds a random code, never the admin token.")
+    p.set_defaults(func=cmd_sign_in)
 
     p = sub.add_parser("apply", help="validate and store a routine file, all or nothing")
     p.add_argument("file", help="the routine file (YAML)")

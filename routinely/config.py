@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 from routinely import limits
 
 DEFAULT_BETAS = ("experimental-cc-routine-2026-04-01",)
+MIN_ADMIN_TOKEN_CHARS = 32  # a guessable admin token opens everything: `up` makes 43 random characters
 
 
 class ConfigError(Exception):
@@ -55,7 +56,12 @@ class Settings:
     cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
     max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
+    log_max_mb: float = 16.0  # ROUTINELY_LOG_MAX_MB: one session's log in Redis (then cut, routinely.session_log)
     clock: Callable[[], float] = time.time
+
+    @property
+    def log_max_bytes(self) -> int:
+        return int(self.log_max_mb * 1024 * 1024)
 
     @property
     def github_app(self) -> bool:
@@ -96,6 +102,7 @@ class Settings:
         depth = get("ROUTINELY_MAX_CHAIN_DEPTH") or str(cls.max_chain_depth)
         if not (depth.isascii() and depth.isdigit()) or not 1 <= int(depth) <= 100:
             raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
+        log_max_mb = _seconds("ROUTINELY_LOG_MAX_MB", get("ROUTINELY_LOG_MAX_MB"), cls.log_max_mb, 0.1, 4096, "megabytes")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         grace = _seconds("ROUTINELY_SHUTDOWN_GRACE_SECONDS", get("ROUTINELY_SHUTDOWN_GRACE_SECONDS"), cls.shutdown_grace, 0, 86_400)
         vendor_urls = {}
@@ -114,6 +121,11 @@ class Settings:
         cgroups = (get("ROUTINELY_CGROUPS") or "auto").lower()
         if cgroups not in ("auto", "v2", "v1", "off"):
             raise ConfigError(f"ROUTINELY_CGROUPS takes auto, v2, v1 or off (rlimits only), got {cgroups!r}")
+        admin_token = get("ROUTINELY_ADMIN_TOKEN")
+        if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
+            # never echo it: say only how long it is
+            raise ConfigError(f"ROUTINELY_ADMIN_TOKEN is {len(admin_token)} characters; it must be at least "
+                              f"{MIN_ADMIN_TOKEN_CHARS}: make one with `python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`")
         return cls(
             redis_url=redis_url,
             data_dir=data_dir,
@@ -126,7 +138,7 @@ class Settings:
             github_git_url=git_url,
             agent=get("ROUTINELY_AGENT") or cls.agent,
             agent_env=agent_env,
-            admin_token=get("ROUTINELY_ADMIN_TOKEN"),
+            admin_token=admin_token,
             keep_workspaces=(get("ROUTINELY_KEEP_WORKSPACES") or "").lower() in ("1", "true", "yes"),
             session_users=users == "on" or (users == "auto" and os.geteuid() == 0),
             api_betas=betas,
@@ -146,6 +158,7 @@ class Settings:
             cgroups=cgroups,
             scheduler_lease_seconds=lease,
             max_chain_depth=int(depth),
+            log_max_mb=log_max_mb,
         )
 
 

@@ -6,6 +6,8 @@ routinely/jobs.py.
 """
 from __future__ import annotations
 
+import hashlib
+
 P = "rly:"
 
 DAY = 86_400
@@ -54,9 +56,12 @@ def session(session_id: str) -> str:
 SESSIONS = P + "sessions"  # zset session id -> created ms (µs as the fraction); trimmed to SESSIONS_KEPT
 
 
-def sessions_of(routine_name: str) -> str:
-    """zset session id -> created ms, per routine name; trimmed to SESSIONS_KEPT."""
-    return f"{P}sessions:routine:{routine_name}"
+def sessions_of(routine_key: str) -> str:
+    """zset session id -> created ms of one routine, by its key `ACCOUNT/NAME` (two accounts'
+    routines of one name never share an index); written by the start script, trimmed to
+    SESSIONS_KEPT, TTL SESSION_TTL from its newest session. Indexes named `...:routine:NAME`
+    (no slash) are from before and no longer read."""
+    return f"{P}sessions:routine:{routine_key}"
 
 
 def session_log(session_id: str) -> str:
@@ -155,3 +160,35 @@ def chain(repo: str, subject: str) -> str:
 
 
 LAST_SCHEDULED_RUN = P + "last-scheduled-run"  # hash routine key -> ISO time of its latest scheduled run that made a session; the scheduler's; fields of removed routines dropped each pass
+
+
+# -- the console's doors (app/auth.py): sign-in sessions, one-time sign-in codes, throttling
+CONSOLE_SESSION_TTL = 12 * 3600  # a console sign-in lasts this long at most (sign-out ends it at once)
+SIGN_IN_CODE_TTL = 600  # the link `routinely up` / `routinely sign-in` prints: one use, within 10 minutes
+SIGN_IN_WINDOW = 60  # failed sign-ins are counted per client address over this many seconds
+
+
+def digest(secret: str) -> str:
+    """SHA-256 hex of a secret that Redis keeps only as its digest: a copy of Redis opens nothing."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def console_session(session_digest: str) -> str:
+    """hash csrf / gen / at: one signed-in console session, by the digest of the random id its
+    cookie holds; written by sign-in, deleted by sign-out; TTL CONSOLE_SESSION_TTL."""
+    return f"{P}console:session:{session_digest}"
+
+
+CONSOLE_SESSIONS = P + "console:sessions"  # zset session digest -> expiry ms; sign-in adds, trims the expired and evicts the oldest past app.auth.MAX_SESSIONS; sign-out removes; "sign out everywhere" deletes it whole
+
+
+def sign_in_code(code_digest: str) -> str:
+    """string "1": a one-time sign-in code, by its digest; SET by `routinely up` / `sign-in`,
+    GETDEL by GET /login?code=; TTL SIGN_IN_CODE_TTL."""
+    return f"{P}console:code:{code_digest}"
+
+
+def sign_in_failures(address: str) -> str:
+    """int: failed sign-ins (form, link, Bearer) from one client address (an IPv6 /64); INCR by
+    app/auth.py; TTL SIGN_IN_WINDOW from the first failure."""
+    return f"{P}console:failures:{address}"

@@ -6,6 +6,7 @@ routine, the trigger and the filter, and says what to change.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,13 +49,34 @@ _TOP = {"accounts", "connectors", "routines"}
 _ACCOUNT_KEYS = {"name", "plan", "extra_usage", "timezone", "rate_limit"} | agent_spec.ACCOUNT_KEYS
 _ROUTINE_KEYS = {
     "name", "account", "prompt", "repositories", "environment", "connectors", "branch_prefix",
-    "allow_unrestricted_branch_pushes", "timeout_minutes", "paused", "rate_limit", "triggers", "github",
+    "allow_unrestricted_branch_pushes", "allow_tag_pushes", "timeout_minutes", "paused", "rate_limit", "triggers", "github",
 } | agent_spec.ROUTINE_KEYS
 _ENV_KEYS = {"network", "allow_hosts", "env", "setup", "limits", "maintenance", "cache", "cache_key_files", "cache_ttl_hours"}
 # the built-in github connector's write tools; `github.writes` names a subset (default: all)
 GITHUB_WRITES = ("add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue")
 _GITHUB_KEYS = {"writes", "max_writes", "draft_prs", "allow_approve"}
 BUILTIN_CONNECTORS = ("github",)
+
+
+def _allow_entry(entry: str) -> bool:
+    """An allow_hosts entry: a host name, `*.domain`, an IP literal or a CIDR range, each
+    optionally with `:port` (IPv6 in brackets). The egress proxy reads the same shapes."""
+    if _HOST.match(entry):
+        return True
+    text = entry
+    if entry.startswith("["):
+        text, _, rest = entry[1:].partition("]")
+        if rest and not re.fullmatch(r":\d{1,5}", rest):
+            return False
+    elif entry.count(":") == 1:
+        text, _, port = entry.partition(":")
+        if not port.isdigit():
+            return False
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 class ApplyError(ValueError):
@@ -274,6 +296,7 @@ def _routine(raw: Any, index: int, accounts: dict, connectors: dict, now: float 
         "connectors": wanted,
         "branch_prefix": prefix,
         "allow_unrestricted_branch_pushes": _bool(raw.get("allow_unrestricted_branch_pushes", False), where, "allow_unrestricted_branch_pushes"),
+        "allow_tag_pushes": _bool(raw.get("allow_tag_pushes", False), where, "allow_tag_pushes"),
         "timeout_minutes": _minutes(raw.get("timeout_minutes", 60), where),
         "paused": _bool(raw.get("paused", False), where, "paused"),
         "rate_limit": _rate_limit(raw.get("rate_limit"), DEFAULT_ROUTINE_LIMIT, where),
@@ -318,8 +341,9 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
     if network not in NETWORKS:
         raise _err(where, f"environment.network must be one of {', '.join(NETWORKS)}, got {network!r}")
     hosts = env.get("allow_hosts") or []
-    if not isinstance(hosts, list) or not all(isinstance(h, str) and _HOST.match(h) for h in hosts):
-        raise _err(where, f"environment.allow_hosts must be a list of host names (optionally *.domain or :port), got {hosts!r}")
+    if not isinstance(hosts, list) or not all(isinstance(h, str) and _allow_entry(h) for h in hosts):
+        raise _err(where, "environment.allow_hosts must be a list of host names (optionally *.domain or :port), "
+                          f"IP addresses or CIDR ranges (10.0.0.0/8, [fd00::/8]:443), got {hosts!r}")
     if network == "allowlist" and not hosts:
         raise _err(where, "environment.network allowlist needs at least one host in allow_hosts")
     if network == "none" and hosts:

@@ -107,9 +107,9 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
         account = cat.accounts[routine.account]
         pipe.hgetall(keys.drops(routine.key))
         pipe.get(keys.daily_count(account.name, admission.local_day(account, now)[0]))
-        pipe.zrevrange(keys.sessions_of(routine.name), 0, 4)
+        pipe.zrevrange(keys.sessions_of(routine.key), 0, 4)
     replies = pipe.execute()
-    lasts = _last_sessions(conn, routines, replies[2::3])
+    lasts = _last_sessions(conn, replies[2::3])
     by_key = schedule_rows(conn, cat, now)
     rows = []
     for routine, raw_drops, today, last in zip(routines, replies[0::3], replies[1::3], lasts):
@@ -142,20 +142,20 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
     return rows
 
 
-def _last_sessions(conn: redis.Redis, routines: list[Routine], recent: list[list[bytes]]) -> list[dict[str, str] | None]:
-    """Each routine's newest session. The session index is per routine name (shared by
-    accounts), so look a few back for this routine's account."""
+def _last_sessions(conn: redis.Redis, recent: list[list[bytes]]) -> list[dict[str, str] | None]:
+    """Each routine's newest session still on record, from the newest few of its own index
+    (keys.sessions_of: one routine of one account)."""
     pipe = conn.pipeline(transaction=False)
     for ids_ in recent:
         for sid in ids_:
-            pipe.hmget(keys.session(sid.decode()), "account", "status", "created_at")
+            pipe.hmget(keys.session(sid.decode()), "status", "created_at")
     found = iter(pipe.execute())
     out: list[dict[str, str] | None] = []
-    for routine, ids_ in zip(routines, recent):
+    for ids_ in recent:
         last = None
         for sid in ids_:
-            account, status, created = next(found)
-            if last is None and account is not None and account.decode() == routine.account:
+            status, created = next(found)
+            if last is None and status is not None:
                 last = {"id": sid.decode(), "status": status.decode(), "created_at": created.decode()}
         out.append(last)
     return out

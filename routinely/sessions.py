@@ -95,9 +95,29 @@ def get(conn: redis.Redis, settings: Settings, session_id: str) -> dict[str, Any
     return out
 
 
+def index_of(conn: redis.Redis, routine: str | None) -> str | None:
+    """The listing index for a `routine` filter: every session without one; one routine's own
+    index for `ACCOUNT/NAME`, or for a NAME only one account has (None: no such routine, so no
+    sessions). Raises control.Refused (400) for a name several accounts have: their sessions
+    are kept apart, and the caller says which."""
+    if not routine:
+        return keys.SESSIONS
+    if "/" in routine:
+        return keys.sessions_of(routine)  # also a routine since removed: its sessions are kept 30 days
+    from routinely import catalog, control  # control starts sessions: imported here, not at the top
+
+    named = [r for r in catalog.load(conn).routines.values() if r.name == routine]
+    if len(named) > 1:
+        raise control.Refused(f"routine {routine!r} exists in several accounts; name it as ACCOUNT/{routine}", 400)
+    return keys.sessions_of(named[0].key) if named else None
+
+
 def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-    """Sessions newest first (at most `limit`, capped at MAX_LIMIT)."""
-    index = keys.sessions_of(routine) if routine else keys.SESSIONS
+    """Sessions newest first (at most `limit`, capped at MAX_LIMIT), of one routine when
+    `routine` names it (see `index_of`)."""
+    index = index_of(conn, routine)
+    if index is None:
+        return []
     ids_ = conn.zrevrange(index, 0, max(1, min(limit, MAX_LIMIT)) - 1)
     return [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
 
@@ -109,8 +129,10 @@ def page(conn: redis.Redis, settings: Settings, routine: str | None = None, stat
          kind: str | None = None, offset: int = 0, limit: int = 50) -> tuple[list[dict[str, Any]], bool]:
     """Sessions newest first matching every filter given: the `limit` after skipping `offset`
     matches, and whether more follow. Reads the index in chunks, so a page costs what it shows
-    (plus what the filters skip), not the whole history."""
-    index = keys.sessions_of(routine) if routine else keys.SESSIONS
+    (plus what the filters skip), not the whole history. `routine` as `index_of` takes it."""
+    index = index_of(conn, routine)
+    if index is None:
+        return [], False
     if not status and not kind:
         ids_ = conn.zrevrange(index, offset, offset + limit)
         rows = [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]

@@ -77,7 +77,8 @@ for i = 1, n_sess do
       'trigger', trigger, 'event_id', event_id, 'status', 'queued', 'created_at', now_iso, 'chain_depth', chain_depth,
       'metered', metered)
     redis.call('EXPIRE', KEYS[k + 5], session_ttl)
-    redis.call('ZADD', KEYS[k + 6], score, sid)
+    redis.call('ZADD', KEYS[k + 6], score, sid)  -- the routine's own index (its key: account and name)
+    redis.call('EXPIRE', KEYS[k + 6], session_ttl)  -- a removed routine's index goes with its last session
     if ARGV[a + 18] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[a + 18]) end
     redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
       'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))

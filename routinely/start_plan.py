@@ -12,8 +12,9 @@ every argument is a value — each costs Redis ~1k instructions to parse and Pyt
   KEYS  1 version  2 event  3 events index  4 sessions index  5 queue  6 queues set
         7 installations  8 claim (or the event key, unused)  9 payload (or the event key)
         then per session, 8 keys: routine window, account window, daily cap, drops,
-        session, the routine's sessions index, job, the account's model spend today (or the
-        event key, unread, without a daily budget)
+        session, the routine's sessions index (keys.sessions_of(ROUTINE KEY): per account
+        and name), job, the account's model spend today (or the event key, unread, without a
+        daily budget)
   ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now in ms,
         to the µs (the index score: firings a millisecond apart still list in order)
         5 now iso (received_at, created_at)  6 sessions trim ms  7 events trim ms ("": not
@@ -131,6 +132,8 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
             checks=admission.checks(routine, catalog.accounts[routine.account], now),
             job_timeout=int(routine.spec["timeout_minutes"] * 60) + JOB_MARGIN_SECONDS,
             job_description=f"{routine.key} {firing.kind}",
+            # the per-process "trimmed lately" mark stays by name (routinely.start keeps it so): a
+            # name two accounts share delays one of their trims by at most a second
             trim=trim("routine:" + routine.name),
         ))
     created = iso(now)
@@ -185,7 +188,7 @@ def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[lis
         argv += [op[0], op[1], op[2] if len(op) > 2 else ""]
     for s in plan.sessions:
         c = s.checks
-        kv += [c.routine.key, c.account.key, c.cap.key, c.drops_key, keys.session(s.id), keys.sessions_of(s.routine),
+        kv += [c.routine.key, c.account.key, c.cap.key, c.drops_key, keys.session(s.id), keys.sessions_of(s.routine_key),
                jobs.job_key(s.id), c.budget.key if c.budget else event_key]
         r, a, d = c.windows
         argv += [s.id, s.routine, r.max, r.ttl, r.retry_after, a.max, a.ttl, a.retry_after, d.max, d.ttl, d.retry_after,

@@ -21,7 +21,9 @@ from typing import Callable
 
 import redis
 
+from routinely import keys
 from routinely.config import ConfigError, Settings, embedded_redis_url
+from routinely.store import connect
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a crashed process is started again
 RESTART_RESET = 60.0  # a process that ran this long restarts after RESTART_FIRST again
@@ -131,6 +133,15 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
+def sign_in_link(conn: redis.Redis, public_url: str) -> str:
+    """A console link that signs a browser in once, within keys.SIGN_IN_CODE_TTL: a fresh
+    random code, kept in Redis only as its digest. Never the admin token: a URL stays in the
+    browser's history (app/auth.py exchanges the code for a session)."""
+    code = secrets.token_urlsafe(32)
+    conn.set(keys.sign_in_code(keys.digest(code)), "1", ex=keys.SIGN_IN_CODE_TTL)
+    return f"{public_url}/login?code={code}"
+
+
 def up(host: str, port: int, workers: int) -> int:
     env_redis = os.environ.get("REDIS_URL")
     settings = Settings.from_env()
@@ -159,8 +170,14 @@ def up(host: str, port: int, workers: int) -> int:
         child.launch()
         children.append(child)
     print(f"routinely: up on {env['PUBLIC_URL']} (redis {settings.redis_url}); Ctrl-C stops", file=sys.stderr, flush=True)
-    kept = "" if settings.admin_token else f" (token kept in {settings.data_dir / 'admin_token'})"
-    print(f"routinely: sign in at {env['PUBLIC_URL']}/login?token={token}{kept}", file=sys.stderr, flush=True)
+    kept = "" if settings.admin_token else f"; the admin token is kept in {settings.data_dir / 'admin_token'}"
+    try:
+        link = sign_in_link(connect(settings), env["PUBLIC_URL"])
+        print(f"routinely: sign in at {link} (once, within {keys.SIGN_IN_CODE_TTL // 60} min; "
+              f"`routinely sign-in` prints another{kept})", file=sys.stderr, flush=True)
+    except redis.RedisError:
+        print(f"routinely: no sign-in link (Redis did not answer): `routinely sign-in` prints one{kept}",
+              file=sys.stderr, flush=True)
 
     stopping = False
 

@@ -19,7 +19,7 @@ from app.signature import sign
 
 FIXTURES = Path(__file__).with_name("fixtures")
 SECRET = "test-webhook-secret"
-ADMIN_TOKEN = "test-admin-token"
+ADMIN_TOKEN = "test-admin-token-for-the-console-0123456789"  # at least 32 characters (routinely.config)
 
 
 def free_port() -> int:

@@ -17,7 +17,7 @@ import pytest
 from app import create_app
 from routinely import catalog, keys
 from routinely.start import Firing, Starter
-from tests.support import Clock, SECRET, body_of, delivery_headers, fixture, free_port, redis_snapshot
+from tests.support import ADMIN_TOKEN, Clock, SECRET, body_of, delivery_headers, fixture, free_port, redis_snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -40,7 +40,7 @@ def test_two_hundred_concurrent_deliveries_against_a_cap_of_ten_on_two_hosts(con
     setup(conn, [{"name": "capped", "rate_limit": {"events": 10, "per_seconds": 3600}}],
           {"rate_limit": {"events": 1000, "per_seconds": 3600}})
     env = {**os.environ, "REDIS_URL": redis_server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "2",
-           "ROUTINELY_ADMIN_TOKEN": "test-admin-token",
+           "ROUTINELY_ADMIN_TOKEN": ADMIN_TOKEN,
            "ROUTINELY_DATA_DIR": str(tmp_path)}
     ports = [free_port(), free_port()]
     hosts = [subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"),

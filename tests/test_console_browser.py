@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from routinely import catalog
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture
@@ -103,11 +104,11 @@ def test_a_person_with_a_browser(conn, env, remotes, server, browser, tmp_path):
         greeter.locator("input[name=text]").fill("from the browser")
         greeter.locator("button", has_text="Run now").click()
         page.wait_for_url("**/sessions/session_*")
-        page.wait_for_function("document.getElementById('status').textContent === 'succeeded'", timeout=90_000)
-        page.wait_for_function("document.getElementById('log').textContent.includes('agent: done')")
+        expect(page.locator("#status")).to_have_text("succeeded", timeout=90_000)
+        expect(page.locator("#log")).to_contain_text("agent: done")
         assert "hello from the agent (from the browser)" in page.inner_text("#log")
         assert page.locator("#cancel").count() == 0
-        page.wait_for_function("!document.getElementById('sandbox').hidden")  # this run is unsandboxed: it says so
+        expect(page.locator("#sandbox")).to_be_visible()  # this run is unsandboxed: it says so
         shoot(page, "session-succeeded")
 
         # pause, and see a delivery recorded as skipped
@@ -148,11 +149,11 @@ def test_a_person_with_a_browser(conn, env, remotes, server, browser, tmp_path):
         page.goto(server + "/")
         page.locator('tr[data-routine="alice/slow"] button', has_text="Run now").click()
         page.wait_for_url("**/sessions/session_*")
-        page.wait_for_function("document.getElementById('log').textContent.includes('agent: napping')", timeout=90_000)
+        expect(page.locator("#log")).to_contain_text("agent: napping", timeout=90_000)
         assert page.inner_text("#status") == "running"
         shoot(page, "session-running")
         page.click("#cancel button")
-        page.wait_for_function("document.getElementById('status').textContent === 'canceled'", timeout=30_000)
+        expect(page.locator("#status")).to_have_text("canceled", timeout=30_000)
         assert "canceled" in page.inner_text("#reason")
 
         for path, name in (("/sessions", "sessions"), ("/sessions?status=canceled", "sessions-filtered"), ("/usage", "usage")):

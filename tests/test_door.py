@@ -12,7 +12,7 @@ import pytest
 
 from app import create_app
 from routinely import keys
-from tests.support import CuttingProxy, SECRET, body_of, delivery_headers, fixture, gunicorn, redis_snapshot
+from tests.support import ADMIN_TOKEN, CuttingProxy, SECRET, body_of, delivery_headers, fixture, gunicorn, redis_snapshot
 from tests.test_receiver import apply, gh, post
 
 MB = 1024 * 1024
@@ -23,7 +23,7 @@ def web(redis_server, tmp_path_factory):
     """One gunicorn serving the app, as the Procfile runs it."""
     tmp = tmp_path_factory.mktemp("web")
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp),
-           "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_ADMIN_TOKEN": "test-admin-token"}
+           "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_ADMIN_TOKEN": ADMIN_TOKEN}
     proc, port = gunicorn("app:create_app()", env)
     yield port
     proc.terminate()

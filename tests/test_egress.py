@@ -1,7 +1,8 @@
 """The egress proxy and its address rule: the table, then the proxy spoken to over its socket.
 
-Upstreams are loopback servers this test starts; they are reachable only because each test
-names them in allow_hosts (the one way a private address opens)."""
+Upstreams are loopback servers this test starts. Nothing opens loopback, so the proxy is
+built with a `connect` that routes one private address (PRIVATE) to them: each test names
+PRIVATE in allow_hosts (an IP literal: the one way a private address opens)."""
 from __future__ import annotations
 
 import http.server
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from workers.sandbox import addresses
-from workers.sandbox.egress import EgressProxy, host_allowed, named_explicitly
+from workers.sandbox.egress import EgressProxy, host_allowed, opened
 
 REFUSED = {
     "127.0.0.1": "loopback", "127.255.0.9": "loopback", "::1": "loopback",
@@ -31,9 +32,21 @@ REFUSED = {
     "::ffff:10.1.2.3": "private", "::127.0.0.1": "loopback", "64:ff9b::10.0.0.1": "private",
     "2002:a00:1::": "private",  # 6to4 of 10.0.0.1
     "255.255.255.255": "broadcast", "240.0.0.1": "reserved",
+    # every IPv6 form that carries an IPv4 address is judged by that address
+    "::ffff:7f00:1": "loopback", "::ffff:a9fe:a9fe": "link-local (cloud metadata)",  # IPv4-mapped, hex spelling
+    "::ffff:0:127.0.0.1": "loopback", "::ffff:0:10.0.0.1": "private",  # IPv4-translated (SIIT)
+    "::169.254.169.254": "link-local (cloud metadata)", "::10.0.0.1": "private", "::2": "unspecified",  # compatible
+    "64:ff9b::127.0.0.1": "loopback", "64:ff9b::169.254.169.254": "link-local (cloud metadata)",  # NAT64
+    "64:ff9b:1::7f00:1": "loopback", "64:ff9b:1::808:808": "private (local NAT64)",  # local-use NAT64
+    "2002:7f00:1::": "loopback", "2002:a9fe:a9fe::1": "link-local (cloud metadata)",  # 6to4
+    "2001:0:4136:e378:8000:63bf:80ff:fffe": "loopback",  # Teredo, client 127.0.0.1 (XOR-ed)
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe": "private",  # Teredo, client 10.0.0.1
+    "2001:0:7f00:1:8000:63bf:3fff:fdd2": "loopback",  # Teredo, server 127.0.0.1
+    "2001:db8::5efe:a9fe:a9fe": "link-local (cloud metadata)", "2001:db8::200:5efe:7f00:1": "loopback",  # ISATAP
 }
 PUBLIC = ["8.8.8.8", "1.1.1.1", "140.82.112.3", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111",
-          "::ffff:8.8.8.8", "2a00:1450:4001::1"]
+          "::ffff:8.8.8.8", "2a00:1450:4001::1", "::ffff:0:8.8.8.8", "64:ff9b::8.8.8.8", "2002:808:808::",
+          "2001:0:4136:e378:8000:63bf:3fff:fdd2", "2606:4700::5efe:808:808"]
 LITERALS = {"2130706433": "127.0.0.1", "0x7f000001": "127.0.0.1", "0177.0.0.1": "127.0.0.1", "127.1": "127.0.0.1",
             "0x7f.1": "127.0.0.1", "[::1]": "::1", "[::ffff:127.0.0.1]": "::ffff:127.0.0.1", "3232235777": "192.168.1.1",
             "0xa9.254.169.254": "169.254.169.254", "fe80::1%eth0": "fe80::1", "127.0.0.1.": "127.0.0.1"}
@@ -77,7 +90,8 @@ def test_allow_host_patterns():
     assert not host_allowed("github.com", 443, allow)
     assert host_allowed("2130706433", 9000, allow) and not host_allowed("127.0.0.1", 9001, allow)
     assert host_allowed("::1", 9001, allow)
-    assert named_explicitly("api.github.com", 443, allow) and not named_explicitly("x.pypi.org", 443, allow)
+    assert opened(9000, allow + ["10.0.0.0/8", "*.internal"]) == [ipaddress.ip_network("127.0.0.1/32"),
+                                                                   ipaddress.ip_network("10.0.0.0/8")]
 
 
 # -- the proxy over its unix socket
@@ -112,19 +126,30 @@ def upstream():
     Recorder.seen = []
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Recorder)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     yield server.server_address[1]
     server.shutdown()
     server.server_close()
+
+
+PRIVATE = "10.99.0.1"  # what the tests' upstreams stand for: a private host the routine names
+
+
+def route(address, port, timeout) -> socket.socket:
+    """The tests' network: PRIVATE is this process's loopback, nothing else is reachable."""
+    if str(address) != PRIVATE:
+        raise ConnectionRefusedError(111, "the test reaches nothing else")
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
 
 
 @pytest.fixture
 def proxy_for():
     made, folder = [], Path(tempfile.mkdtemp(prefix="rly-egress-test-"))
 
-    def make(network, allow, doors=None):
+    def make(network, allow, doors=None, **options):
         lines = []
-        proxy = EgressProxy(network, allow, lines.append, str(folder / f"{len(made)}.sock"), lambda: doors or {})
+        proxy = EgressProxy(network, allow, lines.append, str(folder / f"{len(made)}.sock"), lambda: doors or {},
+                            connect=route, **options)
         made.append(proxy)
         return proxy, lines
 
@@ -150,16 +175,16 @@ def read_response(f) -> tuple[str, bytes]:
 
 
 def test_every_request_on_a_kept_alive_connection_is_rewritten_and_checked(proxy_for, upstream):
-    proxy, lines = proxy_for("full", [f"127.0.0.1:{upstream}"])
+    proxy, lines = proxy_for("full", [f"{PRIVATE}:{upstream}"])
     s = dial(proxy)
     f = s.makefile("rb")
     for path in ("/one", "/two?x=1"):
-        s.sendall(f"GET http://127.0.0.1:{upstream}{path} HTTP/1.1\r\nHost: 127.0.0.1:{upstream}\r\n"
+        s.sendall(f"GET http://{PRIVATE}:{upstream}{path} HTTP/1.1\r\nHost: {PRIVATE}:{upstream}\r\n"
                   "Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\n\r\n".encode())
         assert read_response(f) == ("HTTP/1.1 200 OK", f"GET {path} ".encode())
-    s.sendall(f"POST http://127.0.0.1:{upstream}/three HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello".encode())
+    s.sendall(f"POST http://{PRIVATE}:{upstream}/three HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello".encode())
     assert read_response(f) == ("HTTP/1.1 200 OK", b"POST /three hello")
-    s.sendall(f"POST http://127.0.0.1:{upstream}/four HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+    s.sendall(f"POST http://{PRIVATE}:{upstream}/four HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
               "3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n".encode())
     assert read_response(f) == ("HTTP/1.1 200 OK", b"POST /four abcde")
     # the same connection, now to a host the routine does not name: refused, never forwarded
@@ -173,14 +198,14 @@ def test_every_request_on_a_kept_alive_connection_is_rewritten_and_checked(proxy
     for _, headers, _, _ in Recorder.seen:
         assert not any(h.lower().startswith("proxy-") for h in headers)
     assert lines == [f"routinely: egress refused: 127.0.0.1:{upstream + 1 if upstream < 65535 else 1}: 127.0.0.1 is loopback "
-                     "(only an allow_hosts entry naming it opens it)"]
+                     "(no allow_hosts entry opens it)"]
 
 
 def test_allowlist_refuses_what_it_does_not_list_even_in_the_middle_of_a_connection(proxy_for, upstream):
-    proxy, lines = proxy_for("allowlist", [f"127.0.0.1:{upstream}"])
+    proxy, lines = proxy_for("allowlist", [f"{PRIVATE}:{upstream}"])
     s = dial(proxy)
     f = s.makefile("rb")
-    s.sendall(f"GET http://127.0.0.1:{upstream}/ok HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    s.sendall(f"GET http://{PRIVATE}:{upstream}/ok HTTP/1.1\r\nHost: h\r\n\r\n".encode())
     assert read_response(f)[0] == "HTTP/1.1 200 OK"
     s.sendall(b"GET http://example.com/ HTTP/1.1\r\nHost: example.com\r\n\r\n")
     assert read_response(f)[0] == "HTTP/1.1 403 Forbidden"
@@ -189,9 +214,9 @@ def test_allowlist_refuses_what_it_does_not_list_even_in_the_middle_of_a_connect
 
 
 def test_connect_and_socks5_reach_only_what_the_rule_allows(proxy_for, upstream):
-    proxy, lines = proxy_for("full", [f"127.0.0.1:{upstream}"])
+    proxy, lines = proxy_for("full", [f"{PRIVATE}:{upstream}"])
     s = dial(proxy)
-    s.sendall(f"CONNECT 127.0.0.1:{upstream} HTTP/1.1\r\n\r\nGET /tunnel HTTP/1.1\r\nHost: h\r\n\r\n".encode())
+    s.sendall(f"CONNECT {PRIVATE}:{upstream} HTTP/1.1\r\n\r\nGET /tunnel HTTP/1.1\r\nHost: h\r\n\r\n".encode())
     f = s.makefile("rb")
     assert read_response(f) == ("HTTP/1.1 200 Connection Established", b"")
     assert read_response(f) == ("HTTP/1.1 200 OK", b"GET /tunnel ")
@@ -204,7 +229,7 @@ def test_connect_and_socks5_reach_only_what_the_rule_allows(proxy_for, upstream)
         c.sendall(b"\x05\x01\x00" + bytes([kind]) + address + struct.pack("!H", port))
         return c
 
-    c = socks(1, socket.inet_aton("127.0.0.1"), upstream)
+    c = socks(1, socket.inet_aton(PRIVATE), upstream)
     assert c.recv(10)[:2] == b"\x05\x00"
     c.sendall(b"GET /socks HTTP/1.1\r\nHost: h\r\n\r\n")
     assert read_response(c.makefile("rb")) == ("HTTP/1.1 200 OK", b"GET /socks ")
@@ -232,7 +257,7 @@ def test_a_name_is_resolved_once_and_the_answer_is_what_is_checked(proxy_for, up
     s.sendall(f"GET http://rebind.test:{upstream}/ HTTP/1.1\r\nHost: rebind.test\r\n\r\n".encode())
     assert read_response(s.makefile("rb"))[0] == "HTTP/1.1 403 Forbidden"
     assert answers == ["rebind.test"] and Recorder.seen == []
-    assert lines == [f"routinely: egress refused: rebind.test:{upstream}: 127.0.0.1 is loopback (only an allow_hosts entry naming it opens it)"]
+    assert lines == [f"routinely: egress refused: rebind.test:{upstream}: 127.0.0.1 is loopback (no allow_hosts entry opens it)"]
 
 
 def test_requests_for_the_sessions_other_doors_go_to_their_sockets(proxy_for, tmp_path):
@@ -244,7 +269,7 @@ def test_requests_for_the_sessions_other_doors_go_to_their_sockets(proxy_for, tm
             self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndoor")
 
     server = socketserver.ThreadingUnixStreamServer(str(door), Door)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     proxy, lines = proxy_for("allowlist", ["example.com"], {31337: str(door)})
     s = dial(proxy)
     s.sendall(b"GET http://127.0.0.1:31337/v1/messages HTTP/1.1\r\nHost: 127.0.0.1:31337\r\n\r\n")

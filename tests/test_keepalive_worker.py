@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.support import SECRET, gunicorn
+from tests.support import ADMIN_TOKEN, SECRET, gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 KEEPALIVE = 2
@@ -22,7 +22,7 @@ KEEPALIVE = 2
 
 def start(tmp: Path, redis_url: str, workers: int = 2) -> tuple[subprocess.Popen, int]:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "REDIS_URL": redis_url, "ROUTINELY_DATA_DIR": str(tmp),
-           "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_ADMIN_TOKEN": "t"}
+           "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_ADMIN_TOKEN": ADMIN_TOKEN}
     return gunicorn("tests.echo_app:app", env, "--keep-alive", str(KEEPALIVE), workers=workers)
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import free_port
+from tests.support import ADMIN_TOKEN, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def test_web_refuses_to_start_without_an_admin_token_even_on_loopback(redis_serv
 
 
 def test_web_stops_on_a_wrong_setting_with_one_line(redis_server, tmp_path):
-    done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, PUBLIC_URL="not a url", ROUTINELY_ADMIN_TOKEN="t")
+    done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, PUBLIC_URL="not a url", ROUTINELY_ADMIN_TOKEN=ADMIN_TOKEN)
     assert done.returncode != 0 and "routinely: PUBLIC_URL must be an http(s):// URL" in done.stderr
     assert "Traceback" not in done.stderr
 
@@ -34,7 +34,7 @@ def test_web_stops_on_a_wrong_worker_count_or_log_level_with_one_line(redis_serv
         ("WEB_CONCURRENCY", "0", "routinely: WEB_CONCURRENCY must be a whole number of web workers, 1 or more (it is '0')"),
         ("ROUTINELY_LOG_LEVEL", "loud", "routinely: ROUTINELY_LOG_LEVEL must be one of debug, info, warning, error, critical"),
     ]:  # (a non-number or a negative one gunicorn refuses itself: it reads WEB_CONCURRENCY first)
-        done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, ROUTINELY_ADMIN_TOKEN="t", **{name: value})
+        done = gunicorn(f"127.0.0.1:{free_port()}", redis_server.url, tmp_path, ROUTINELY_ADMIN_TOKEN=ADMIN_TOKEN, **{name: value})
         assert done.returncode != 0 and line in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
 
@@ -53,7 +53,7 @@ def test_up_makes_an_admin_token_prints_a_sign_in_link_and_the_api_needs_it(redi
         lines = [proc.stderr.readline(), proc.stderr.readline()]
         token = (data / "admin_token").read_text().strip()
         assert (data / "admin_token").stat().st_mode & 0o777 == 0o600 and len(token) >= 32
-        assert f"routinely: sign in at http://127.0.0.1:{port}/login?token={token}" in lines[1]
+        assert f"routinely: sign in at http://127.0.0.1:{port}/login?code=" in lines[1] and token not in "".join(lines)
         for _ in range(100):
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
@@ -79,7 +79,7 @@ def test_metrics_sum_the_door_counts_of_every_gunicorn_worker(redis_server, tmp_
 
     port = free_port()
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp_path),
-           "ROUTINELY_ADMIN_TOKEN": "t", "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "3"}
+           "ROUTINELY_ADMIN_TOKEN": ADMIN_TOKEN, "GITHUB_WEBHOOK_SECRET": SECRET, "WEB_CONCURRENCY": "3"}
     web = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(ROOT / "app" / "gunicorn_conf.py"), "--bind",
                             f"127.0.0.1:{port}", "app:create_app()"], env=env, cwd=ROOT, stderr=subprocess.DEVNULL)
 
@@ -103,7 +103,7 @@ def test_metrics_sum_the_door_counts_of_every_gunicorn_worker(redis_server, tmp_
                 headers["X-Hub-Signature-256"] = "sha256=" + "0" * 64
             request("POST", "/webhooks/github", body, headers)
         assert request("GET", "/metrics")[0] == 401
-        status, text = request("GET", "/metrics", headers={"Authorization": "Bearer t"})
+        status, text = request("GET", "/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         assert status == 200
         assert 'routinely_deliveries_total{event="pull_request",outcome="accepted"} 8.0' in text
         assert 'routinely_deliveries_total{event="unverified",outcome="refused_signature"} 4.0' in text

@@ -299,7 +299,7 @@ def test_push_guard_holds_against_every_bypass(conn, env, remotes, tmp_path, set
     assert "refs/heads/other" not in after and "refs/tags/v9" not in after
     assert "push to refs/heads/trunk refused: this routine may push only to branches under 'claude/'" in log
     assert "forwarded refs/heads/claude/ok to octo/api" in log
-    assert "refs/heads/trunk was not forwarded to octo/api: outside branch_prefix" in log
+    assert "push to refs/tags/v9 refused: this routine may not push tags (allow_tag_pushes is false)" in log
     assert sessions.get(conn, settings, s["id"])["status"] == "succeeded"
     # the forwarded branch is on the chain record: its push webhook starts sessions one deeper
     assert conn.get(keys.chain("octo/api", "refs/heads/claude/ok")) == f"1 {s['id']}".encode()
@@ -309,7 +309,7 @@ def test_push_guard_holds_against_every_bypass(conn, env, remotes, tmp_path, set
 def test_unrestricted_pushes_and_deletions_reach_the_remote(conn, env, remotes, tmp_path, settings):
     remotes.create("octo/api", branch="trunk")
     before = remotes.refs("octo/api")
-    apply(conn, tmp_path, allow_unrestricted_branch_pushes=True, environment={"env": {"DELETE_OK": "1"}})
+    apply(conn, tmp_path, allow_unrestricted_branch_pushes=True, allow_tag_pushes=True, environment={"env": {"DELETE_OK": "1"}})
     fire_one(settings, conn, "r", Firing(kind="manual"))
     run_worker(env, ROUTINELY_AGENT=f"{sys.executable} {AGENTS / 'pusher.py'}")
     after = remotes.refs("octo/api")

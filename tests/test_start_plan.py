@@ -178,18 +178,18 @@ def test_each_listing_index_is_trimmed_within_a_second_of_a_write_to_it(conn, se
     clock = Clock(NOW)
     starter = Starter(conn, settings.with_(clock=clock))
     old_ms = (NOW - keys.SESSIONS_KEPT - 60) * 1000
-    for index in (keys.sessions_of("busy"), keys.sessions_of("rare"), keys.SESSIONS):
+    for index in (keys.sessions_of("alice/busy"), keys.sessions_of("alice/rare"), keys.SESSIONS):
         conn.zadd(index, {"session_ancient": old_ms})
     fire = lambda name: starter.fire(Firing(kind="api", text="x"), lambda c: [c.routines[f"alice/{name}"]])  # noqa: E731
     fire("busy")  # trims the shared indexes and busy's own
-    assert conn.zscore(keys.sessions_of("busy"), "session_ancient") is None
+    assert conn.zscore(keys.sessions_of("alice/busy"), "session_ancient") is None
     assert conn.zscore(keys.SESSIONS, "session_ancient") is None
     conn.zadd(keys.SESSIONS, {"session_ancient": old_ms})
     clock.t = NOW + 0.5
     fire("busy")  # within the second: nothing shared is trimmed again
     assert conn.zscore(keys.SESSIONS, "session_ancient") is not None
     fire("rare")  # its own index was never trimmed by this process: now it is
-    assert conn.zscore(keys.sessions_of("rare"), "session_ancient") is None
+    assert conn.zscore(keys.sessions_of("alice/rare"), "session_ancient") is None
     clock.t = NOW + 1.5
     fire("busy")
     assert conn.zscore(keys.SESSIONS, "session_ancient") is None

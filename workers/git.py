@@ -1,12 +1,17 @@
 """Running git for the worker: one way in, with settings passed through the environment only
-(never written to a repository's config) and, for checkouts, as the session's user."""
+(never written to a repository's config) and, for checkouts, as the session's user.
+
+The worker runs git only in repositories it alone writes; what a session wrote (a cached
+setup's checkouts) is read as data (`read_head`) or handled inside the session's sandbox."""
 from __future__ import annotations
 
 import base64
 import os
 import re
+import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 Ids = tuple[int, int]
 
@@ -18,6 +23,7 @@ def base_env(home: str | None = None) -> dict[str, str]:
         "HOME": home or os.environ.get("HOME", "/"),
         "GIT_TERMINAL_PROMPT": "0",
         "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_GLOBAL": os.devnull,
         "LANG": "C.UTF-8",
     }
 
@@ -30,9 +36,14 @@ def config_env(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return env
 
 
-def worker_env(token: str | None = None) -> dict[str, str]:
-    """The worker's own git: relays may belong to a session user; a token travels as a header."""
-    pairs = [("safe.directory", "*")]
+def worker_env(token: str | None = None, remote: str | None = None) -> dict[str, str]:
+    """The worker's own git, for repositories only the worker writes (mirrors, relays, fresh
+    clones): a token travels as a header; with `remote`, git may speak only that remote's
+    protocol. Never for a repository a session has written (see `read_head`)."""
+    pairs: list[tuple[str, str]] = [("core.hooksPath", os.devnull), ("core.fsmonitor", "false")]
+    if remote:
+        scheme = urlsplit(remote).scheme or "file"
+        pairs += [("protocol.allow", "never"), (f"protocol.{scheme}.allow", "always")]
     if token:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
         pairs.append(("http.extraHeader", f"Authorization: Basic {basic}"))
@@ -61,3 +72,38 @@ def clean_error(stderr: str) -> str:
     """git's error, one line, with any credential in a URL masked."""
     line = " ".join(stderr.strip().splitlines()[-2:]) or "git failed"
     return re.sub(r"://[^@/\s]+@", "://***@", line)
+
+
+_SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+_REF = re.compile(r"^refs/heads/[A-Za-z0-9._/-]{1,200}$")
+
+
+def read_head(checkout: Path) -> str:
+    """The commit a checkout's HEAD names, read as data (no git, no link followed); "" when
+    it cannot be told — the caller then treats the checkout as moved."""
+    try:
+        head = _read_nofollow(checkout / ".git" / "HEAD").strip()
+        if _SHA.match(head):
+            return head
+        ref = head.removeprefix("ref: ")
+        if ref == head or not _REF.match(ref) or ".." in ref:
+            return ""
+        try:
+            sha = _read_nofollow(checkout / ".git" / ref).strip()
+        except FileNotFoundError:
+            packed = _read_nofollow(checkout / ".git" / "packed-refs")
+            sha = next((line.split(" ", 1)[0] for line in packed.splitlines() if line.endswith(" " + ref)), "")
+        return sha if _SHA.match(sha) else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _read_nofollow(path: Path, limit: int = 1 << 20) -> str:
+    """A file's text, refusing a link at its last component and anything over `limit` bytes."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path.name} is not a plain file")
+        return os.read(fd, limit).decode()
+    finally:
+        os.close(fd)

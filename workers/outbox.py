@@ -4,6 +4,10 @@ order while Redis is away and written once it is back.
 The agent never waits on Redis: `log` and `beat` return at once, and a background thread
 beats and retries every HEARTBEAT_EVERY seconds. `finish` is the one call that waits: the
 outcome is never lost, so it retries (with backoff) until Redis takes it.
+
+The log has a cap (ROUTINELY_LOG_MAX_MB, routinely.session_log.Cap): past it the session's
+output is dropped and counted, the service's own lines still get through, and the last line
+says what was dropped. Lines held through an outage are bounded in number and in bytes.
 """
 from __future__ import annotations
 
@@ -14,16 +18,21 @@ from typing import Any, Callable
 import redis
 
 from routinely import keys, session_log, sessions
+from routinely.config import Settings
 from workers.outage import BACKOFF_MAX, BACKOFF_START, Outage
 
 HEARTBEAT_EVERY = 2.0  # seconds; the reaper's timeout (workers.reaper) is several of these
 MAX_PENDING = 50_000  # lines kept through an outage; past it the oldest go (and say so)
+MAX_PENDING_BYTES = 8 * 1024 * 1024  # and their bytes: an outage does not grow the worker
 
 
 class Outbox:
-    def __init__(self, conn: redis.Redis, session_id: str, outage: Outage, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, conn: redis.Redis, session_id: str, outage: Outage, clock: Callable[[], float] = time.time,
+                 log_max_bytes: int = Settings.log_max_mb * 1024 * 1024) -> None:
         self.conn, self.id, self.outage, self.clock = conn, session_id, outage, clock
-        self._lines: list[str] = []
+        self.cap = session_log.Cap(int(log_max_bytes))
+        self._lines: list[str] = []  # cleaned (as stored)
+        self._pending_bytes = 0
         self._dropped = 0
         self._beat_ms: int | None = None
         self._fields: dict[str, str] = {}  # session record fields to write (last value wins)
@@ -36,12 +45,26 @@ class Outbox:
     # -- buffered writes
     def log(self, *lines: str) -> None:
         with self._buf:
-            self._lines.extend(lines)
-            if len(self._lines) > MAX_PENDING:
-                cut = len(self._lines) - MAX_PENDING
-                del self._lines[:cut]
-                self._dropped += cut
+            for line in lines:
+                self._hold(self.cap.admit(line))
         self._soon()
+
+    def _hold(self, lines: list[str], front: bool = False) -> None:
+        """Keep `lines` (cleaned) for the next write; past the bounds the oldest go, counted."""
+        if front:
+            self._lines[:0] = lines
+        else:
+            self._lines.extend(lines)
+        self._pending_bytes += sum(map(len, lines))  # characters: close enough to bound memory
+        cut = max(len(self._lines) - MAX_PENDING, 0)
+        gone = sum(map(len, self._lines[:cut]))
+        while self._pending_bytes - gone > MAX_PENDING_BYTES:
+            gone += len(self._lines[cut])
+            cut += 1
+        if cut:
+            del self._lines[:cut]
+            self._pending_bytes -= gone
+            self._dropped += cut
 
     def update(self, **fields: Any) -> None:
         """Set fields of the session's record (as sessions.update), buffered like the log."""
@@ -73,7 +96,7 @@ class Outbox:
         try:
             with self._buf:
                 lines, dropped, beat, fields, ops = self._lines, self._dropped, self._beat_ms, self._fields, self._ops
-                self._lines, self._dropped, self._fields, self._ops = [], 0, {}, []
+                self._lines, self._dropped, self._fields, self._ops, self._pending_bytes = [], 0, {}, [], 0
             if not lines and beat is None and not fields and not ops:
                 return True
             pipe = self.conn.pipeline(transaction=True)
@@ -92,8 +115,8 @@ class Outbox:
             except redis.RedisError as exc:
                 self.outage.failed(exc)
                 with self._buf:
-                    self._lines[:0] = lines
                     self._dropped += dropped
+                    self._hold(lines, front=True)
                     self._fields = {**fields, **self._fields}
                     self._ops[:0] = ops
                 return False
@@ -124,8 +147,12 @@ class Outbox:
     def finish(self, status: str, **fields: Any) -> None:
         """Write the final status (only over `running`), after every pending line.
 
-        Retries until Redis takes it: a session whose agent exited 0 ends `succeeded`."""
+        Retries until Redis takes it: a session whose agent exited 0 ends `succeeded`. A cut
+        log ends with what was dropped (past every bound: it is one line)."""
         self.stop()
+        if summary := self.cap.summary(status, fields.get("reason")):
+            with self._buf:
+                self._lines.append(session_log.clean(summary))
         delay = BACKOFF_START
         while True:
             if self.flush():

@@ -1,11 +1,21 @@
-"""Push guard: a checkout's `origin` is a relay repository the worker owns, outside the workspace.
+"""The push door: a session's `origin` is served by the worker over git's own protocol, from a
+relay repository the worker owns and the session cannot see.
 
-The relay's pre-receive hook refuses refs outside the routine's branch_prefix and says why;
-its post-receive hook asks the worker (over a unix socket) to forward. The worker is the
-authority: it forwards only allowed refs that changed, with a credential the agent never
-sees, and does a last sync when the session ends. An agent that pushes with --no-verify,
-deletes its hooks, edits its git config or even the relay's hooks cannot get a ref outside
-the prefix onto the real remote.
+The session's checkouts point `origin` at `git://127.0.0.1:PORT/OWNER/REPO.git`, a door like
+the gateway's (a unix socket in the session's door folder, bridged inside the sandbox). For
+each connection the worker reads one request line (bounded, timed), then runs
+`git receive-pack` (push) or `git upload-pack` (fetch) on the relay with the socket as its
+input and output — in the session's cgroup, so what a push costs (memory, pids) is the
+session's — and with a git environment the worker fixes: no system or global config, the
+relay's config written by the worker alone, hooks from a folder of the worker's, objects
+checked (`receive.fsckObjects`), the pack size capped. The pre-receive hook refuses refs
+outside `branch_prefix` (and tags unless `allow_tag_pushes`) at push time, with a line the
+agent sees; the post-receive hook asks the worker to forward.
+
+Forwarding runs from the relay with a fixed environment too (only the remote's protocol
+allowed, a credential the agent never sees), and a last sync when the session ends. Nothing
+the session sends reaches the host's mirror: relays are per session and are cloned from it,
+never fetched into it.
 """
 from __future__ import annotations
 
@@ -13,7 +23,7 @@ import os
 import shutil
 import socket
 import socketserver
-import sys
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -21,29 +31,43 @@ from pathlib import Path
 from typing import Callable
 
 from workers import git
+from workers.process import child_setup  # before exec: the session's cgroup, then the uid
 
-# plain sh: it runs as the session's user, who may not be able to run the worker's Python
+MAX_CONNECTIONS = 4  # a session's git connections at once; one push or fetch needs one
+REQUEST_MAX = 1024  # git's request line: "git-receive-pack /owner/repo.git\0host=…\0"
+REQUEST_SECONDS = 10  # to send it
+SERVICE_SECONDS = 600  # one push or fetch, end to end
+DEFAULT_MAX_INPUT = 1024 * 1024 * 1024  # receive.maxInputSize when the session has no disk limit
+
+# plain sh, run by receive-pack as the worker: every value comes from the environment the
+# worker sets, and the ref names git hands it (git refuses control characters and spaces in them)
 PRE_RECEIVE = """#!/bin/sh
 status=0
 while read old new ref; do
-  if [ {unrestricted} = 1 ]; then
-    case "$ref" in refs/heads/*|refs/tags/*) continue ;; esac
-  else
-    case "$ref" in "refs/heads/{prefix}"*) continue ;; esac
-  fi
-  echo "routinely: push to $ref refused: this routine may push only to branches under '{prefix}' (its branch_prefix)"
+  case "$ref" in
+    refs/heads/*)
+      [ "$ROUTINELY_UNRESTRICTED" = 1 ] && continue
+      case "$ref" in "refs/heads/$ROUTINELY_PREFIX"*) continue ;; esac
+      echo "routinely: push to $ref refused: this routine may push only to branches under '$ROUTINELY_PREFIX' (its branch_prefix)" ;;
+    refs/tags/*)
+      [ "$ROUTINELY_TAGS" = 1 ] && continue
+      echo "routinely: push to $ref refused: this routine may not push tags (allow_tag_pushes is false)" ;;
+    *)
+      echo "routinely: push to $ref refused: only branches (and tags, with allow_tag_pushes) can be pushed" ;;
+  esac
   status=1
 done
 exit $status
 """
 
-POST_RECEIVE = """#!{python}
-import socket, sys
+POST_RECEIVE = """#!{python} -IS
+import os, socket, sys
 sys.stdin.read()
 s = socket.socket(socket.AF_UNIX)
 try:
-    s.connect({sock!r})
-    s.sendall(b"sync {name}\\n")
+    s.settimeout(300)
+    s.connect(os.environ["ROUTINELY_SYNC_SOCKET"])
+    s.sendall(("sync " + os.environ["ROUTINELY_RELAY"] + "\\n").encode())
     reply = b""
     while chunk := s.recv(65536):
         reply += chunk
@@ -59,7 +83,7 @@ class PushError(Exception):
 
 @dataclass
 class Relay:
-    name: str
+    name: str  # owner__repo
     repo: str  # owner/name
     path: Path
     url: str  # the real remote
@@ -72,71 +96,212 @@ def _refs(path: Path, env: dict[str, str]) -> dict[str, str]:
     return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines() if line)}
 
 
+def read_request(conn: socket.socket) -> tuple[str, str, str]:
+    """git's daemon request, `(service, path, protocol)`; raises ValueError for anything else.
+
+    One pkt-line: four hex digits of length, `git-upload-pack PATH\\0host=H\\0`, optionally
+    `\\0version=N\\0` (git's protocol v2 asks so)."""
+    conn.settimeout(REQUEST_SECONDS)
+    head = _read_exactly(conn, 4)
+    try:
+        size = int(head, 16)
+    except ValueError:
+        raise ValueError("not a git request") from None
+    if not 4 < size <= REQUEST_MAX:
+        raise ValueError("request line too long")
+    body = _read_exactly(conn, size - 4)
+    command, _, rest = body.partition(b"\0")
+    service, _, path = command.decode("ascii", "replace").partition(" ")
+    if service not in ("git-receive-pack", "git-upload-pack"):
+        raise ValueError(f"service {service[:40]!r} is not offered")
+    extra = [p for p in rest.split(b"\0") if p]
+    protocol = next((p.decode() for p in extra if p in (b"version=1", b"version=2")), "")
+    return service, path, protocol
+
+
+def _read_exactly(conn: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = conn.recv(n - len(data))
+        if not chunk:
+            raise ValueError("the request ended early")
+        data += chunk
+    return data
+
+
+def _pkt(text: str) -> bytes:
+    data = text.encode()
+    return b"%04x" % (len(data) + 4) + data
+
+
 class PushGuard:
-    def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None],
-                 ids: git.Ids | None = None, sock: str | None = None,
-                 on_forward: Callable[[str, str], None] | None = None) -> None:
-        """`sock`: where to serve the hooks' socket (the session's door folder, which its
-        sandbox can see); by default a short tmp dir of its own."""
-        self.root, self.prefix, self.unrestricted, self.log, self.ids = root, prefix, unrestricted, log, ids
+    """One session's push door and its relays."""
+
+    def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None], sock: str,
+                 allow_tags: bool = False, join: tuple[str, ...] = (), rlimits: tuple[tuple[int, int], ...] = (),
+                 max_input_bytes: int | None = None, on_forward: Callable[[str, str], None] | None = None) -> None:
+        """`root`: a folder for the relays that only the worker can enter; `sock`: where to
+        serve the door (the session's door folder); `join`/`rlimits`: the session's cgroup
+        (its procs files) or its rlimits, which every git process of the door takes on."""
+        self.root, self.prefix, self.unrestricted, self.allow_tags, self.log = root, prefix, unrestricted, allow_tags, log
+        self.join, self.rlimits = join, rlimits
+        self.max_input_bytes = max_input_bytes or DEFAULT_MAX_INPUT
         self.on_forward = on_forward  # (repo, ref) after a ref reached the real remote: routinely.chain
         self.relays: dict[str, Relay] = {}
         self._tokens: dict[str, Callable[[], str | None]] = {}
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refusing = False  # one log line per burst of refused connections
+        self._children: set[subprocess.Popen] = set()
+        self._closed = False
         root.mkdir(parents=True, mode=0o700, exist_ok=True)
-        if ids:
-            os.chown(root, *ids)
-        # unix socket paths are length-limited: keep the socket in a short tmp dir that the
-        # session's user may traverse (the hook connects to it; it can only ask for a sync)
-        self._sock_dir = None if sock else tempfile.mkdtemp(prefix="rly-")
-        if self._sock_dir:
-            os.chmod(self._sock_dir, 0o711)
-        self.sock = sock or os.path.join(self._sock_dir, "s")
+        os.chmod(root, 0o700)
+        self._hooks = root / ".hooks"
+        self._hooks.mkdir(mode=0o700, exist_ok=True)
+        python = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
+        (self._hooks / "pre-receive").write_text(PRE_RECEIVE)
+        (self._hooks / "post-receive").write_text(POST_RECEIVE.format(python=python))
+        for hook in self._hooks.iterdir():
+            hook.chmod(0o700)
+        self._home = root / ".home"  # git's HOME: empty, the worker's
+        self._home.mkdir(mode=0o700, exist_ok=True)
+        # the hooks call back here; a short folder of the worker's alone (socket paths are
+        # limited to 107 bytes)
+        self._sync_dir = tempfile.mkdtemp(prefix="rly-sync-")
+        self._sync_sock = os.path.join(self._sync_dir, "s")
         guard = self
 
-        class Handler(socketserver.StreamRequestHandler):
+        class SyncHandler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                line = self.rfile.readline().decode().split()
+                line = self.rfile.readline(256).decode(errors="replace").split()
                 if len(line) == 2 and line[0] == "sync" and line[1] in guard.relays:
                     self.wfile.write("".join(m + "\n" for m in guard.sync(guard.relays[line[1]])).encode())
 
-        self._server = socketserver.ThreadingUnixStreamServer(self.sock, Handler)
-        os.chmod(self.sock, 0o666)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._sync = socketserver.ThreadingUnixStreamServer(self._sync_sock, SyncHandler)
+        self._sync.daemon_threads = True
+        threading.Thread(target=self._sync.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self.sock = sock
+        self._door = socket.socket(socket.AF_UNIX)
+        self._door.bind(sock)
+        self._door.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
 
+    # -- relays
     def allowed(self, ref: str) -> bool:
+        """The rule the pre-receive hook applies, for forwarding."""
+        if ref.startswith("refs/tags/"):
+            return self.allow_tags
         if self.unrestricted:
-            return ref.startswith(("refs/heads/", "refs/tags/"))
+            return ref.startswith("refs/heads/")
         return ref.startswith("refs/heads/" + self.prefix)
 
     def add(self, repo: str, url: str, token: Callable[[], str | None], source: Path | None = None) -> Relay:
-        """A relay of `url` with the guard's hooks, cloned from the host's mirror `source`
-        (its object files hard-linked, read-only) or else from `url`. `token` is asked each
-        time the remote is used (installation tokens expire within the hour). Raises PushError."""
+        """A relay of `url`, cloned from the host's mirror `source` (its object files
+        hard-linked, never written) or else from `url`. `token` is asked each time the remote
+        is used (installation tokens expire within the hour). Raises PushError."""
         name = repo.replace("/", "__")
         path = self.root / f"{name}.git"
         origin = str(source) if source else url
-        done = git.run(["clone", "--bare", "--quiet", origin, str(path)], git.worker_env(None if source else token()))
+        done = git.run(["clone", "--bare", "--quiet", origin, str(path)],
+                       git.worker_env(None if source else token(), remote=None if source else url))
         if done.returncode != 0:
             raise PushError(f"cannot clone {repo}: {git.clean_error(done.stderr)}")
-        env = git.worker_env()
-        git.run(["config", "receive.denyDeletes", "false"], env, path)
-        hooks = path / "hooks"
-        shutil.rmtree(hooks, ignore_errors=True)
-        hooks.mkdir()
-        python = shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or sys.executable
-        (hooks / "pre-receive").write_text(PRE_RECEIVE.format(prefix=self.prefix, unrestricted=int(self.unrestricted)))
-        (hooks / "post-receive").write_text(POST_RECEIVE.format(python=python, sock=self.sock, name=name))
-        for hook in hooks.iterdir():
-            hook.chmod(0o755)
-        if self.ids:
-            git.chown_tree(path, self.ids)  # the session's user pushes into it
-        relay = Relay(name=name, repo=repo, path=path, url=url, forwarded=_refs(path, env))
+        config = path / "config"
+        config.write_text("[core]\n\trepositoryformatversion = 0\n\tbare = true\n")  # the worker's alone
+        relay = Relay(name=name, repo=repo, path=path, url=url, forwarded=_refs(path, git.worker_env()))
         self.relays[name] = relay
         self._tokens[name] = token
         return relay
 
+    def url(self, repo: str, port: int) -> str:
+        """What a checkout's `origin` is, inside the session."""
+        return f"git://127.0.0.1:{port}/{repo}.git"
+
+    # -- the door
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._door.accept()
+            except OSError:
+                return  # closed
+            if not self._slots.acquire(blocking=False):
+                self._refuse(conn)
+                continue
+            self._refusing = False
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _refuse(self, conn: socket.socket) -> None:
+        if not self._refusing:
+            self._refusing = True
+            self.log(f"routinely: push door: more than {MAX_CONNECTIONS} git connections at once; refusing the rest")
+        try:
+            conn.sendall(_pkt(f"ERR routinely: more than {MAX_CONNECTIONS} git connections at once\n"))
+        except OSError:
+            pass
+        conn.close()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            try:
+                service, path, protocol = read_request(conn)
+            except (ValueError, OSError) as exc:
+                try:
+                    conn.sendall(_pkt(f"ERR routinely: {exc}\n"))
+                except OSError:
+                    pass
+                return
+            relay = self.relays.get(path.strip("/").removesuffix(".git").replace("/", "__"))
+            if relay is None:
+                conn.sendall(_pkt(f"ERR routinely: no repository {path[:100]!r} here: push to origin\n"))
+                return
+            conn.settimeout(None)
+            self._run(service, relay, protocol, conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self._slots.release()
+
+    def _run(self, service: str, relay: Relay, protocol: str, conn: socket.socket) -> None:
+        """receive-pack or upload-pack on the relay, talking straight to the session's socket."""
+        argv = ["git", service.removeprefix("git-")]
+        if service == "git-upload-pack":
+            argv += ["--strict", f"--timeout={SERVICE_SECONDS}"]
+            env = self._env(relay)
+            if protocol:
+                env["GIT_PROTOCOL"] = protocol
+        else:
+            env = self._env(relay)
+        argv.append(str(relay.path))
+        with self._lock:
+            if self._closed:
+                return
+            proc = subprocess.Popen(argv, stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.DEVNULL,
+                                    env=env, cwd=relay.path, start_new_session=True,
+                                    preexec_fn=child_setup(None, self.join, self.rlimits))
+            self._children.add(proc)
+        try:
+            proc.wait(SERVICE_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        finally:
+            with self._lock:
+                self._children.discard(proc)
+
+    def _env(self, relay: Relay) -> dict[str, str]:
+        """git's whole environment for the door: nothing from the host's or the session's config."""
+        pairs = [("core.hooksPath", str(self._hooks)), ("receive.fsckObjects", "true"),
+                 ("transfer.fsckObjects", "true"), ("receive.maxInputSize", str(self.max_input_bytes)),
+                 ("receive.denyDeletes", "false"), ("receive.denyNonFastForwards", "false"),
+                 ("receive.advertisePushOptions", "false"), ("receive.autogc", "false"), ("gc.auto", "0"),
+                 ("uploadpack.allowFilter", "false"), ("core.fsmonitor", "false")]
+        return {**git.base_env(home=str(self._home)), "GIT_CONFIG_GLOBAL": os.devnull, **git.config_env(pairs),
+                "ROUTINELY_PREFIX": self.prefix, "ROUTINELY_UNRESTRICTED": str(int(self.unrestricted)),
+                "ROUTINELY_TAGS": str(int(self.allow_tags)), "ROUTINELY_SYNC_SOCKET": self._sync_sock,
+                "ROUTINELY_RELAY": relay.name}
+
+    # -- forwarding
     def sync(self, relay: Relay) -> list[str]:
         """Forward every allowed ref of the relay that changed; return what happened, line by line."""
         with self._lock:
@@ -146,11 +311,10 @@ class PushGuard:
                 old, new = relay.forwarded.get(ref), current.get(ref)
                 if old == new:
                     continue
-                if not self.allowed(ref):
-                    messages.append(f"routinely: {ref} was not forwarded to {relay.repo}: outside branch_prefix '{self.prefix}'")
+                if not self.allowed(ref):  # only what was there before the session: the hook lets nothing else in
                     continue
                 try:
-                    env = git.worker_env(self._tokens[relay.name]())
+                    env = git.worker_env(self._tokens[relay.name](), remote=relay.url)
                 except Exception as exc:  # TokenError: say why, forward nothing
                     messages.append(f"routinely: forwarding {ref} to {relay.repo} failed: {exc}")
                     continue
@@ -171,8 +335,8 @@ class PushGuard:
             return messages
 
     def pushed_branch(self, repo: str, branch: str) -> bool:
-        """Did this session push `branch` of `repo` through the guard to the real remote?
-        Syncs the relay first, so a push whose hook was skipped still counts once forwarded."""
+        """Did this session push `branch` of `repo` through the door to the real remote?
+        Syncs the relay first, so a push whose forward failed once is tried again."""
         relay = next((r for r in self.relays.values() if r.repo.lower() == repo.lower()), None)
         if relay is None:
             return False
@@ -183,13 +347,24 @@ class PushGuard:
         return ref in relay.pushed
 
     def close(self) -> None:
-        """Last sync of every relay (hooks may have been deleted), then stop serving."""
+        """Stop serving, end the door's git processes, then a last sync of every relay."""
+        with self._lock:
+            self._closed = True
+            children = list(self._children)
+        try:
+            self._door.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread, which then ends
+        except OSError:
+            pass
+        self._door.close()
+        for proc in children:
+            proc.kill()
+            proc.wait()
         try:
             for relay in self.relays.values():
                 for message in self.sync(relay):
                     self.log(message)
         finally:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._sock_dir:
-                shutil.rmtree(self._sock_dir, ignore_errors=True)
+            self._sync.shutdown()
+            self._sync.server_close()
+            shutil.rmtree(self._sync_dir, ignore_errors=True)
+

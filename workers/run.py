@@ -7,6 +7,7 @@ worker died.
 from __future__ import annotations
 
 import json
+from collections import deque
 import os
 import socket
 import time
@@ -72,7 +73,8 @@ class Failed(Exception):
 class SessionRun:
     def __init__(self, rt: Runtime, session_id: str) -> None:
         self.rt, self.conn, self.settings, self.id = rt, rt.conn, rt.settings, session_id
-        self.outbox = Outbox(rt.conn, session_id, rt.outage, rt.settings.clock)  # rides through Redis outages
+        self.outbox = Outbox(rt.conn, session_id, rt.outage, rt.settings.clock,  # rides through Redis outages
+                             rt.settings.log_max_bytes)
         self.stopped_by_shutdown = False
 
     # -- log and state
@@ -119,8 +121,8 @@ class SessionRun:
             self._cleanup()
         except Exception as exc:  # the outcome stands: the reaper's host cleanup takes what is left
             self.log(f"routinely: cleaning up after the session failed: {type(exc).__name__}: {exc}")
-        if reason:
-            self.log(reason)
+        if reason:  # the service's line, never one an agent could have printed
+            self.log(reason if reason.startswith("routinely:") else f"routinely: {reason}")
         self.outbox.finish(status, finished_at=iso(self.settings.clock()), exit_code=code,
                            reason=reason if status != "succeeded" else None)
         return status
@@ -168,11 +170,16 @@ class SessionRun:
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
         depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
+        bounds = self.sandbox.bounds
         self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
-                               lambda line: self.log(line), ids, sock=str(self.sandbox.door_dir / "push.sock"),
+                               lambda line: self.log(line), sock=str(self.sandbox.door_dir / "push.sock"),
+                               allow_tags=spec.get("allow_tag_pushes", False),
+                               join=bounds.join if bounds else (), rlimits=bounds.rlimits if bounds else (),
+                               max_input_bytes=bounds.limits.disk_mb * 1024 * 1024 if bounds else None,
                                on_forward=lambda repo, ref: self._patiently(lambda: chain.record(self.conn, repo, ref, self.id, depth)))
+        push_port = self.sandbox.add_door("push", self.guard.sock)
         try:
-            self._checkout(workspace, self.guard, routine.key, spec)
+            self._checkout(workspace, self.guard, routine.key, spec, lambda repo: self.guard.url(repo, push_port), deadline)
         except Failed as exc:
             return "failed", None, str(exc)
         self._share(workspace)
@@ -300,19 +307,35 @@ class SessionRun:
                            sandbox_cgroup=bounds.name if bounds is not None and bounds.cgroup is not None else None)
 
     def _share(self, ws: Workspace) -> None:
-        """What the sandbox mounts of the host: the workspace and relays, and the object stores
-        the checkouts borrow from."""
+        """What the sandbox mounts of the host: the workspace, and the object stores the
+        checkouts borrow from (relays are the worker's: sessions reach them by their push door)."""
         self.sandbox.share(ws.root, writable=True)
         self.sandbox.watch(ws.root)
-        self.sandbox.share(ws.relays, writable=True)
         for repo in ws.repos:
             for store in git_alternates(repo):
                 self.sandbox.share(store)
 
-    def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any]) -> None:
+    def _sandboxed(self, ws: Workspace, deadline: float) -> Callable[[list[str], "os.PathLike[str]"], tuple[int, str]]:
+        """Runs a short command (git) in the session's sandbox as the session, for the worker's
+        steps in folders a session wrote; returns its exit code and output."""
+        def run(argv: list[str], cwd: "os.PathLike[str]") -> tuple[int, str]:
+            self._share(ws)
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(ws.home), "LANG": "C.UTF-8",
+                   "GIT_TERMINAL_PROMPT": "0"}
+            lines: deque[str] = deque(maxlen=20)  # git's last words, for the one line that says why
+            cmd = self.sandbox.command(argv, env, cwd, ws.home)
+            result = process.run(cmd.argv, cmd.cwd, cmd.env, "", deadline, lines.extend, self.canceled, self.heartbeat,
+                                 user=cmd.user, pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits)
+            code = result.exit_code if result.outcome == "exited" and result.exit_code is not None else -1
+            return code, "\n".join(lines)
+        return run
+
+    def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any],
+                  origin: Callable[[str], str], deadline: float) -> None:
         """Mirrors, relays, then checkouts or a cached setup (workers/warm)."""
         token_for = lambda repo: lambda: self._patiently(lambda: self.rt.tokens.for_repository(self.conn, repo))  # noqa: E731
-        self.warm = WarmStart(self.settings, self.id, routine_key, spec["environment"], ws, guard, token_for, self.log)
+        self.warm = WarmStart(self.settings, self.id, routine_key, spec["environment"], ws, guard, token_for, self.log,
+                              origin, self._sandboxed(ws, deadline))
         try:
             self.warm.prepare(spec["repositories"])
         except (TokenError, PushError) as exc:

@@ -1,5 +1,5 @@
 """A session's workspace: a fresh private directory, the routine's repositories checked out
-from the host's mirrors at the default branch (origin: their push-guard relays), .mcp.json
+from the host's mirrors at the default branch (origin: the session's push door), .mcp.json
 and the prompt files — or, on a warm start, a cached setup result mounted there
 (workers.warm).
 
@@ -42,9 +42,9 @@ class Workspace:
                     raise PermissionError(
                         f"ROUTINELY_DATA_DIR {data_dir} is inside {parent}, which session users cannot enter: "
                         "set ROUTINELY_DATA_DIR to a folder such as /var/lib/routinely, or ROUTINELY_SESSION_USERS=off")
-        for folder in (data_dir, data_dir / "workspaces", data_dir / "relays"):
-            folder.mkdir(parents=True, exist_ok=True, mode=shared)
-            os.chmod(folder, shared)
+        for folder, mode in ((data_dir, shared), (data_dir / "workspaces", shared), (data_dir / "relays", 0o700)):
+            folder.mkdir(parents=True, exist_ok=True, mode=mode)
+            os.chmod(folder, mode)  # relays: the worker's alone (sessions reach them through their push door)
         root = data_dir / "workspaces" / session_id
         root.mkdir(mode=0o700)
         for sub in (".routinely", ".tmp", ".home"):
@@ -77,17 +77,18 @@ class Workspace:
             target = self.root / repo.replace("/", "-")
         return target
 
-    def checkout(self, repo: str, mirror: Path, relay: Path) -> Path:
+    def checkout(self, repo: str, mirror: Path, origin: str) -> Path:
         """Check `repo` out from the host's `mirror` at its default branch, with `origin`
-        pointing at its `relay`. The worker clones (object files hard-linked from the mirror,
-        root-owned and read-only) and gives the rest to the session's user. Raises PushError."""
+        set to `origin` (the session's push door). The worker clones (object files hard-linked
+        from the mirror, root-owned and read-only) and gives the rest to the session's user,
+        after which it runs no git there. Raises PushError."""
         target = self.target_for(repo)
         env = {**git.worker_env(), "HOME": str(self.home)}
         settings = ["user.name=routinely[bot]", "user.email=routinely@localhost", "push.default=current"]
         done = git.run(["clone", "--quiet", *(f"--config={s}" for s in settings), str(mirror), str(target)], env)
         if done.returncode != 0:
             raise PushError(f"cannot check out {repo}: {git.clean_error(done.stderr)}")
-        git.run(["remote", "set-url", "origin", str(relay)], env, target)
+        git.run(["remote", "set-url", "origin", origin], env, target)
         if self.ids:
             git.chown_tree(target, self.ids)
         self.repos.append(target)

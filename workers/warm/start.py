@@ -46,9 +46,14 @@ KEY_VERSION = 1  # bump when what a snapshot holds changes shape
 class WarmStart:
     def __init__(self, settings: Settings, session_id: str, routine_key: str, environment: dict,
                  ws: Workspace, guard: PushGuard, token_for: Callable[[str], Callable[[], str | None]],
-                 log: Callable[[str], None]) -> None:
+                 log: Callable[[str], None], origin: Callable[[str], str],
+                 sandboxed: Callable[[list[str], Path], tuple[int, str]]) -> None:
+        """`origin(repo)`: the URL a checkout pushes to (the session's push door);
+        `sandboxed(argv, cwd)`: runs a command inside the session's sandbox, as the session
+        (exit code, output) — how the worker touches checkouts a session wrote."""
         self.settings, self.session_id, self.routine_key, self.environment = settings, session_id, routine_key, environment
         self.ws, self.guard, self.token_for, self.log = ws, guard, token_for, log
+        self.origin, self.sandboxed = origin, sandboxed
         self.cache = SetupCache(settings.data_dir)
         self.enabled = environment.get("cache", True) is not False
         self.ttl_hours = environment.get("cache_ttl_hours") or DEFAULT_TTL_HOURS
@@ -85,7 +90,7 @@ class WarmStart:
             if entry is None:
                 self.log(f"routinely: no cached setup for key {self.key[:8]}…")
         for repo in repos:
-            path = self.ws.checkout(repo, self.mirrors[repo].path, self.guard.relays[repo.replace("/", "__")].path)
+            path = self.ws.checkout(repo, self.mirrors[repo].path, self.origin(repo))
             self.log(f"routinely: checked out {repo} at {path.name}")
 
     def command(self) -> tuple[str, str] | None:
@@ -120,12 +125,11 @@ class WarmStart:
             self.log(f"routinely: the setup result was not cached: {exc}")
             return
         now = self.settings.clock()
-        env = git.worker_env()
         entry = Entry(
             key=self.key, routine=self.routine_key, snapshot=name, created_at=now, used_at=now,
             owner=list(self.ws.ids) if self.ws.ids else None,
             checkouts={repo: path.name for repo, path in zip(self.mirrors, self.ws.repos)},
-            heads={repo: git.run(["rev-parse", "HEAD"], env, snapshot / path.name).stdout.strip()
+            heads={repo: git.read_head(snapshot / path.name)  # the session wrote it: data, never git as root
                    for repo, path in zip(self.mirrors, self.ws.repos)},
             refs=self.relay_refs, setup_seconds=self.setup_seconds, expires_at=now + self.ttl_hours * 3600)
         self.cache.publish(entry)
@@ -214,23 +218,23 @@ class WarmStart:
         self.mounted = True
 
     def _catch_up(self, entry: Entry, repos: list[str]) -> str:
-        """Point each checkout at this session's relay and move it to the default branch's
-        current head (only the delta is fetched and written). Raises _Stale."""
-        env = {**git.base_env(home=str(self.ws.home)), **git.config_env([("safe.directory", "*")])}
+        """Point each checkout at this session's push door and move it to the default
+        branch's current head (only the delta is fetched and written) — inside the sandbox,
+        as the session: an earlier session wrote these checkouts (their config, hooks,
+        attributes), so no git of the worker's runs in them. Raises _Stale."""
         moved = []
         for repo, path in zip(repos, self.ws.repos):
-            relay = self.guard.relays[repo.replace("/", "__")].path
-            steps = [["remote", "set-url", "origin", str(relay)]]
+            steps = [["git", "remote", "set-url", "origin", self.origin(repo)]]
             if entry.refs.get(repo) != self.relay_refs[repo]:
-                steps.append(["fetch", "--quiet", "--prune", "--no-write-fetch-head", "origin"])
+                steps.append(["git", "fetch", "--quiet", "--prune", "--no-write-fetch-head", "origin"])
             head = self.mirrors[repo].head
             if entry.heads.get(repo) != head:
-                steps.append(["reset", "--quiet", "--keep", head])
+                steps.append(["git", "reset", "--quiet", "--keep", head])
                 moved.append(f"{repo} moved {entry.heads.get(repo, '')[:7]}→{head[:7]}")
             for step in steps:
-                done = git.run(step, env, path, ids=self.ws.ids)
-                if done.returncode != 0:
-                    raise _Stale(f"git {step[0]} in {path.name}: {git.clean_error(done.stderr)}")
+                code, output = self.sandboxed(step, path)
+                if code != 0:
+                    raise _Stale(f"git {step[1]} in {path.name}: {git.clean_error(output)}")
         return ", ".join(moved)
 
     def _layers(self) -> tuple[Path, Path]:
