@@ -227,3 +227,15 @@ def _conn(body: bytes) -> socket.socket:
 
 def _request(body: bytes):
     return pushguard.read_request(_conn(body))
+
+
+def test_the_worker_writes_session_files_as_data_never_through_a_planted_link(tmp_path):
+    from workers.workspace import Workspace
+
+    ws = Workspace.create(tmp_path / "data", "s1")
+    outside = tmp_path / "outside.txt"
+    os.symlink(outside, ws.root / ".routinely" / "prompt.md")
+    with pytest.raises(OSError):
+        ws.write(".routinely/prompt.md", "the prompt")
+    assert not outside.exists()
+    assert ws.write(".routinely/event.json", "{}").read_text() == "{}"

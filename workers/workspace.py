@@ -63,12 +63,15 @@ class Workspace:
         shutil.rmtree(self.relays, ignore_errors=True)
 
     def write(self, relative: str, data: str | bytes, mode: int = 0o600) -> Path:
-        """A file the agent reads, owned by the session's user when there is one."""
+        """A file the agent reads, owned by the session's user when there is one. Written as
+        data: a link planted where the file goes is refused, never followed (the worker is root)."""
         path = self.root / relative
-        path.write_bytes(data.encode() if isinstance(data, str) else data)
-        path.chmod(mode)
-        if self.ids:
-            os.chown(path, *self.ids)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, mode)
+            if self.ids:
+                os.fchown(fd, *self.ids)
+            file.write(data.encode() if isinstance(data, str) else data)
         return path
 
     def target_for(self, repo: str) -> Path:
