@@ -235,7 +235,9 @@ def test_the_worker_writes_session_files_as_data_never_through_a_planted_link(tm
     ws = Workspace.create(tmp_path / "data", "s1")
     outside = tmp_path / "outside.txt"
     os.symlink(outside, ws.root / ".routinely" / "prompt.md")
-    with pytest.raises(OSError):
-        ws.write(".routinely/prompt.md", "the prompt")
-    assert not outside.exists()
+    os.link(ws.write(".routinely/original", "x"), ws.root / ".routinely" / "hard")
+    ws.write(".routinely/prompt.md", "the prompt")  # the link's name is replaced, its target never written
+    ws.write(".routinely/hard", "y")
+    assert not outside.exists() and (ws.root / ".routinely" / "original").read_text() == "x"
+    assert (ws.root / ".routinely" / "prompt.md").read_text() == "the prompt"
     assert ws.write(".routinely/event.json", "{}").read_text() == "{}"

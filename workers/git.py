@@ -8,10 +8,11 @@ from __future__ import annotations
 import base64
 import os
 import re
-import stat
 import subprocess
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from workers import session_files
 
 Ids = tuple[int, int]
 
@@ -79,31 +80,20 @@ _REF = re.compile(r"^refs/heads/[A-Za-z0-9._/-]{1,200}$")
 
 
 def read_head(checkout: Path) -> str:
-    """The commit a checkout's HEAD names, read as data (no git, no link followed); "" when
-    it cannot be told — the caller then treats the checkout as moved."""
+    """The commit a checkout's HEAD names, read as data (no git, no link followed on the way:
+    workers.session_files); "" when it cannot be told — the caller then treats it as moved."""
     try:
-        head = _read_nofollow(checkout / ".git" / "HEAD").strip()
+        head = session_files.read_text(checkout, ".git/HEAD").strip()
         if _SHA.match(head):
             return head
         ref = head.removeprefix("ref: ")
         if ref == head or not _REF.match(ref) or ".." in ref:
             return ""
         try:
-            sha = _read_nofollow(checkout / ".git" / ref).strip()
+            sha = session_files.read_text(checkout, f".git/{ref}").strip()
         except FileNotFoundError:
-            packed = _read_nofollow(checkout / ".git" / "packed-refs")
+            packed = session_files.read_text(checkout, ".git/packed-refs")
             sha = next((line.split(" ", 1)[0] for line in packed.splitlines() if line.endswith(" " + ref)), "")
         return sha if _SHA.match(sha) else ""
-    except (OSError, UnicodeDecodeError):
+    except (OSError, ValueError, UnicodeDecodeError):
         return ""
-
-
-def _read_nofollow(path: Path, limit: int = 1 << 20) -> str:
-    """A file's text, refusing a link at its last component and anything over `limit` bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{path.name} is not a plain file")
-        return os.read(fd, limit).decode()
-    finally:
-        os.close(fd)

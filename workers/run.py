@@ -31,7 +31,7 @@ from workers.liveness import Liveness
 from routinely.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.prices import PriceError
 from workers.pushguard import PushError, PushGuard
-from workers.sandbox import Sandbox, SandboxError, git_alternates, kill_user
+from workers.sandbox import Sandbox, SandboxError, kill_user
 from workers.sandbox.bounds import limits_for
 from workers.warm import WarmStart
 from workers.workspace import Workspace
@@ -307,13 +307,12 @@ class SessionRun:
                            sandbox_cgroup=bounds.name if bounds is not None and bounds.cgroup is not None else None)
 
     def _share(self, ws: Workspace) -> None:
-        """What the sandbox mounts of the host: the workspace, and the object stores the
-        checkouts borrow from (relays are the worker's: sessions reach them by their push door)."""
+        """What the sandbox mounts of the host: the workspace (its checkouts hold their objects,
+        hard-linked from the host's mirrors). Nothing a checkout names is mounted: a cached
+        checkout's `objects/info/alternates` is what an earlier session wrote. Relays are the
+        worker's: sessions reach them by their push door."""
         self.sandbox.share(ws.root, writable=True)
         self.sandbox.watch(ws.root)
-        for repo in ws.repos:
-            for store in git_alternates(repo):
-                self.sandbox.share(store)
 
     def _sandboxed(self, ws: Workspace, deadline: float) -> Callable[[list[str], "os.PathLike[str]"], tuple[int, str]]:
         """Runs a short command (git) in the session's sandbox as the session, for the worker's

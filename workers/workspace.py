@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from workers import git
+from workers import git, session_files
 from workers.pushguard import PushError
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -63,16 +63,11 @@ class Workspace:
         shutil.rmtree(self.relays, ignore_errors=True)
 
     def write(self, relative: str, data: str | bytes, mode: int = 0o600) -> Path:
-        """A file the agent reads, owned by the session's user when there is one. Written as
-        data: a link planted where the file goes is refused, never followed (the worker is root)."""
-        path = self.root / relative
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
-        with os.fdopen(fd, "wb") as file:
-            os.fchmod(fd, mode)
-            if self.ids:
-                os.fchown(fd, *self.ids)
-            file.write(data.encode() if isinstance(data, str) else data)
-        return path
+        """A file the agent reads, owned by the session's user when there is one; missing
+        folders on the way are made. Written as data (workers.session_files): on a warm start
+        the folders below the root are what an earlier session left."""
+        session_files.write(self.root, relative, data.encode() if isinstance(data, str) else data, mode, self.ids)
+        return self.root / relative
 
     def target_for(self, repo: str) -> Path:
         target = self.root / repo.split("/")[1]

@@ -72,11 +72,9 @@ def write_config(preset: Preset, ws: Workspace, connectors: Mapping[str, Any]) -
 
 
 def _home_file(ws: Workspace, relative: str, text: str) -> Path:
-    path = ws.home / relative
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if ws.ids:
-        os.chown(path.parent, *ws.ids)
-    return ws.write(str(path.relative_to(ws.root)), text)
+    """A file in the session's HOME, which on a warm start an earlier session wrote: through
+    Workspace.write, which follows no link on the way."""
+    return ws.write(str((ws.home / relative).relative_to(ws.root)), text)
 
 
 def _gemini_server(spec: Mapping[str, Any]) -> dict[str, Any]:
