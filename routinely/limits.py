@@ -12,10 +12,11 @@ class Limits:
     cpus: float = 2
     pids: int = 1024
     disk_mb: int = 10240
+    disk_inodes: int = 1_000_000  # files, folders and links the session may have on disk
 
 
-KEYS = ("memory_mb", "cpus", "pids", "disk_mb")
-FLOOR = {"memory_mb": 16, "cpus": 0.01, "pids": 8, "disk_mb": 1}  # below these nothing can run at all
+KEYS = ("memory_mb", "cpus", "pids", "disk_mb", "disk_inodes")
+FLOOR = {"memory_mb": 16, "cpus": 0.01, "pids": 8, "disk_mb": 1, "disk_inodes": 100}  # below these nothing can run at all
 
 
 def check(raw: Any, where: str) -> dict[str, int | float]:

@@ -27,7 +27,7 @@ from workers.outage import BACKOFF_MAX
 from workers.reaper import reap
 from workers.run import Runtime
 from workers.sandbox import host as sandbox_host
-from workers.sandbox.bounds import enforcer
+from workers.sandbox.bounds import disk_notice, enforcer
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 
@@ -136,6 +136,9 @@ def run(settings: Settings, burst: bool = False) -> None:
     notice = enforcer(settings.cgroups).notice
     if notice:
         print(notice, file=sys.stderr)
+    # sessions' disk limits: counted by a watch (a kernel-capped volume per session is built,
+    # workers/sandbox/bounds.Volume, but workspaces do not live on one yet)
+    print(disk_notice("workspaces are not on a volume of fixed size"), file=sys.stderr)
     if not settings.sandbox:
         print("routinely: ROUTINELY_SANDBOX=off: sessions run unsandboxed (each says so in its log and on its page)", file=sys.stderr)
     rt = Runtime(settings)

@@ -7,6 +7,7 @@ session's uid (privileges dropped first); with ROUTINELY_SANDBOX=off it is the b
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import random
@@ -14,17 +15,19 @@ import shlex
 import shutil
 import signal
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from workers.sandbox import bwrap, host
-from workers.sandbox.bounds import Bounds, enforcer
+from workers.sandbox.bounds import Bounds, Volume, enforcer
 from workers.sandbox.cgroup import Limits
 from workers.sandbox.egress import EgressProxy
 from workers.sandbox.launch import TcpBridge
 
 UID_BASE, UID_SPAN = 200_000, 100_000
+UID_DIR = Path("/run/routinely/uids")  # host-wide: every worker process of this host reserves its uids here
 LAUNCHER = Path(__file__).with_name("launch.py")
 
 
@@ -33,8 +36,112 @@ class SandboxError(Exception):
 
 
 def session_uid(session_id: str) -> int:
+    """The first uid a session tries (reserve_uid probes onward from it)."""
     digest = hashlib.sha256(session_id.encode()).digest()
     return UID_BASE + int.from_bytes(digest[:4], "big") % UID_SPAN
+
+
+@dataclass
+class UidLease:
+    """A session uid this host's other sessions cannot get while it is held: the flock on
+    UID_DIR/<uid> (the file names the session), taken by the worker and let go when it exits."""
+
+    uid: int
+    session_id: str
+    fd: int
+    path: Path
+
+    def release(self) -> None:
+        """Give the uid back — only once none of its processes is left (else it stays taken)."""
+        if self.fd < 0:
+            return
+        if _none_left(self.uid):
+            try:
+                os.unlink(self.path)  # while locked: the next taker makes a new file
+            except FileNotFoundError:
+                pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+def _lock(path: Path) -> int | None:
+    """An fd holding the flock on the file now at `path` (made if missing); None while another holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # released and removed while we waited: lock the file there now
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 256, 0).decode(errors="replace")
+
+
+def reserve_uid(session_id: str) -> UidLease:
+    """A uid no other session of this host holds and no process runs as, from session_uid()
+    onward. Raises SandboxError when every uid of the range is taken.
+
+    A uid whose holder's worker died is free once none of its processes is left: the reaper
+    then finds it named for another session and leaves its processes alone (see finish)."""
+    UID_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+    first = session_uid(session_id) - UID_BASE
+    for step in range(UID_SPAN):
+        uid = UID_BASE + (first + step) % UID_SPAN
+        path = UID_DIR / str(uid)
+        fd = _lock(path)
+        if fd is None:
+            continue
+        if any(_owned_by(uid)):  # not ours to hand out (a dead worker's session, or not a session at all)
+            if _holder(fd) == "":
+                os.unlink(path)
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, session_id.encode(), 0)
+        return UidLease(uid, session_id, fd, path)
+    raise SandboxError(f"routinely: all {UID_SPAN} session uids of this host are in use; wait for sessions to end "
+                       "or run fewer workers here")
+
+
+def _finish_uid(uid: int, session_id: str) -> bool:
+    """For the reaper: end the processes of `uid` and give it back, if it is still `session_id`'s
+    (a live session holds it, or another took it once it was empty: theirs then). True when
+    none of the session's processes is left under it."""
+    path = UID_DIR / str(uid)
+    try:
+        UID_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = _lock(path)
+    except OSError:  # not root: its processes are all it can try to end
+        kill_user(uid)
+        return _none_left(uid)
+    if fd is None:
+        return True
+    if _holder(fd) not in ("", session_id):
+        os.close(fd)
+        return True
+    kill_user(uid)
+    UidLease(uid, session_id, fd, path).release()
+    return _none_left(uid, 0)
+
+
+def _leased_to(session_id: str) -> list[int]:
+    """The uids whose lease file names `session_id` (a session whose worker died before it recorded its uid)."""
+    found = []
+    for entry in UID_DIR.glob("*") if UID_DIR.is_dir() else ():
+        try:
+            if entry.name.isdigit() and entry.read_text(errors="replace") == session_id:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
 
 
 @dataclass
@@ -70,6 +177,7 @@ class Sandbox:
     writable: list[Path] = field(default_factory=list)
     bounds: Bounds | None = None
     _door_dir: Path | None = None
+    _uid_lease: UidLease | None = None
 
     @classmethod
     def open(cls, environment: dict, session_id: str, session_users: bool, log: Callable[[str], None],
@@ -79,15 +187,18 @@ class Sandbox:
 
         `enabled` is ROUTINELY_SANDBOX; `paths` is ROUTINELY_SANDBOX_PATHS; `limits` bound the
         whole session (setup and agent share them), enforced as `cgroups` (ROUTINELY_CGROUPS) says."""
-        uid = session_uid(session_id) if session_users else None
-        if uid is not None and os.geteuid() != 0:
+        if session_users and os.geteuid() != 0:
             raise SandboxError("routinely: session users need the worker to run as root; set ROUTINELY_SESSION_USERS=off to run sessions as the worker's user")
-        box = cls(network=environment["network"], enabled=enabled, uid=uid,
-                  allow_hosts=list(environment.get("allow_hosts") or []))
+        lease = reserve_uid(session_id) if session_users else None
+        box = cls(network=environment["network"], enabled=enabled, uid=lease.uid if lease else None,
+                  allow_hosts=list(environment.get("allow_hosts") or []), _uid_lease=lease)
         try:
             box.bounds = Bounds.open(f"session-{session_id}", limits, enforcer(cgroups))
         except OSError as exc:
+            box.close()
             raise SandboxError(f"routinely: cannot make the session's cgroup: {exc}") from None
+        if box.uid is not None:
+            box.bounds.stop_hook = lambda: kill_user(box.uid)  # where no cgroup can end the session
         if box.bounds.enforcer.notice:
             log(box.bounds.enforcer.notice)
         if not enabled:
@@ -96,6 +207,7 @@ class Sandbox:
             return box
         problem = host.problem(os.geteuid() == 0 and session_users, os.environ.get("PATH"))
         if problem:
+            box.close()
             raise SandboxError(problem)
         box.readable += [Path(p) for p in paths]
         if box.network != "none":
@@ -144,13 +256,17 @@ class Sandbox:
         (self.writable if writable else self.readable).append(Path(path))
 
     # -- the session's bounds
-    def watch(self, workspace: Path) -> None:
-        """Count `workspace` against disk_mb (checked every few seconds while commands run)."""
+    def watch(self, *paths: "Path | Volume") -> None:
+        """Count `paths` against disk_mb and disk_inodes from now until close(): every folder the
+        session writes where its bytes land (the workspace; a cached setup's upper layer, not the
+        merged view over it), or the session's Volume (exact, and capped by the kernel).
+        Calling it again adds folders; a folder given twice counts once."""
         if self.bounds is not None:
-            self.bounds.workspace = workspace
+            self.bounds.watch(*paths)
 
     def over(self) -> bool:
-        """True when a limit says the running command must stop now (disk)."""
+        """True when a limit says the running command must stop now (disk; the disk watch has
+        already stopped the session's processes)."""
         return self.bounds is not None and self.bounds.over() is not None
 
     def ended(self) -> str | None:
@@ -211,6 +327,8 @@ class Sandbox:
             self.bounds.close()  # every process of the session, then its cgroup
         if self.uid is not None:
             kill_user(self.uid)
+        if self._uid_lease is not None:
+            self._uid_lease.release()  # after its last process: never while one runs
         if self._door_dir is not None:
             shutil.rmtree(self._door_dir, ignore_errors=True)
 
@@ -276,8 +394,8 @@ def kill_user(uid: int) -> int:
 
 def finish(raw: dict[bytes, bytes]) -> bool:
     """For the reaper, on the session's own host: end whatever is left of a session whose
-    worker died (its cgroup, its uid's processes) and remove its cgroup. True when nothing is
-    left (or the session ran on another host, which finishes its own)."""
+    worker died (its cgroup, its uid's processes), remove its cgroup and give its uid back.
+    True when nothing is left (or the session ran on another host, which finishes its own)."""
     import socket
 
     from workers.sandbox.bounds import finish as finish_cgroup
@@ -285,19 +403,34 @@ def finish(raw: dict[bytes, bytes]) -> bool:
     if raw.get(b"host", b"").decode() != socket.gethostname():
         return True
     done = finish_cgroup(raw.get(b"sandbox_cgroup", b"").decode() or None)
-    uid = raw.get(b"sandbox_uid", b"").decode()
-    if uid.isdigit() and int(uid) >= UID_BASE:
-        kill_user(int(uid))
-        done = done and not any(_owned_by(int(uid)))
+    session_id = raw.get(b"id", b"").decode()
+    recorded = raw.get(b"sandbox_uid", b"").decode()
+    uids = set(_leased_to(session_id)) if session_id else set()
+    if recorded.isdigit() and UID_BASE <= int(recorded) < UID_BASE + UID_SPAN:
+        uids.add(int(recorded))
+    for uid in sorted(uids):
+        done = _finish_uid(uid, session_id) and done
     return done
 
 
+def _none_left(uid: int, wait: float = 2.0) -> bool:
+    """True once no process runs as `uid` (killed ones linger a moment until they are reaped)."""
+    end = time.monotonic() + wait
+    while any(_owned_by(uid)):
+        if time.monotonic() >= end:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def _owned_by(uid: int):
+    """The live processes of `uid` (not zombies: they hold nothing and wait for their parent)."""
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and entry.stat().st_uid == uid:
+            if entry.name.isdigit() and entry.stat().st_uid == uid and \
+                    (entry / "stat").read_text().rpartition(")")[2].split()[0] != "Z":
                 yield int(entry.name)
-        except OSError:
+        except (OSError, IndexError):
             continue
 
 

@@ -72,6 +72,22 @@ class Cgroup:
     def pids(self) -> set[int]: ...
     def kill(self) -> None: ...
     def _dirs(self) -> list[Path]: ...
+    def _set_frozen(self, frozen: bool) -> None: ...
+    def _is_frozen(self) -> bool: ...
+
+    def freeze(self, frozen: bool = True, wait: float = 1.0) -> bool:
+        """Stop (or resume) every process of the session at once, as the disk watch does while it
+        measures; True once the kernel says they all stopped (or on resume)."""
+        try:
+            self._set_frozen(frozen)
+        except OSError:
+            return False
+        end = time.monotonic() + wait
+        while frozen and not self._is_frozen():
+            if time.monotonic() >= end:  # one in uninterruptible sleep: go on without it
+                return False
+            time.sleep(0.001)
+        return True
 
     def remove(self) -> bool:
         """Kill what is left and remove the cgroup; False if it could not be removed."""
@@ -116,6 +132,12 @@ class CgroupV2(Cgroup):
     def pids(self) -> set[int]:
         return {int(p) for p in _read(self.dir / "cgroup.procs", "").split()}
 
+    def _set_frozen(self, frozen: bool) -> None:
+        (self.dir / "cgroup.freeze").write_text("1" if frozen else "0")
+
+    def _is_frozen(self) -> bool:
+        return _keyed(self.dir / "cgroup.events").get("frozen") == 1
+
     def kill(self) -> None:
         if (self.dir / "cgroup.kill").exists():
             try:
@@ -158,6 +180,12 @@ class CgroupV1(Cgroup):
 
     def pids(self) -> set[int]:
         return {int(p) for p in _read(self.dirs["freezer"] / "cgroup.procs", "").split()}
+
+    def _set_frozen(self, frozen: bool) -> None:
+        (self.dirs["freezer"] / "freezer.state").write_text("FROZEN" if frozen else "THAWED")
+
+    def _is_frozen(self) -> bool:
+        return _read(self.dirs["freezer"] / "freezer.state", "") == "FROZEN"
 
     def kill(self) -> None:
         """Freeze (no fork can race the kill), SIGKILL everything, thaw so the kills land."""
