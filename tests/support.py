@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -283,3 +284,52 @@ def reachable_folder(prefix: str, agents: tuple[str, ...] = ()) -> Iterator[Path
     finally:
         unmount_under(base)
         shutil.rmtree(base, ignore_errors=True)
+
+
+class PrivateHost:
+    """A web server on a private address of a network namespace this test makes (a veth pair
+    to the host), for what loopback can no longer stand in for: the egress proxy never opens
+    loopback, and opens a private range only to an IP entry in allow_hosts. Answers every GET
+    with `greeting`. Needs root and iproute2; `close()` removes the namespace and the server."""
+
+    def __init__(self, greeting: bytes = b"hello-through-the-proxy") -> None:
+        import random
+
+        self.name = f"rly-{os.getpid()}-{random.randrange(1 << 20)}"
+        net = random.randrange(1, 250)
+        self.host_ip, self.ip = f"10.213.{net}.1", f"10.213.{net}.2"
+        outside, inside = f"rv{random.randrange(1 << 24):x}", "eth-private"
+        self._steps = []
+        try:
+            for argv in (["ip", "netns", "add", self.name],
+                         ["ip", "link", "add", outside, "type", "veth", "peer", "name", inside, "netns", self.name],
+                         ["ip", "addr", "add", f"{self.host_ip}/30", "dev", outside],
+                         ["ip", "link", "set", outside, "up"],
+                         ["ip", "-n", self.name, "addr", "add", f"{self.ip}/30", "dev", inside],
+                         ["ip", "-n", self.name, "link", "set", inside, "up"],
+                         ["ip", "-n", self.name, "link", "set", "lo", "up"]):
+                subprocess.run(argv, check=True, capture_output=True, timeout=30)
+            self._outside = outside
+            server = ("import http.server, sys\n"
+                      "class H(http.server.BaseHTTPRequestHandler):\n"
+                      "    def do_GET(self):\n"
+                      f"        self.send_response(200); self.send_header('Content-Length', '{len(greeting)}'); self.end_headers()\n"
+                      f"        self.wfile.write({greeting!r})\n"
+                      "    def log_message(self, *a): pass\n"
+                      f"s = http.server.HTTPServer(('{self.ip}', 0), H)\n"
+                      "print(s.server_address[1], flush=True)\n"
+                      "s.serve_forever()\n")
+            self.server = subprocess.Popen(["ip", "netns", "exec", self.name, sys.executable, "-c", server],
+                                           stdout=subprocess.PIPE, text=True)
+            self.port = int(self.server.stdout.readline())
+        except Exception:
+            self.close()
+            raise
+        self.address = f"{self.ip}:{self.port}"
+
+    def close(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.kill()
+            server.wait()
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)  # takes the veth pair along

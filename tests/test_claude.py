@@ -20,7 +20,7 @@ from routinely import catalog, model_usage, session_log, sessions, transcript
 from routinely.cli import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
-from tests.support import Remotes, reachable_folder, redis_snapshot
+from tests.support import PrivateHost, Remotes, reachable_folder, redis_snapshot
 from workers.sandbox import host
 
 CLAUDE = shutil.which("claude")
@@ -216,14 +216,15 @@ class Hello:
 def test_claude_under_allowlist_reaches_its_model_and_only_the_allowed_host(conn, settings, client, env, fake, world):
     settings = settings.with_(data_dir=world / "data")
     remote(world)
-    hello = Hello()
+    hello, private = Hello(), PrivateHost()  # loopback is never opened: the allowed host is a private address
     try:
-        fake.command = (f"curl -s -m 10 http://{hello.allowed}/; echo; "
+        fake.command = (f"curl -s -m 10 http://{private.address}/; echo; "
                         f"curl -s -m 10 -o /dev/null -w 'other:%{{http_code}}' http://{hello.other}/")
-        apply(conn, environment={"network": "allowlist", "allow_hosts": [hello.allowed]})
+        apply(conn, environment={"network": "allowlist", "allow_hosts": [private.address]})
         sid = run(conn, settings, env, ROUTINELY_SESSION_USERS="off")
     finally:
         hello.close()
+        private.close()
     s = client.get(f"/api/sessions/{sid}").get_json()
     log = log_of(conn, sid)
     assert s["status"] == "succeeded", log

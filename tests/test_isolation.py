@@ -28,7 +28,7 @@ from routinely import catalog, session_log, sessions
 from routinely.cli import fire_one
 from routinely.config import Settings
 from routinely.start import Firing
-from tests.support import reachable_folder
+from tests.support import PrivateHost, reachable_folder
 from workers.sandbox import host
 
 SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
@@ -271,19 +271,27 @@ def test_the_controls_reach_what_the_sandbox_refuses(conn, settings, redis_serve
 
 
 @pytest.mark.parametrize("network", ["allowlist", "full"])
-def test_a_named_allow_hosts_entry_never_opens_loopback(network, conn, settings, redis_server, world, listener):
-    """Loopback is never opened, not even by an entry naming it (only an IP literal or CIDR
-    entry opens a private range: tests/test_egress_doors.py, where the test can stand one up)."""
+def test_loopback_is_never_opened_and_a_private_address_only_by_an_ip_entry(network, conn, settings, redis_server, world,
+                                                                            listener):
+    """Loopback is never opened, not even by an entry naming it; a private address opens to an
+    entry that is its IP literal (a host on a network namespace the test made)."""
     p, q = listener.http_port, listener.other_port
-    apply(conn, network, allow=[f"127.0.0.2:{p}"], env={
-        "PROBE_URLS": f"http://127.0.0.2:{p}/ http://127.0.0.3:{q}/",
-        "PROBE_CONNECT": f"127.0.0.2:{p} 127.0.0.3:{q}", "PROBE_SOCKS": f"127.0.0.2:{p}", "PROBE_TCP": f"127.0.0.2:{p}",
-    })
-    sid = run(conn, settings, env_for(redis_server, world))
+    private = PrivateHost(b"hello through the proxy")
+    try:
+        apply(conn, network, allow=[f"127.0.0.2:{p}", private.address], env={
+            "PROBE_URLS": f"http://127.0.0.2:{p}/ http://127.0.0.3:{q}/ http://{private.address}/",
+            "PROBE_CONNECT": f"127.0.0.2:{p} 127.0.0.3:{q} {private.address}", "PROBE_SOCKS": f"127.0.0.2:{p} {private.address}",
+            "PROBE_TCP": f"127.0.0.2:{p} {private.address}",
+        })
+        sid = run(conn, settings, env_for(redis_server, world))
+    finally:
+        private.close()
     got = probe_of(conn, sid)
     for attempt in (f"url http://127.0.0.2:{p}/", f"connect 127.0.0.2:{p}", f"socks 127.0.0.2:{p}", f"tcp 127.0.0.2:{p}",
-                    f"url http://127.0.0.3:{q}/", f"connect 127.0.0.3:{q}"):
-        assert got[attempt]["ok"] is False, (attempt, got[attempt])
+                    f"url http://127.0.0.3:{q}/", f"connect 127.0.0.3:{q}", f"tcp {private.address}"):
+        assert got[attempt]["ok"] is False, (attempt, got[attempt])  # a direct socket has no route out at all
+    for attempt in (f"url http://{private.address}/", f"connect {private.address}", f"socks {private.address}"):
+        assert got[attempt] == {"ok": True, "value": "hello through the proxy"}, (attempt, got[attempt])
     log = "\n".join(log_of(conn, sid))
     assert f"routinely: egress refused: 127.0.0.2:{p}: 127.0.0.2 is loopback (no allow_hosts entry opens it)" in log
     if network == "allowlist":

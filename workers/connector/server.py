@@ -1,14 +1,20 @@
 """One session's github connector: an MCP server (streamable HTTP) on a unix socket.
 
-It runs in a thread of the worker with its own asyncio loop (uvicorn), for the session's
+It runs in a thread of the worker with its own asyncio loop (uvicorn, h11), for the session's
 lifetime. Every HTTP request must carry the session's bearer token (compared in constant
 time); once the session is finished, every request answers 401. A tool call goes:
 policy (refused → one-line tool error, GitHub not called) → installation token → GitHub →
 record.
+
+What one session may cost the worker here: MAX_CONNECTIONS connections (past it, 503 and
+closed, logged once), each with at most MAX_HEAD bytes of an unfinished head and closed after
+IDLE_SECONDS without a request; request bodies of at most MAX_BODY (413 past it), read whole
+before MCP sees them; the loop's thread plus at most WORKER_THREADS for blocking calls.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import os
 import secrets
@@ -22,7 +28,8 @@ import uvicorn
 from mcp.server import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp_types import CallToolResult, TextContent
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from routinely.config import Settings
 from routinely.github_auth import InstallationTokens, TokenError
@@ -30,8 +37,14 @@ from workers.connector.github import GitHubFailed, send
 from workers.connector.policy import Policy
 from workers.connector.record import Recorder
 from workers.connector.tools import Call, register, tool_error
+from workers.gateway.door import ConnectionCap, Counted
 
 START_TIMEOUT_SECONDS = 10
+MAX_CONNECTIONS = 16  # open at once per session: an MCP client's calls at once, with room to spare
+MAX_HEAD = 16 * 1024  # bytes of a request head not yet complete (h11)
+MAX_BODY = 1024 * 1024  # one MCP message; GitHub caps an issue or comment body at 65,536 characters
+IDLE_SECONDS = 5  # a connection without a request (from its start, or since its last answer) is closed
+WORKER_THREADS = 4  # installation tokens, write counts: the blocking calls of this session at once
 NOT_CONFIGURED = ("routinely: the GitHub App is not configured on this service (GITHUB_APP_ID and GITHUB_PRIVATE_KEY), "
                   "so the github connector cannot act; ask the operator to configure it")
 # requests arrive through the session's bridge as http://127.0.0.1:PORT
@@ -55,13 +68,19 @@ class Connector:
         self.token = secrets.token_urlsafe(32)
         self.finished = False
         self.writes_made = 0
+        self.loop: asyncio.AbstractEventLoop | None = None  # the connector's own, once it serves
         self._write_lock: asyncio.Lock | None = None
         self.record = Recorder(conn, session_id, log, settings.clock)
         mcp = MCPServer("github", instructions=policy.prompt(settings.github_app))
         register(mcp, policy, self.run)
         app = mcp.streamable_http_app(json_response=True, transport_security=_LOCAL)
+        self.connections = ConnectionCap("github connector", MAX_CONNECTIONS, log)
+        # uvicorn's own limit counts the asking connection too: with the cap above it holds back
+        # only requests whose callers hung up while their calls run on
         config = uvicorn.Config(_BearerOnly(app, self), uds=socket_path, log_config=None, log_level="warning", lifespan="on",
-                                loop="asyncio", timeout_graceful_shutdown=2, access_log=False)
+                                loop="asyncio", timeout_graceful_shutdown=2, access_log=False, ws="none",
+                                http=functools.partial(_protocol, self.connections), limit_concurrency=MAX_CONNECTIONS + 1,
+                                h11_max_incomplete_event_size=MAX_HEAD, timeout_keep_alive=IDLE_SECONDS)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._serve, name=f"github-connector-{session_id}", daemon=True)
 
@@ -140,20 +159,78 @@ class Connector:
         return self.policy.refusal(call.tool, call.owner, call.repo, call.args, self.writes_made, self.pushed)
 
 
+class _IdleFromTheStart(H11Protocol):
+    """h11 as uvicorn runs it, with its idle timer also running before the first request."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive, self.timeout_keep_alive_handler)
+
+
+def _protocol(cap: ConnectionCap, **kwargs: Any) -> asyncio.Protocol:
+    return Counted(cap, lambda: _IdleFromTheStart(**kwargs))
+
+
+async def _answer(send: Send, status: int, body: bytes, *extra: tuple[bytes, bytes]) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *extra]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _HungUp(Exception):
+    pass
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body, or None past MAX_BODY. Raises _HungUp."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _HungUp()
+        parts.append(message.get("body", b""))
+        size += len(parts[-1])
+        if size > MAX_BODY:
+            return None
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
 class _BearerOnly:
-    """Every HTTP request carries this session's token, or answers 401 before MCP sees it."""
+    """Every HTTP request carries this session's token and a body of at most MAX_BODY, or is
+    answered before MCP sees it."""
 
     def __init__(self, app: ASGIApp, connector: Connector) -> None:
         self.app, self.connector = app, connector
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            header = dict(scope["headers"]).get(b"authorization")
-            if not self.connector.authorized(header):
-                body = b'{"error": "unauthorized: this connector answers only its own session\'s token"}'
-                await send({"type": "http.response.start", "status": 401,
-                            "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer"),
-                                        (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] == "lifespan":  # runs on the connector's loop, before any request
+            anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
+            self.connector.loop = asyncio.get_running_loop()
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        if not self.connector.authorized(headers.get(b"authorization")):
+            await _answer(send, 401, b'{"error": "unauthorized: this connector answers only its own session\'s token"}',
+                          (b"www-authenticate", b"Bearer"))
+            return
+        length = headers.get(b"content-length", b"0")
+        try:
+            body = await _read_body(receive) if not length.isdigit() or int(length) <= MAX_BODY else None
+        except _HungUp:
+            return
+        if body is None:
+            await _answer(send, 413, b'{"error": "request body too large: at most %d bytes"}' % MAX_BODY)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body already read, then whatever the server says next (a disconnect)."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed

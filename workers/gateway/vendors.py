@@ -2,11 +2,12 @@
 carried, where usage sits in a response or a stream, and how the output cap is named."""
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from routinely.config import Settings
+from workers.gateway.jsonpick import Path, Picker
 
 
 @dataclass(frozen=True)
@@ -15,12 +16,19 @@ class Vendor:
     upstream: Callable[[Settings], str]
     base_env: Mapping[str, str]  # session variable -> suffix after the gateway's route URL
     token_env: tuple[str, ...]  # session variables that hold the per-session token
+    endpoints: re.Pattern[str]  # the model endpoints (POST) the meter prices; every other path is refused
+    request_fields: tuple[str, ...]  # the body's top-level keys the gateway reads: the model and the output cap
 
 
 VENDORS: dict[str, Vendor] = {
-    "anthropic": Vendor("anthropic", lambda s: s.anthropic_api_url, {"ANTHROPIC_BASE_URL": ""}, ("ANTHROPIC_API_KEY",)),
-    "openai": Vendor("openai", lambda s: s.openai_api_url, {"OPENAI_BASE_URL": "/v1"}, ("OPENAI_API_KEY", "CODEX_API_KEY")),
-    "gemini": Vendor("gemini", lambda s: s.gemini_api_url, {"GOOGLE_GEMINI_BASE_URL": ""}, ("GEMINI_API_KEY",)),
+    "anthropic": Vendor("anthropic", lambda s: s.anthropic_api_url, {"ANTHROPIC_BASE_URL": ""}, ("ANTHROPIC_API_KEY",),
+                        re.compile(r"/v1/messages(/count_tokens)?"), ("model", "max_tokens")),
+    "openai": Vendor("openai", lambda s: s.openai_api_url, {"OPENAI_BASE_URL": "/v1"}, ("OPENAI_API_KEY", "CODEX_API_KEY"),
+                     re.compile(r"/v1/(chat/completions|responses)"),
+                     ("model", "max_output_tokens", "max_completion_tokens", "max_tokens")),
+    "gemini": Vendor("gemini", lambda s: s.gemini_api_url, {"GOOGLE_GEMINI_BASE_URL": ""}, ("GEMINI_API_KEY",),
+                     re.compile(r"/v1(beta)?/models/[A-Za-z0-9][A-Za-z0-9._-]*:(generateContent|streamGenerateContent|countTokens)"),
+                     ("model", "generationConfig", "generation_config")),
 }
 
 # never passed to a session, even when named in ROUTINELY_AGENT_ENV: credentials, and the
@@ -64,23 +72,29 @@ CREDENTIAL_NAMES = {"anthropic": "ANTHROPIC_API_KEY or CLAUDE_CODE_OAUTH_TOKEN",
 
 
 def cap_output(vendor: str, path: str, body: dict[str, Any], left: int) -> bool:
-    """Lower the request's output-token cap to what the budget has left; True when changed."""
-    if vendor == "anthropic":
-        names = ["max_tokens"]
-    elif vendor == "openai":
-        names = ["max_output_tokens"] if path.endswith("/responses") else ["max_completion_tokens", "max_tokens"]
-    else:
-        config = body.setdefault("generationConfig", {})
-        if not isinstance(config, dict):
-            return False
-        body, names = config, ["maxOutputTokens"]
+    """Lower the request's output-token cap to what the budget has left; True when changed.
+    `body` holds the request's top-level fields (at least the vendor's `request_fields`)."""
     left = max(1, left)
-    present = [n for n in names if isinstance(body.get(n), int)]
-    for name in present or names[:1]:
-        if not isinstance(body.get(name), int) or body[name] > left:
-            body[name] = left
-            return True
-    return False
+    if vendor == "gemini":  # the proto's snake_case names are read too: every spelling gets the cap
+        changed = False
+        for name in [n for n in ("generationConfig", "generation_config") if n in body] or ["generationConfig"]:
+            config = body.setdefault(name, {})
+            if isinstance(config, dict):
+                changed = _cap(config, ["maxOutputTokens", "max_output_tokens"], left) or changed
+        return changed
+    if vendor == "anthropic":
+        return _cap(body, ["max_tokens"], left)
+    return _cap(body, ["max_output_tokens"] if path.endswith("/responses") else ["max_completion_tokens", "max_tokens"],
+                left)
+
+
+def _cap(fields: dict[str, Any], names: list[str], left: int) -> bool:
+    changed = False
+    for name in [n for n in names if isinstance(fields.get(n), int)] or names[:1]:
+        if not isinstance(fields.get(name), int) or fields[name] > left:
+            fields[name] = left
+            changed = True
+    return changed
 
 
 def model_of(vendor: str, path: str, body: Any) -> str | None:
@@ -131,27 +145,69 @@ def _anthropic(usage: Any) -> dict[str, int]:
                                        "cache_read_input_tokens") if isinstance(usage.get(k), int)}
 
 
-class StreamUsage:
-    """Usage read from an SSE stream as it passes: later events override earlier counts
-    (Anthropic's message_delta carries the final output tokens; OpenAI and Gemini report
-    running totals), so the last value of each field is the response's."""
+# where usage and the model sit in a response body or one stream event, for every vendor
+USAGE_PATHS: frozenset[Path] = frozenset({
+    ("type",), ("model",), ("usage",), ("message", "model"), ("message", "usage"),  # Anthropic
+    ("response", "model"), ("response", "usage"),  # OpenAI's Responses stream
+    ("usageMetadata",), ("modelVersion",),  # Gemini
+})
 
-    def __init__(self, vendor: str) -> None:
-        self.vendor, self.model, self.tokens, self._buffer = vendor, None, {}, b""
+
+class Usage:
+    """Usage read from a response as it passes, never holding it whole: a JSON body (its
+    top-level usage; for a JSON array, the last element's) or an SSE stream (every `data:`
+    line). Later values override earlier ones (Anthropic's message_delta carries the final
+    output tokens; OpenAI and Gemini report running totals), so the last of each field is the
+    response's. `finish()` once the response has ended."""
+
+    def __init__(self, vendor: str, stream: bool) -> None:
+        self.vendor, self.stream = vendor, stream
+        self.model: str | None = None
+        self.tokens: dict[str, int] = {}
         self.seen = False
+        self._picker: Picker | None = None if stream else Picker(USAGE_PATHS)
+        self._head = b""  # the start of a stream line, until it says whether it is data
+        self._skip = False  # the rest of a line that is not data
 
     def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk
-        *lines, self._buffer = self._buffer.split(b"\n")
-        for line in lines:
-            if not line.startswith(b"data:"):
-                continue
-            try:
-                found = usage_of(self.vendor, json.loads(line[5:].strip() or b"null"))
-            except ValueError:
-                continue
-            if found:
-                model, tokens = found
-                self.model = model or self.model
-                self.tokens.update(tokens)
-                self.seen = True
+        if not self.stream:
+            self._picker.feed(chunk)
+            return
+        while chunk:
+            line_end = chunk.find(b"\n")
+            part, chunk = (chunk, b"") if line_end < 0 else (chunk[:line_end], chunk[line_end + 1:])
+            self._line(part)
+            if line_end >= 0:
+                self._end_line()
+
+    def finish(self) -> None:
+        if not self.stream:
+            self._take(self._picker)
+        else:
+            self._end_line()
+
+    def _line(self, part: bytes) -> None:
+        if self._picker is not None:
+            self._picker.feed(part)
+        elif not self._skip:
+            self._head += part
+            if len(self._head) >= 5:
+                if self._head.startswith(b"data:"):
+                    self._picker = Picker(USAGE_PATHS)
+                    self._picker.feed(self._head[5:])
+                else:
+                    self._skip = True
+                self._head = b""
+
+    def _end_line(self) -> None:
+        if self._picker is not None:
+            self._take(self._picker)
+        self._picker, self._head, self._skip = None, b"", False
+
+    def _take(self, picker: Picker) -> None:
+        found = usage_of(self.vendor, picker.nested())
+        if found:
+            model, tokens = found
+            self.model = model or self.model
+            self.tokens.update(tokens)
+            self.seen = True

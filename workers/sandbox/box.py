@@ -310,12 +310,19 @@ class Sandbox:
         readable = [*self.readable, *agent_paths(argv, env.get("PATH", ""))]
         walls = bwrap.Walls(uid=self.uid if self.uid is not None else os.geteuid(), home=home, cwd=cwd,
                             writable=_unique(self.writable), readable=_unique(p for p in readable if p.exists()),
-                            tmp_bytes=(self.bounds.limits.memory_mb if self.bounds else 1024) * 1024 * 1024)
+                            tmp_bytes=self._tmp_mb() * 1024 * 1024)
         launcher_args = []
         for door in self.doors.values():
             launcher_args += ["--door", door.socket_path, str(door.port)]
         full, fds = bwrap.command(walls, env, LAUNCHER.read_bytes(), host.bwrap() or "bwrap", host.python(), launcher_args, argv)
         return Command(full, {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, cwd, self.uid, tuple(fds), **bounds)
+
+    def _tmp_mb(self) -> int:
+        """The private /tmp's size: a tmpfs, so memory (charged to the session's cgroup), and a
+        folder the session writes, so no larger than its disk either — the kernel refuses past it."""
+        if self.bounds is None:
+            return 1024
+        return max(1, int(min(self.bounds.limits.memory_mb, self.bounds.limits.disk_mb)))
 
     def close(self) -> None:
         for door in self.doors.values():
