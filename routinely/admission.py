@@ -1,23 +1,23 @@
-"""Admission: which limits a firing must pass, in the contract's order, and the decision rule.
+"""Admission: which limits a firing must pass, in the contract's order.
 
-`checks` says which counters apply at an instant (pure: no Redis). `decide` is the rule
-over their current values: the first rate window at its maximum drops the firing; an
-account whose model spend today has reached its `daily_budget_usd` drops it
+`checks` says which counters apply at an instant (pure: no Redis): the routine's and the
+account's rate windows, the daily cap, the daily budget. The rule over their values lives in
+one place, routinely/start.lua, inside the one atomic step that also counts (so any number
+of web processes share exact counts): the first rate window at its maximum drops the
+firing; an account whose model spend today has reached its `daily_budget_usd` drops it
 (`daily_budget`, before the cap: a stopped account uses none of it); past the daily cap a
-firing is dropped, or admitted as metered when the account allows extra usage. start.lua applies the same rule to the counters it reads, inside the one atomic
-step that also counts (so any number of web processes share exact counts); the tests
-check the script against `decide` (tests/test_start_plan.py).
+firing is dropped, or admitted as metered when the account allows extra usage. The tests
+drive the script with a table of cases (tests/test_start_plan.py).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
 
 from routinely import keys, when
 from routinely.routine_file import Account, Routine
 
-# the order the windows are checked in; start.lua names reasons by this position
+# the reasons in the order the script checks the limits (its REASONS table is made from this)
 REASONS = ("routine_rate_limit", "account_rate_limit", "daily_cap", "daily_budget")
 
 
@@ -58,13 +58,6 @@ class Checks:
         return (self.routine, self.account, self.cap)
 
 
-@dataclass(frozen=True)
-class Verdict:
-    reason: str | None  # None: admitted
-    retry_after: int = 0
-    metered: bool = False
-
-
 def _window(scope: str, ident: str, limit: dict[str, int], now: float) -> Window:
     per = limit["per_seconds"]
     window = int(now // per)
@@ -90,18 +83,3 @@ def checks(routine: Routine, account: Account, now: float) -> Checks:
         budget=None if account.daily_budget_usd is None else Budget(
             keys.usage_day("account", account.name, day), float(account.daily_budget_usd), until_midnight),
     )
-
-
-def decide(c: Checks, counts: Sequence[int], spent: float = 0.0) -> Verdict:
-    """The decision for counter values `counts` (routine window, account window, cap) and
-    the account's model spend today `spent` (USD)."""
-    for reason, window, count in zip(REASONS[:2], c.windows[:2], counts[:2]):
-        if count >= window.max:
-            return Verdict(reason, window.retry_after)
-    if c.budget is not None and spent >= c.budget.max:
-        return Verdict(REASONS[3], c.budget.retry_after)
-    if counts[2] >= c.cap.max:
-        if c.extra_usage:
-            return Verdict(None, metered=True)
-        return Verdict(REASONS[2], c.cap.retry_after)
-    return Verdict(None)

@@ -1,106 +1,118 @@
--- Apply one start plan atomically (routinely/start_plan.py builds it and documents the
--- KEYS/ARGV layout). Order: configuration version, claim, then per session the admission
--- rule of routinely/admission.py `decide` over its three counters and the daily budget; admitted sessions get
--- their record, index entries and RQ job; finally the event record and installations.
+-- Apply one start plan atomically. routinely/start_plan.py builds it, declares every KEYS and
+-- ARGV slot by name, and puts those names in front of this script as Lua locals: K_name and
+-- A_name for the fixed slots, KS_/AS_ for a session's block (KEYS[k + KS_name],
+-- ARGV[a + AS_name]), KR_/AR_ for a refused firing's, AI_ for an installation change, and
+-- REASONS in routinely/admission.py's order.
+-- Order: configuration version, claim, then per session the admission rule over its three
+-- counters and the daily budget; admitted sessions get their record, index entries and RQ
+-- job; finally the event record and installations.
+-- The admission rule lives here alone: a firing is dropped at the first window that is full
+-- (routine, then account), then at a daily budget that is spent; past the daily cap it is
+-- metered when the account allows extra usage, else dropped. Tests drive this script.
 -- Record field names live here, not in ARGV: every argument costs Redis ~1k instructions
 -- to parse, and a name is the same on every call. The event record is one JSON string
 -- (Python writes all of it but the outcome, which is appended here): a hash of a dozen
 -- fields costs Redis ~5x more to write.
 -- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
 -- retry_after)...}.
-local KEYS_PER_SESSION = 8  -- routinely/start_plan.py KEYS_PER_SESSION
-local PER_SESSION = 19  -- routinely/start_plan.py PER_SESSION
-local REASONS = {'routine_rate_limit', 'account_rate_limit', 'daily_cap', 'daily_budget'}
-local score, now_ms, now_iso = ARGV[4], math.floor(tonumber(ARGV[4])), ARGV[5]
-local event_id, event_key, event_ttl, session_ttl = ARGV[8], KEYS[2], ARGV[9], ARGV[10]
-local n_sess, n_refused, n_inst = tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
-local chain_depth, trigger = ARGV[18], ARGV[20]
-local job_from = 21  -- the job template's fields
-local inst_from = job_from + tonumber(ARGV[14])
+local score, now_ms, now_iso = ARGV[A_score], math.floor(tonumber(ARGV[A_score])), ARGV[A_now_iso]
+local event_id, event_key, event_ttl, session_ttl = ARGV[A_event_id], KEYS[K_event], ARGV[A_event_ttl], ARGV[A_session_ttl]
+local n_sess, n_refused, n_inst = tonumber(ARGV[A_sessions]), tonumber(ARGV[A_refused]), tonumber(ARGV[A_installation_ops])
+local chain_depth, trigger = ARGV[A_chain_depth], ARGV[A_trigger]
+local job_from = N_FIXED_ARGS + 1  -- the job template's fields
+local inst_from = job_from + tonumber(ARGV[A_job_fields])
 
 local function record_event(duplicate, sessions, dropped, skipped)
-  redis.call('SET', event_key, ARGV[19] .. ',"duplicate":' .. duplicate .. ',"sessions":' .. sessions ..
+  redis.call('SET', event_key, ARGV[A_event_json] .. ',"duplicate":' .. duplicate .. ',"sessions":' .. sessions ..
     ',"dropped":' .. dropped .. ',"skipped":' .. skipped .. '}', 'EX', event_ttl)
-  redis.call('ZADD', KEYS[3], score, event_id)
-  if ARGV[7] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ARGV[7]) end
+  redis.call('ZADD', KEYS[K_events_index], score, event_id)
+  if ARGV[A_events_trim] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[K_events_index], '-inf', ARGV[A_events_trim]) end
 end
 
 -- the payload was SET just before, in the same MULTI: it stays only when a session is made
 local function drop_payload()
-  if ARGV[3] == '1' then redis.call('DEL', KEYS[9]) end
+  if ARGV[A_keep_payload] == '1' then redis.call('DEL', KEYS[K_payload]) end
 end
 
-if (redis.call('GET', KEYS[1]) or '0') ~= ARGV[1] then
+local function record_drop(drops_key, reason, retry_at_ms)
+  redis.call('HINCRBY', drops_key, reason, 1)
+  redis.call('HSET', drops_key, 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', retry_at_ms)
+  redis.call('EXPIRE', drops_key, session_ttl)
+end
+
+if (redis.call('GET', KEYS[K_version]) or '0') ~= ARGV[A_version] then
   drop_payload()
   return {0}
 end
 
-if ARGV[2] ~= '0' and not redis.call('SET', KEYS[8], event_id, 'NX', 'EX', ARGV[2]) then
+if ARGV[A_claim_ttl] ~= '0' and not redis.call('SET', KEYS[K_claim], event_id, 'NX', 'EX', ARGV[A_claim_ttl]) then
   record_event('true', '[]', '[]', '[]')  -- a redelivery: its own event, starts nothing
   drop_payload()
   return {1}
 end
 
+-- a counter of an admitted firing, made to expire with its window
+local function count(key, ttl)
+  if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ttl) end
+end
+
 local admitted, dropped, out_dropped, ids = {}, {}, {}, {}
-local a = inst_from + 3 * n_inst
+local a = inst_from + AI_N * n_inst
 for i = 1, n_sess do
-  local k = 9 + (i - 1) * KEYS_PER_SESSION
-  local sid, routine = ARGV[a], ARGV[a + 1]
+  local k = N_FIXED_KEYS + 1 + (i - 1) * KS_N
+  local sid, routine = ARGV[a + AS_id], ARGV[a + AS_routine]
   local reason, retry, metered = nil, 0, '0'
-  local counts = redis.call('MGET', KEYS[k + 1], KEYS[k + 2], KEYS[k + 3])
-  for w = 0, 1 do
-    if tonumber(counts[w + 1] or '0') >= tonumber(ARGV[a + 2 + 3 * w]) then
-      reason, retry = REASONS[w + 1], ARGV[a + 4 + 3 * w]
-      break
-    end
+  local counts = redis.call('MGET', KEYS[k + KS_routine_window], KEYS[k + KS_account_window], KEYS[k + KS_daily_cap])
+  if tonumber(counts[1] or '0') >= tonumber(ARGV[a + AS_routine_max]) then
+    reason, retry = REASONS[1], ARGV[a + AS_routine_retry]
+  elseif tonumber(counts[2] or '0') >= tonumber(ARGV[a + AS_account_max]) then
+    reason, retry = REASONS[2], ARGV[a + AS_account_retry]
   end
-  local budget = tonumber(ARGV[a + 14])
-  if not reason and budget >= 0 and tonumber(redis.call('HGET', KEYS[k + 8], 'cost_usd') or '0') >= budget then
-    reason, retry = REASONS[4], ARGV[a + 15]
+  local budget = tonumber(ARGV[a + AS_budget_max])
+  if not reason and budget >= 0 and tonumber(redis.call('HGET', KEYS[k + KS_spend], 'cost_usd') or '0') >= budget then
+    reason, retry = REASONS[4], ARGV[a + AS_budget_retry]
   end
-  if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + 8]) then
-    if ARGV[a + 11] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + 10] end
+  if not reason and tonumber(counts[3] or '0') >= tonumber(ARGV[a + AS_cap_max]) then
+    if ARGV[a + AS_extra_usage] == '1' then metered = '1' else reason, retry = REASONS[3], ARGV[a + AS_cap_retry] end
   end
   if reason then
-    redis.call('HINCRBY', KEYS[k + 4], reason, 1)
-    redis.call('HSET', KEYS[k + 4], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms + tonumber(retry) * 1000)
-    redis.call('EXPIRE', KEYS[k + 4], session_ttl)
+    record_drop(KEYS[k + KS_drops], reason, now_ms + tonumber(retry) * 1000)
     table.insert(dropped, {routine = routine, reason = reason, retry_after = tonumber(retry)})
     table.insert(out_dropped, routine)
     table.insert(out_dropped, reason)
     table.insert(out_dropped, tonumber(retry))
   else
-    for w = 0, 2 do
-      if redis.call('INCR', KEYS[k + 1 + w]) == 1 then redis.call('EXPIRE', KEYS[k + 1 + w], ARGV[a + 3 + 3 * w]) end
-    end
-    redis.call('HSET', KEYS[k + 5], 'id', sid, 'routine', routine, 'routine_key', ARGV[a + 16], 'account', ARGV[a + 17],
-      'trigger', trigger, 'event_id', event_id, 'status', 'queued', 'created_at', now_iso, 'chain_depth', chain_depth,
-      'metered', metered)
-    redis.call('EXPIRE', KEYS[k + 5], session_ttl)
-    redis.call('ZADD', KEYS[k + 6], score, sid)  -- the routine's own index (its key: account and name)
-    redis.call('EXPIRE', KEYS[k + 6], session_ttl)  -- a removed routine's index goes with its last session
-    if ARGV[a + 18] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[k + 6], '-inf', ARGV[a + 18]) end
-    redis.call('HSET', KEYS[k + 7], 'data', ARGV[12], 'created_at', ARGV[13], 'enqueued_at', ARGV[13],
-      'timeout', ARGV[a + 12], 'description', ARGV[a + 13], unpack(ARGV, job_from, inst_from - 1))
+    count(KEYS[k + KS_routine_window], ARGV[a + AS_routine_ttl])
+    count(KEYS[k + KS_account_window], ARGV[a + AS_account_ttl])
+    count(KEYS[k + KS_daily_cap], ARGV[a + AS_cap_ttl])
+    local session, index = KEYS[k + KS_session], KEYS[k + KS_routine_sessions]
+    redis.call('HSET', session, 'id', sid, 'routine', routine, 'routine_key', ARGV[a + AS_routine_key],
+      'account', ARGV[a + AS_account], 'trigger', trigger, 'event_id', event_id, 'status', 'queued',
+      'created_at', now_iso, 'chain_depth', chain_depth, 'metered', metered)
+    redis.call('EXPIRE', session, session_ttl)
+    redis.call('ZADD', index, score, sid)  -- the routine's own index (its key: account and name)
+    redis.call('EXPIRE', index, session_ttl)  -- a removed routine's index goes with its last session
+    if ARGV[a + AS_routine_trim] ~= '' then redis.call('ZREMRANGEBYSCORE', index, '-inf', ARGV[a + AS_routine_trim]) end
+    redis.call('HSET', KEYS[k + KS_job], 'data', ARGV[A_job_data], 'created_at', ARGV[A_job_stamp],
+      'enqueued_at', ARGV[A_job_stamp], 'timeout', ARGV[a + AS_job_timeout], 'description', ARGV[a + AS_job_description],
+      unpack(ARGV, job_from, inst_from - 1))
     table.insert(ids, sid)
     table.insert(admitted, sid)
     table.insert(admitted, metered)
   end
-  a = a + PER_SESSION
+  a = a + AS_N
 end
 
 -- firings refused before admission (roles, chain depth: routinely/gate.py), recorded like every drop
 for i = 1, n_refused do
-  local k = 9 + n_sess * KEYS_PER_SESSION + i
-  local routine, reason = ARGV[a], ARGV[a + 1]
-  redis.call('HINCRBY', KEYS[k], reason, 1)
-  redis.call('HSET', KEYS[k], 'last_at', now_iso, 'last_reason', reason, 'retry_at_ms', now_ms)
-  redis.call('EXPIRE', KEYS[k], session_ttl)
-  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + 2], retry_after = 0})
+  local k = N_FIXED_KEYS + 1 + n_sess * KS_N + (i - 1) * KR_N
+  local routine, reason = ARGV[a + AR_routine], ARGV[a + AR_reason]
+  record_drop(KEYS[k + KR_drops], reason, now_ms)
+  table.insert(dropped, {routine = routine, reason = reason, detail = ARGV[a + AR_detail], retry_after = 0})
   table.insert(out_dropped, routine)
   table.insert(out_dropped, reason)
   table.insert(out_dropped, 0)
-  a = a + 3
+  a = a + AR_N
 end
 
 if #ids > 0 then
@@ -109,21 +121,24 @@ if #ids > 0 then
     table.insert(scored, score)
     table.insert(scored, sid)
   end
-  redis.call('ZADD', KEYS[4], unpack(scored))
-  if ARGV[6] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', ARGV[6]) end
-  if ARGV[6] ~= '' then redis.call('SADD', KEYS[6], KEYS[5]) end  -- RQ's queue listing (rq info): once is enough
-  redis.call('RPUSH', KEYS[5], unpack(ids))
+  redis.call('ZADD', KEYS[K_sessions_index], unpack(scored))
+  if ARGV[A_sessions_trim] ~= '' then
+    redis.call('ZREMRANGEBYSCORE', KEYS[K_sessions_index], '-inf', ARGV[A_sessions_trim])
+    redis.call('SADD', KEYS[K_queues], KEYS[K_queue])  -- RQ's queue listing (rq info): once is enough
+  end
+  redis.call('RPUSH', KEYS[K_queue], unpack(ids))
 else
   drop_payload()
 end
 
-record_event('false', #ids > 0 and cjson.encode(ids) or '[]', #dropped > 0 and cjson.encode(dropped) or '[]', ARGV[11])
+record_event('false', #ids > 0 and cjson.encode(ids) or '[]', #dropped > 0 and cjson.encode(dropped) or '[]',
+  ARGV[A_skipped])
 
-for i = inst_from, inst_from + 3 * n_inst - 1, 3 do
-  if ARGV[i] == 'set' then
-    redis.call('HSET', KEYS[7], ARGV[i + 1], ARGV[i + 2])
+for i = inst_from, inst_from + AI_N * (n_inst - 1), AI_N do
+  if ARGV[i + AI_op] == 'set' then
+    redis.call('HSET', KEYS[K_installations], ARGV[i + AI_repo], ARGV[i + AI_id])
   else
-    redis.call('HDEL', KEYS[7], ARGV[i + 1])
+    redis.call('HDEL', KEYS[K_installations], ARGV[i + AI_repo])
   end
 end
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import redis
@@ -25,7 +24,7 @@ from routinely.wire import Wire, pack
 
 __all__ = ["Firing", "FireRefused", "Outcome", "Routed", "Starter", "fire_one", "iso"]
 
-SCRIPT = Path(__file__).with_name("start.lua").read_text()
+SCRIPT = start_plan.SCRIPT  # start.lua behind its layout, by name
 # how often a process trims the listing indexes to their windows (keys.EVENTS_KEPT, SESSIONS_KEPT):
 # not on every firing — three ZREMRANGEBYSCOREs a firing cost more than the rest of an index write
 TRIM_SECONDS = 1.0

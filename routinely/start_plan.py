@@ -3,36 +3,19 @@
 `build` is pure (no Redis, no clock of its own): the claim, each matched routine's
 admission windows (routinely.admission), its session record and RQ job, the event record
 and the installation changes. start.lua only applies a plan, atomically: it checks the
-configuration version and the claim, applies `admission.decide` to the counters, and
+configuration version and the claim, applies the admission rule to the counters, and
 writes what the plan says for each admitted session. `encode` lays a plan out as the
 script's KEYS (every key it touches, declared) and flat ARGV (no JSON to decode in Lua).
 
-Layout (start.lua reads it by these positions; record field names are the script's, so
-every argument is a value — each costs Redis ~1k instructions to parse and Python to pack):
-  KEYS  1 version  2 event  3 events index  4 sessions index  5 queue  6 queues set
-        7 installations  8 claim (or the event key, unused)  9 payload (or the event key)
-        then per session, 8 keys: routine window, account window, daily cap, drops,
-        session, the routine's sessions index (keys.sessions_of(ROUTINE KEY): per account
-        and name), job, the account's model spend today (or the event key, unread, without a
-        daily budget)
-  ARGV  1 version  2 claim ttl (0: no claim)  3 keep payload (1/0)  4 now in ms,
-        to the µs (the index score: firings a millisecond apart still list in order)
-        5 now iso (received_at, created_at)  6 sessions trim ms  7 events trim ms ("": not
-        this time)  8 event id  9 event ttl  10 session ttl  11 skipped (JSON)
-        12 job data  13 job stamp  14 #job template fields  15 #sessions  16 #refused
-        17 #installation ops  18 chain depth  19 the event record as JSON without its
-        closing brace (start.lua appends the outcome)  20 trigger (JSON); then the job
-        template's fields (one pre-packed routinely.wire.Segment; none when no session is
-        planned), installation ops (op, repo, id) and per session PER_SESSION values (id, routine,
-        3 x (max, ttl, retry_after), extra_usage, job timeout, job description, daily budget
-        max (-1: none), its retry_after, routine key, account, the routine's index trim ms
-        or ""); then per refused firing
-        (routinely.gate: role, chain_depth) 3 values (routine, reason, detail)
-  KEYS  after the sessions' keys, per refused firing 1 key: the routine's drops
+The layout is declared once, below, by name: `encode` fills each slot by its name, and the
+script reads it by the same name (`SCRIPT` is start.lua behind a header made from these
+tables), so neither side counts positions. Record field names are the script's, so every
+argument is a value (each costs Redis ~1k instructions to parse and Python to pack).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
@@ -43,9 +26,83 @@ from routinely.catalog import Catalog
 from routinely.routine_file import Routine
 
 JOB_MARGIN_SECONDS = 600  # RQ's own timeout sits past the runner's, which ends the agent first
-FIXED_KEYS = 9
-KEYS_PER_SESSION = 8
-PER_SESSION = 19  # ARGV values per session (start.lua PER_SESSION)
+# -- the script's layout: KEYS, then ARGV; a block repeats per session, refused firing or
+# installation change, in that order after the fixed slots
+FIXED_KEY_NAMES = (
+    "version", "event", "events_index", "sessions_index", "queue", "queues",
+    "installations", "claim",  # the claim key (or the event key, unused)
+    "payload",  # kept only when a session is made (or the event key)
+)
+SESSION_KEY_NAMES = (
+    "routine_window", "account_window", "daily_cap",  # admission counters, in admission.REASONS order
+    "drops", "session", "routine_sessions",  # keys.sessions_of(routine key): per account and name
+    "job", "spend",  # the account's model spend today (or the event key, unread, without a daily budget)
+)
+REFUSED_KEY_NAMES = ("drops",)
+FIXED_ARG_NAMES = (
+    "version", "claim_ttl",  # 0: no claim
+    "keep_payload",  # 1/0
+    "score",  # now in ms, to the µs (the index score: firings a millisecond apart still list in order)
+    "now_iso",  # received_at, created_at
+    "sessions_trim", "events_trim",  # ms below which the index is trimmed ("": not this time)
+    "event_id", "event_ttl", "session_ttl",
+    "skipped",  # JSON
+    "job_data", "job_stamp", "job_fields",  # the job template: its count of packed fields (after the fixed slots)
+    "sessions", "refused", "installation_ops",  # how many blocks of each follow
+    "chain_depth",
+    "event_json",  # the event record as JSON without its closing brace (the script appends the outcome)
+    "trigger",  # JSON
+)
+SESSION_ARG_NAMES = (
+    "id", "routine",
+    "routine_max", "routine_ttl", "routine_retry",  # one (max, ttl, retry_after) per window,
+    "account_max", "account_ttl", "account_retry",  # in admission.REASONS order
+    "cap_max", "cap_ttl", "cap_retry",
+    "extra_usage", "job_timeout", "job_description",
+    "budget_max",  # -1: no daily budget
+    "budget_retry", "routine_key", "account",
+    "routine_trim",  # ms below which the routine's index is trimmed, or ""
+)
+REFUSED_ARG_NAMES = ("routine", "reason", "detail")  # routinely.gate: role, chain_depth
+INSTALLATION_ARG_NAMES = ("op", "repo", "id")  # ("set", repo, id) | ("del", repo, "")
+
+FIXED_KEYS = len(FIXED_KEY_NAMES)
+KEYS_PER_SESSION = len(SESSION_KEY_NAMES)
+PER_SESSION = len(SESSION_ARG_NAMES)
+
+
+def _lua_names(prefix: str, names: tuple[str, ...], first: int) -> str:
+    """`local K_version, K_event, … = 1, 2, …`: plain locals (a table would be built again on
+    every call of the script)."""
+    return (f"local {', '.join(f'{prefix}_{n}' for n in names)} = "
+            f"{', '.join(str(i) for i in range(first, first + len(names)))}")
+
+
+def lua_header() -> str:
+    """The layout as Lua locals: K_name (KEYS) and A_name (ARGV) by position; KS_, AS_, KR_,
+    AR_, AI_ as offsets inside a block; the blocks' sizes; REASONS as admission names them."""
+    reasons = ", ".join(f"'{r}'" for r in admission.REASONS)
+    return "\n".join([
+        "-- made by routinely/start_plan.py from its layout tables: every slot by name",
+        _lua_names("K", FIXED_KEY_NAMES, 1), _lua_names("KS", SESSION_KEY_NAMES, 0),
+        _lua_names("KR", REFUSED_KEY_NAMES, 0), _lua_names("A", FIXED_ARG_NAMES, 1),
+        _lua_names("AS", SESSION_ARG_NAMES, 0), _lua_names("AR", REFUSED_ARG_NAMES, 0),
+        _lua_names("AI", INSTALLATION_ARG_NAMES, 0),
+        f"local N_FIXED_KEYS, KS_N, KR_N = {FIXED_KEYS}, {KEYS_PER_SESSION}, {len(REFUSED_KEY_NAMES)}",
+        f"local N_FIXED_ARGS = {len(FIXED_ARG_NAMES)}",
+        f"local AS_N, AR_N, AI_N = {PER_SESSION}, {len(REFUSED_ARG_NAMES)}, {len(INSTALLATION_ARG_NAMES)}",
+        f"local REASONS = {{{reasons}}}", "",
+    ])
+
+
+SCRIPT = lua_header() + (Path(__file__).with_name("start.lua")).read_text()
+
+
+def _slots(names: tuple[str, ...], values: dict[str, Any]) -> list[Any]:
+    """`values` in the order of `names`; every name filled, no other (a layout change is one edit)."""
+    if len(values) != len(names):
+        raise ValueError(f"start plan slots: {sorted(set(values) ^ set(names))} do not match the layout")
+    return [values[name] for name in names]
 EVENT_OPTIONAL = ("delivery", "event", "repository", "routine")  # on the event record when the firing has them
 
 
@@ -100,12 +157,6 @@ class StartPlan:
     @property
     def keeps_payload(self) -> bool:
         return bool(self.payload and self.sessions)
-
-    def session_fields(self, s: SessionPlan) -> tuple[str, ...]:
-        """The session record start.lua writes for `s`, flat (it adds `metered`)."""
-        return ("id", s.id, "routine", s.routine, "routine_key", s.routine_key, "account", s.account,
-                "trigger", self.trigger, "event_id", self.event_id, "status", "queued", "created_at", self.created,
-                "chain_depth", str(self.chain_depth))
 
 
 def _new_id(kind: str) -> str:
@@ -165,37 +216,49 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
 
 
 def encode(plan: StartPlan, job: jobs.JobTemplate, queue_name: str) -> tuple[list[str], list[Any]]:
-    """The plan as start.lua's KEYS and ARGV (see the layout above); the payload is not
-    among them: routinely.start SETs it in the same MULTI (through Lua it would cost Redis
-    ~15x more: the script's strings are hashed whole)."""
+    """The plan as start.lua's KEYS and ARGV, slot by slot by name (the layout above); the
+    payload is not among them: routinely.start SETs it in the same MULTI (through Lua it would
+    cost Redis ~15x more: the script's strings are hashed whole)."""
     event_key = keys.event(plan.event_id)
     now_ms = int(plan.now * 1000)
-    kv = [keys.ROUTINES_VERSION, event_key, keys.EVENTS, keys.SESSIONS, jobs.queue_key(queue_name), jobs.QUEUES_KEY,
-          keys.INSTALLATIONS, plan.claim or event_key, keys.payload(plan.event_id) if plan.keeps_payload else event_key]
-    argv: list[Any] = [
-        plan.version, plan.claim_ttl if plan.claim else 0, 1 if plan.keeps_payload else 0,
-        f"{plan.now * 1000:.3f}", plan.created,
-        now_ms - _trim_ms["sessions"] if "sessions" in plan.trim else "",
-        now_ms - _trim_ms["events"] if "events" in plan.trim else "",
-        plan.event_id, keys.EVENT_TTL, keys.SESSION_TTL, orjson.dumps(plan.skipped).decode() if plan.skipped else "[]",
-        job.data if plan.sessions else "", jobs.stamp(plan.now), job.packed.count if plan.sessions else 0,
-        len(plan.sessions), len(plan.refused), len(plan.installations), plan.chain_depth,
-        orjson.dumps(plan.event)[:-1], plan.trigger,
-    ]
+    kv = _slots(FIXED_KEY_NAMES, {
+        "version": keys.ROUTINES_VERSION, "event": event_key, "events_index": keys.EVENTS,
+        "sessions_index": keys.SESSIONS, "queue": jobs.queue_key(queue_name), "queues": jobs.QUEUES_KEY,
+        "installations": keys.INSTALLATIONS, "claim": plan.claim or event_key,
+        "payload": keys.payload(plan.event_id) if plan.keeps_payload else event_key})
+    argv: list[Any] = _slots(FIXED_ARG_NAMES, {
+        "version": plan.version, "claim_ttl": plan.claim_ttl if plan.claim else 0,
+        "keep_payload": 1 if plan.keeps_payload else 0, "score": f"{plan.now * 1000:.3f}", "now_iso": plan.created,
+        "sessions_trim": now_ms - _trim_ms["sessions"] if "sessions" in plan.trim else "",
+        "events_trim": now_ms - _trim_ms["events"] if "events" in plan.trim else "",
+        "event_id": plan.event_id, "event_ttl": keys.EVENT_TTL, "session_ttl": keys.SESSION_TTL,
+        "skipped": orjson.dumps(plan.skipped).decode() if plan.skipped else "[]",
+        "job_data": job.data if plan.sessions else "", "job_stamp": jobs.stamp(plan.now),
+        "job_fields": job.packed.count if plan.sessions else 0, "sessions": len(plan.sessions),
+        "refused": len(plan.refused), "installation_ops": len(plan.installations), "chain_depth": plan.chain_depth,
+        "event_json": orjson.dumps(plan.event)[:-1], "trigger": plan.trigger})
     if plan.sessions:
         argv.append(job.packed)
     for op in plan.installations:
-        argv += [op[0], op[1], op[2] if len(op) > 2 else ""]
+        argv += _slots(INSTALLATION_ARG_NAMES, {"op": op[0], "repo": op[1], "id": op[2] if len(op) > 2 else ""})
     for s in plan.sessions:
         c = s.checks
-        kv += [c.routine.key, c.account.key, c.cap.key, c.drops_key, keys.session(s.id), keys.sessions_of(s.routine_key),
-               jobs.job_key(s.id), c.budget.key if c.budget else event_key]
+        kv += _slots(SESSION_KEY_NAMES, {
+            "routine_window": c.routine.key, "account_window": c.account.key, "daily_cap": c.cap.key,
+            "drops": c.drops_key, "session": keys.session(s.id), "routine_sessions": keys.sessions_of(s.routine_key),
+            "job": jobs.job_key(s.id), "spend": c.budget.key if c.budget else event_key})
         r, a, d = c.windows
-        argv += [s.id, s.routine, r.max, r.ttl, r.retry_after, a.max, a.ttl, a.retry_after, d.max, d.ttl, d.retry_after,
-                 1 if c.extra_usage else 0, s.job_timeout, s.job_description,
-                 repr(c.budget.max) if c.budget else -1, c.budget.retry_after if c.budget else 0, s.routine_key, s.account,
-                 now_ms - _trim_ms["sessions"] if s.trim else ""]
-    for r in plan.refused:
-        kv.append(keys.drops(r.routine.key))
-        argv += [r.routine.name, r.reason, r.detail]
+        argv += _slots(SESSION_ARG_NAMES, {
+            "id": s.id, "routine": s.routine,
+            "routine_max": r.max, "routine_ttl": r.ttl, "routine_retry": r.retry_after,
+            "account_max": a.max, "account_ttl": a.ttl, "account_retry": a.retry_after,
+            "cap_max": d.max, "cap_ttl": d.ttl, "cap_retry": d.retry_after,
+            "extra_usage": 1 if c.extra_usage else 0, "job_timeout": s.job_timeout, "job_description": s.job_description,
+            "budget_max": repr(c.budget.max) if c.budget else -1, "budget_retry": c.budget.retry_after if c.budget else 0,
+            "routine_key": s.routine_key, "account": s.account,
+            "routine_trim": now_ms - _trim_ms["sessions"] if s.trim else ""})
+    for refused in plan.refused:
+        kv += _slots(REFUSED_KEY_NAMES, {"drops": keys.drops(refused.routine.key)})
+        argv += _slots(REFUSED_ARG_NAMES, {"routine": refused.routine.name, "reason": refused.reason,
+                                          "detail": refused.detail})
     return kv, argv

@@ -1,32 +1,17 @@
 """An account's daily_budget_usd: its model spend today (metered by the gateway, in the
 account's timezone) past the budget drops new firings with reason daily_budget — decided
-like every other limit, inside the start script, recorded like every other drop."""
+like every other limit, inside the start script (its place in the rule: tests/test_start_plan.py),
+recorded like every other drop."""
 from __future__ import annotations
 
 import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from routinely import admission, api_tokens, catalog, keys, model_usage
+from routinely import api_tokens, catalog, keys, model_usage
 from routinely.routines_view import listing
 from tests.support import redis_snapshot
 from tests.test_fire import post
-
-CHECKS = admission.Checks(
-    routine=admission.Window("r", 3, 10, 9), account=admission.Window("a", 5, 10, 8),
-    cap=admission.Window("c", 2, 10, 100), extra_usage=True, drops_key="d",
-    budget=admission.Budget("b", 1.5, 77))
-
-
-def test_the_decision_puts_the_budget_after_the_rate_windows_and_before_the_cap():
-    assert admission.decide(CHECKS, (0, 0, 0), spent=1.49) == admission.Verdict(None)
-    assert admission.decide(CHECKS, (0, 0, 0), spent=1.5) == admission.Verdict("daily_budget", 77)
-    assert admission.decide(CHECKS, (3, 0, 0), spent=9).reason == "routine_rate_limit"
-    assert admission.decide(CHECKS, (0, 0, 9), spent=9).reason == "daily_budget"  # extra_usage does not buy past it
-    assert admission.decide(CHECKS, (0, 0, 9), spent=0) == admission.Verdict(None, metered=True)
-    no_budget = admission.Checks(CHECKS.routine, CHECKS.account, CHECKS.cap, False, "d")
-    assert admission.decide(no_budget, (0, 0, 0), spent=1e9) == admission.Verdict(None)
-
 
 def spend(conn, usd: float, tz: str = "Asia/Tokyo") -> None:
     model_usage.record(conn, "session_x", "ops/alerts", "ops", tz, time.time(), model_usage.empty(), "m",

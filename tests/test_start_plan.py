@@ -1,8 +1,9 @@
-"""The start plan built in Python without Redis; the admission decision alone; the script
-checked against both (every key it touches declared, its verdicts equal to `decide`)."""
+"""The start plan built in Python without Redis; the admission rule, which lives in the
+script alone, driven through the script with a table of cases; every key it touches declared."""
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -44,8 +45,7 @@ def test_the_plan_is_built_without_redis():
     (s,) = plan.sessions
     assert (s.id, s.routine, s.routine_key) == ("session_2", "review", "alice/review")
     assert s.job_timeout == 30 * 60 + start_plan.JOB_MARGIN_SECONDS and s.job_description == "alice/review github"
-    fields = dict(zip(plan.session_fields(s)[::2], plan.session_fields(s)[1::2]))
-    assert fields["status"] == "queued" and fields["event_id"] == "event_1" and fields["account"] == "alice"
+    assert s.account == "alice" and plan.created == start_plan.iso(NOW)
     assert plan.event["delivery"] == "d-1" and plan.event["event"] == "pull_request.opened"
     assert plan.event["filter_fields"] == {"base_branch": "master"}
     c = s.checks
@@ -63,53 +63,64 @@ def test_an_unmatched_delivery_plans_no_session_and_keeps_no_body():
     assert plan.sessions == () and not plan.keeps_payload
 
 
-CHECKS = admission.Checks(
-    routine=admission.Window("r", 3, 10, 9), account=admission.Window("a", 5, 10, 8),
-    cap=admission.Window("c", 2, 10, 100), extra_usage=False, drops_key="d")
+# (routine window, account window, daily cap: each "at" its limit or below it; the account's
+# spend today past its daily budget; extra usage) -> the script's verdict: a drop's reason, or
+# "admitted" / "metered"
+RULE = [
+    (("", "", ""), False, False, "admitted"),
+    (("at", "", ""), False, False, "routine_rate_limit"),
+    (("at", "at", "at"), True, True, "routine_rate_limit"),  # the first window in order wins
+    (("", "at", ""), False, False, "account_rate_limit"),
+    (("", "at", "at"), True, True, "account_rate_limit"),
+    (("", "", ""), True, False, "daily_budget"),  # the budget comes after the rate windows...
+    (("", "", "at"), True, True, "daily_budget"),  # ...and before the cap: extra usage does not buy past it
+    (("", "", "at"), False, False, "daily_cap"),
+    (("", "", "at"), False, True, "metered"),  # past the cap, extra usage runs on, marked
+]
 
 
-@pytest.mark.parametrize("counts,verdict", [
-    ((0, 0, 0), admission.Verdict(None)),
-    ((2, 4, 1), admission.Verdict(None)),
-    ((3, 0, 0), admission.Verdict("routine_rate_limit", 9)),
-    ((3, 5, 2), admission.Verdict("routine_rate_limit", 9)),  # the first window in order wins
-    ((0, 5, 0), admission.Verdict("account_rate_limit", 8)),
-    ((0, 0, 2), admission.Verdict("daily_cap", 100)),
-])
-def test_the_admission_decision_alone(counts, verdict):
-    assert admission.decide(CHECKS, counts) == verdict
-
-
-def test_past_the_cap_extra_usage_is_metered_not_dropped():
-    extra = admission.Checks(CHECKS.routine, CHECKS.account, CHECKS.cap, True, "d")
-    assert admission.decide(extra, (0, 0, 9)) == admission.Verdict(None, metered=True)
-    assert admission.decide(extra, (3, 0, 9)).reason == "routine_rate_limit"
-
-
-@pytest.mark.parametrize("extra_usage", [False, True])
-def test_the_script_decides_as_decide_does(conn, settings, extra_usage):
-    """Every combination of counters around each limit: the script's verdict, its counts
-    and its drop record agree with admission.decide."""
-    settings = settings.with_(clock=Clock(NOW))
-    catalog.save(conn, config(extra_usage=extra_usage))
-    starter = Starter(conn, settings)
+@pytest.mark.parametrize("at,over_budget,extra_usage,verdict", RULE)
+def test_the_admission_rule_in_the_script(conn, settings, at, over_budget, extra_usage, verdict):
+    """The rule exists once, in start.lua: each case sets the counters and the spend, fires
+    once, and reads the verdict, the counters and the drop record the script left."""
+    catalog.save(conn, config(extra_usage=extra_usage, daily_budget_usd=2.0))
+    starter = Starter(conn, settings.with_(clock=Clock(NOW)))
     cat = starter.cache.get(conn)
-    routine = cat.routines["alice/review"]
-    checks = admission.checks(routine, cat.accounts["alice"], NOW)
-    for counts in itertools.product((2, 3), (6, 7), (4, 5)):
-        for window, count in zip(checks.windows, counts):
-            conn.set(window.key, count)
-        conn.delete(checks.drops_key)
-        want = admission.decide(checks, counts)
-        outcome = starter.fire(Firing(kind="manual"), lambda c: [c.routines["alice/review"]])
-        after = [int(conn.get(w.key)) for w in checks.windows]
-        if want.reason is None:
-            assert [s["metered"] for s in outcome.sessions] == [want.metered], counts
-            assert after == [c + 1 for c in counts] and not outcome.dropped
-        else:
-            assert outcome.sessions == [] and after == list(counts), counts
-            assert outcome.dropped == [{"routine": "review", "reason": want.reason, "retry_after": want.retry_after}]
-            assert int(conn.hget(checks.drops_key, want.reason)) == 1
+    checks = admission.checks(cat.routines["alice/review"], cat.accounts["alice"], NOW)
+    counts = [window.max if mark == "at" else window.max - 1 for window, mark in zip(checks.windows, at)]
+    for window, count in zip(checks.windows, counts):
+        conn.set(window.key, count)
+    conn.hset(checks.budget.key, "cost_usd", 2.0 if over_budget else 1.99)
+    outcome = starter.fire(Firing(kind="manual"), lambda c: [c.routines["alice/review"]])
+    after = [int(conn.get(w.key)) for w in checks.windows]
+    if verdict in ("admitted", "metered"):
+        assert [s["metered"] for s in outcome.sessions] == [verdict == "metered"] and not outcome.dropped
+        assert after == [c + 1 for c in counts] and not conn.exists(checks.drops_key)
+    else:
+        retry = {w: window.retry_after for w, window in zip(admission.REASONS, checks.windows)}
+        retry["daily_budget"], retry["daily_cap"] = checks.budget.retry_after, checks.cap.retry_after
+        assert outcome.sessions == [] and after == counts
+        assert outcome.dropped == [{"routine": "review", "reason": verdict, "retry_after": retry[verdict]}]
+        assert int(conn.hget(checks.drops_key, verdict)) == 1
+
+
+def test_the_layout_is_declared_once_and_read_by_name():
+    """Every slot encode fills is a name the script's header declares, in one order."""
+    header = start_plan.lua_header()
+    for prefix, names, first in (("K", start_plan.FIXED_KEY_NAMES, 1), ("KS", start_plan.SESSION_KEY_NAMES, 0),
+                                 ("A", start_plan.FIXED_ARG_NAMES, 1), ("AS", start_plan.SESSION_ARG_NAMES, 0)):
+        assert len(set(names)) == len(names)
+        line = next(l for l in header.splitlines() if l.startswith(f"local {prefix}_{names[0]},"))
+        assert line == (f"local {', '.join(f'{prefix}_{n}' for n in names)} = "
+                        f"{', '.join(str(i) for i in range(first, first + len(names)))}")
+    script = start_plan.SCRIPT
+    assert script.startswith(header) and not re.search(r"(KEYS|ARGV)\[\d", script)  # no slot by its number
+    code = re.sub(r"--[^\n]*", "", script[len(header):])
+    used = set(re.findall(r"\b((?:K|KS|KR|A|AS|AR|AI)_[a-z_]+)\b", code))
+    declared = set(re.findall(r"\b((?:K|KS|KR|A|AS|AR|AI)_[a-z_]+)\b", header))
+    assert used <= declared, used - declared  # a name the script reads is one the layout declares
+    with pytest.raises(ValueError, match="do not match the layout"):
+        start_plan._slots(("a", "b"), {"a": 1})
 
 
 def test_the_script_touches_only_the_keys_it_declares(conn, settings):
@@ -128,10 +139,12 @@ def test_the_script_touches_only_the_keys_it_declares(conn, settings):
     assert changed <= set(declared) and keys.payload(plan.event_id) in declared
     assert {keys.session(plan.sessions[0].id), jobs.job_key(plan.sessions[0].id), keys.event(plan.event_id),
             keys.delivery("d-2"), keys.INSTALLATIONS} <= changed
-    # the records are the plan's (the field names are the script's: both must agree)
-    fields = plan.session_fields(plan.sessions[0])
-    stored = {k.decode(): v.decode() for k, v in conn.hgetall(keys.session(plan.sessions[0].id)).items()}
-    assert stored == {**dict(zip(fields[::2], fields[1::2])), "metered": "0"}
+    # the session record the script writes (its field names are the script's; routinely.sessions reads them)
+    s = plan.sessions[0]
+    stored = {k.decode(): v.decode() for k, v in conn.hgetall(keys.session(s.id)).items()}
+    assert stored == {"id": s.id, "routine": "review", "routine_key": "alice/review", "account": "alice",
+                      "trigger": plan.trigger, "event_id": plan.event_id, "status": "queued", "created_at": plan.created,
+                      "chain_depth": "1", "metered": "0"}
     event = orjson.loads(conn.get(keys.event(plan.event_id)))
     assert event == {**plan.event, "duplicate": False, "sessions": [plan.sessions[0].id], "dropped": [], "skipped": []}
     assert 0 < conn.ttl(keys.event(plan.event_id)) <= keys.EVENT_TTL

@@ -380,8 +380,7 @@ def test_refusals_travel_in_the_start_plan_with_their_drops_key_declared():
                             [cat.routines["alice/ok"]], 1_800_000_000.0, lambda kind: next(ids),
                             refused=[start_plan.Refused(cat.routines["alice/no"], "role", "x has role read")],
                             chain_depth=2)
-    fields = plan.session_fields(plan.sessions[0])
-    assert dict(zip(fields[::2], fields[1::2]))["chain_depth"] == "2"
+    assert plan.chain_depth == 2  # the session record's chain_depth (the script writes it: test_chain_writes)
     job = jobs.JobTemplate(data=b"d", fields=())
     kv, argv = start_plan.encode(plan, job, "routinely")
     assert kv[-1] == keys.drops("alice/no") and len(kv) == start_plan.FIXED_KEYS + start_plan.KEYS_PER_SESSION + 1
