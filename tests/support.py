@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import redis
 
@@ -333,3 +333,28 @@ class PrivateHost:
             server.kill()
             server.wait()
         subprocess.run(["ip", "netns", "del", self.name], capture_output=True, timeout=30)  # takes the veth pair along
+
+
+def proc_status(field: str, pid: int | str = "self") -> int:
+    """A figure of a process (this one, where it serves a door: the worker) from
+    /proc/PID/status: `Threads` as a count, `VmRSS`/`VmHWM` in kB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def reset_peak() -> int:
+    """Start this process's VmHWM (peak RSS) again from now; returns VmRSS in kB."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return proc_status("VmRSS")
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float = 0.02) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes (a wait that follows a condition)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(every)
+    return bool(predicate())

@@ -20,7 +20,7 @@ from routinely.cli import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing
-from tests.support import reachable_folder
+from tests.support import proc_status, reachable_folder, wait_for
 from tests.test_isolation import SYSTEM_PYTHON, needs_root, needs_sandbox
 from workers import process
 from workers.sandbox import Sandbox, SandboxError, box as box_module
@@ -72,17 +72,8 @@ class Session:
         self.ws.remove()
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
-def thread_count() -> int:
-    return int(next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("Threads:")).split()[1])
 
 
 # -- the field
@@ -151,14 +142,14 @@ def test_a_fast_writer_of_one_file_is_stopped_within_the_bound(base):
 
 @needs_cgroups
 def test_every_watched_folder_counts_once(base):
-    before = thread_count()
+    before = proc_status("Threads")
     s = Session(base, Limits(disk_mb=100), users=False)
     other = s.ws.root / ".home" / "upper"  # stands for a cached setup's upper layer
     other.mkdir()
     try:
         s.box.watch(s.ws.root)
         s.box.watch(other, other, s.ws.root)  # called again, and with a folder twice: counted once
-        assert thread_count() == before + 1  # the disk watch: one thread per session
+        assert proc_status("Threads") == before + 1  # the disk watch: one thread per session
         result, out = s.run("b = bytes(1 << 20)\nfor i in range(60):\n    open(f'a{i}', 'wb').write(b)\nprint('first', flush=True)\n",
                             cwd=other)
         assert s.box.ended() is None, out  # 60 MB: under the limit, though the root holds the folder
@@ -168,7 +159,7 @@ def test_every_watched_folder_counts_once(base):
         assert result.outcome != "exited" or result.exit_code != 0
     finally:
         s.close()
-    assert wait_for(lambda: thread_count() == before, 10)
+    assert wait_for(lambda: proc_status("Threads") == before, 10)
 
 
 # -- on a volume of the session's own: the kernel holds the bound

@@ -8,17 +8,16 @@ private address PRIVATE (see tests/test_egress.py: nothing opens loopback itself
 from __future__ import annotations
 
 import ipaddress
-import re
 import select
 import socket
 import socketserver
 import struct
 import threading
-import time
 
 import pytest
 
 from tests.test_egress import PRIVATE, Recorder, dial, proxy_for, read_response, upstream  # noqa: F401 (fixtures)
+from tests.support import proc_status, reset_peak, wait_for
 from workers.sandbox import addresses
 from workers.sandbox.egress import Caps, entry_problem
 
@@ -26,25 +25,10 @@ OWN = ipaddress.ip_address("203.0.113.7")  # stands for one of the host's own ad
 MB = 1024 * 1024
 
 
-def status(field: str) -> int:
-    """A figure of this process (the worker) from /proc/self/status: a count, or kB."""
-    return int(re.search(rf"^{field}:\s+(\d+)", open("/proc/self/status").read(), re.M).group(1))
 
 
-def reset_peak() -> int:
-    """Start VmHWM (peak RSS) again from now; returns VmRSS in kB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return status("VmRSS")
 
 
-def wait_for(predicate, timeout: float = 30.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def get(proxy, url: str) -> tuple[str, bytes]:
@@ -161,7 +145,7 @@ def test_allow_hosts_entries_the_proxy_understands(entry, ok):
 def test_connections_past_the_cap_are_refused_with_one_log_line_and_cost_no_thread(proxy_for):
     proxy, lines = proxy_for("full", [])
     cap = proxy.caps.connections
-    threads, rss = status("Threads"), status("VmRSS")
+    threads, rss = proc_status("Threads"), proc_status("VmRSS")
     clients = [dial(proxy) for _ in range(2000)]
     poller = select.poll()
     for c in clients:
@@ -169,7 +153,7 @@ def test_connections_past_the_cap_are_refused_with_one_log_line_and_cost_no_thre
     # the ones past the cap are answered and closed at once; the first `cap` wait, idle
     assert wait_for(lambda: len(poller.poll(0)) == 2000 - cap), len(poller.poll(0))
     assert proxy.open_connections == cap
-    grown_threads, grown_kb = status("Threads") - threads, status("VmRSS") - rss
+    grown_threads, grown_kb = proc_status("Threads") - threads, proc_status("VmRSS") - rss
     print(f"2000 idle connections: +{grown_threads} threads, +{grown_kb} kB RSS")
     assert grown_threads <= cap
     assert grown_kb < 24 * 1024
@@ -179,7 +163,7 @@ def test_connections_past_the_cap_are_refused_with_one_log_line_and_cost_no_thre
                      "the most it may; more are refused until some close"]
     for c in clients:
         c.close()
-    assert wait_for(lambda: proxy.open_connections == 0 and status("Threads") <= threads)
+    assert wait_for(lambda: proxy.open_connections == 0 and proc_status("Threads") <= threads)
     assert get(proxy, "http://127.0.0.1:1/")[0] == "HTTP/1.1 403 Forbidden"  # slots are given back: served again
 
 
@@ -223,7 +207,7 @@ def test_heads_are_bounded_in_lines_fields_and_bytes(proxy_for, head, what):
     status_line, body = read_response(s.makefile("rb"))
     s.close()
     assert status_line == "HTTP/1.1 431 Request Header Fields Too Large" and what in body
-    peak_kb = status("VmHWM") - rss
+    peak_kb = proc_status("VmHWM") - rss
     print(f"head of {len(head)} bytes ({sent} sent): peak +{peak_kb} kB")
     assert peak_kb < 8 * 1024 + len(head) // 1024  # the test's own copy of the head, and little more
     assert lines == []
@@ -285,7 +269,7 @@ def test_a_chunked_upload_moves_in_bounded_pieces(proxy_for, serve):
     s.sendall(b"0\r\n\r\n")
     assert read_response(s.makefile("rb")) == ("HTTP/1.1 200 OK", str(chunks * chunk).encode())
     s.close()
-    peak_kb = status("VmHWM") - rss
+    peak_kb = proc_status("VmHWM") - rss
     print(f"4 x 80 MB chunks through the proxy: peak +{peak_kb} kB")
     assert peak_kb < 64 * 1024
 
@@ -324,7 +308,7 @@ def test_a_tunnel_relays_both_ways_at_once_with_bounded_buffers(proxy_for, serve
         received += len(data)
     sender.join()
     s.close()
-    peak_kb = status("VmHWM") - rss
+    peak_kb = proc_status("VmHWM") - rss
     print(f"{how} tunnel, 64 MB each way at once: peak +{peak_kb} kB")
     assert received == total
     assert peak_kb < 16 * 1024
@@ -349,7 +333,7 @@ def test_a_tunnel_to_a_side_that_does_not_read_holds_no_more_than_a_piece(proxy_
     s.settimeout(1)  # the pipe is full once a send waits this long
     block = b"z" * MB
     sent = send_until_refused(s, (block for _ in range(256)))
-    peak_kb = status("VmHWM") - rss
+    peak_kb = proc_status("VmHWM") - rss
     print(f"tunnel to a deaf upstream: {sent // MB} MB went before it stalled, peak +{peak_kb} kB")
     assert sent < 64 * MB and peak_kb < 16 * 1024
     Deaf.release.set()

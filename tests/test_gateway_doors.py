@@ -30,6 +30,7 @@ from workers.gateway import Gateway
 from workers.gateway import server as gateway_server
 from workers.gateway.jsonpick import MAX_DEPTH, Picker, splice
 from workers.gateway.meter import Budget, Meter
+from tests.support import proc_status
 
 KEYS = {"anthropic_api_key": "sk-ant-real", "openai_api_key": "sk-openai-real", "gemini_api_key": "gm-real"}
 IDLE = 2000
@@ -46,15 +47,11 @@ class UnixHTTP(http.client.HTTPConnection):
         self.sock.connect(self.unix_path)
 
 
-def figures() -> dict[str, int]:
-    """This process's threads and resident memory (kB, now and at its peak): what a session can
-    make the worker hold."""
-    found = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        name, _, value = line.partition(":")
-        if name in ("Threads", "VmRSS", "VmHWM"):
-            found[name] = int(value.split()[0])
-    return found
+
+
+def proc_figures() -> dict[str, int]:
+    """This process's threads and resident memory (kB, now and at its peak)."""
+    return {name: proc_status(name) for name in ("Threads", "VmRSS", "VmHWM")}
 
 
 def door_sockets(path: str) -> int:
@@ -401,14 +398,14 @@ def test_bodies_held_at_once_are_bounded(open_gateway, folder):
     try:
         gw = open_gateway(anthropic_api_url=f"http://127.0.0.1:{vendor.server_address[1]}")
         Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
-        before = figures()
+        before = proc_figures()
         clients = [threading.Thread(target=lambda: results.append(call(gw, "POST", "/anthropic/v1/messages",
                                                                        io.BytesIO(body))[0])) for _ in range(4)]
         for client in clients:
             client.start()
         until(lambda: len(arrived) == 2, 30, "two bodies at the vendor")
         assert gw._held.used == 2 * len(body) and len(arrived) == 2  # the other two wait for room
-        held = figures()
+        held = proc_figures()
         release.set()
         for client in clients:
             client.join(60)
@@ -438,13 +435,13 @@ def hold(path: str, count: int) -> list[socket.socket]:
 def knock(path: str, cap, limit: int) -> tuple[dict[str, int], dict[str, int], bytes]:
     """IDLE idle connections to a door: its figures before and while they are held, and what a
     refused connection read."""
-    before = figures()
+    before = proc_figures()
     held = hold(path, IDLE)
     try:
         until(lambda: cap.open == limit and cap.refused == IDLE - limit, 20, "every connection admitted or refused")
         # the door's side of each refused connection is closed: it keeps `limit` sockets open
         until(lambda: door_sockets(path) == limit, 20, "the refused connections closed")
-        during = figures()
+        during = proc_figures()
         answer = held[-1].recv(4096)
         return before, during, answer
     finally:
@@ -547,7 +544,7 @@ def test_the_connectors_blocking_calls_take_at_most_its_worker_threads(conn, set
     results: list = []
     try:
         loop = session.connector.loop
-        before = figures()
+        before = proc_figures()
         caller = threading.Thread(target=lambda: results.extend(session.concurrently(
             "get_issue", [{"owner": "octo", "repo": "api", "issue_number": i} for i in range(1, calls + 1)])))
         caller.start()
@@ -560,7 +557,7 @@ def test_the_connectors_blocking_calls_take_at_most_its_worker_threads(conn, set
             return stats.borrowed_tokens == connector_server.WORKER_THREADS and stats.tasks_waiting == calls - stats.borrowed_tokens
 
         until(saturated, 20, "every call in a thread or waiting for one")
-        during = figures()
+        during = proc_figures()
         workers = [t for t in threading.enumerate() if t.name == "AnyIO worker thread" and getattr(t, "loop", None) is loop]
         assert len(workers) == connector_server.WORKER_THREADS
         # the connector's workers, the fake GitHub's thread for the one token request, the caller's thread

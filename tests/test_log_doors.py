@@ -16,7 +16,7 @@ import redis
 
 from routinely import keys, session_log
 from routinely.config import ConfigError, Settings
-from tests.support import CuttingProxy
+from tests.support import CuttingProxy, proc_status, reset_peak
 from workers import process
 from workers.agents.transcript import read_lines
 from workers.outage import Outage
@@ -25,18 +25,8 @@ from workers.outbox import MAX_PENDING_BYTES, Outbox
 MB = 1024 * 1024
 
 
-def _kb(field: str) -> int:
-    """A figure of this (the worker's) process from /proc/self/status, in kB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {field} in /proc/self/status")
 
 
-def _peak_from_here() -> int:
-    """Resets VmHWM (the peak RSS) to the current RSS, so a later VmHWM is this test's peak."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _kb("VmRSS")
 
 
 def _box(conn: redis.Redis, url: str, sid: str, settings: Settings) -> Outbox:
@@ -59,10 +49,10 @@ def _summary(lines: list[str]) -> tuple[int, int]:
 def test_a_300_mb_line_without_a_newline_comes_in_pieces_and_the_worker_stays_small(conn, redis_server, settings, tmp_path):
     settings = settings.with_(log_max_mb=2)
     box = _box(conn, redis_server.url, "s1", settings)
-    before = _peak_from_here()
+    before = reset_peak()
     code = "import sys\nfor _ in range(300): sys.stdout.buffer.write(b'x' * 1048576)"
     result = _agent(tmp_path, code, lambda lines: box.log(*lines))
-    peak = _kb("VmHWM")
+    peak = proc_status("VmHWM")
     box.finish("succeeded", exit_code=0)
 
     assert result == process.Result("exited", 0)
@@ -153,10 +143,10 @@ def test_lines_held_through_an_outage_are_bounded_in_bytes(conn, redis_server, s
         through = redis.Redis.from_url(proxy.url, socket_timeout=2, socket_connect_timeout=1)
         box = Outbox(through, "s5", Outage("worker", proxy.url, out=io.StringIO()), log_max_bytes=64 * MB)
         proxy.mode = "refuse"
-        before = _peak_from_here()
+        before = reset_peak()
         for i in range(3000):  # 48 MB while Redis is away
             box.log(f"{i:05d}" + "y" * 15_995)
-        peak = _kb("VmHWM")
+        peak = proc_status("VmHWM")
         assert peak - before < 2 * MAX_PENDING_BYTES // 1024, f"the worker grew by {(peak - before) // 1024} MB in an outage"
         proxy.mode = "pass"
         box.finish("succeeded", exit_code=0)

@@ -22,7 +22,7 @@ import pytest
 from routinely import catalog, session_log, sessions
 from routinely.cli import fire_one
 from routinely.start import Firing
-from tests.support import Remotes, git, reachable_folder
+from tests.support import Remotes, git, proc_status, reachable_folder
 from workers import pushguard
 from workers.pushguard import MAX_CONNECTIONS, PushGuard
 from workers.sandbox import host
@@ -119,14 +119,8 @@ def test_the_relay_attacks_reach_nothing_on_the_host(conn, settings, redis_serve
     assert sessions.get(conn, settings, sid)["status"] == "succeeded"
 
 
-def thread_count() -> int:
-    status = Path(f"/proc/{os.getpid()}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
 
 
-def rss_kb() -> int:
-    status = Path(f"/proc/{os.getpid()}/status").read_text()
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
 
 
 @pytest.fixture
@@ -155,7 +149,7 @@ def tempfile_sock(tmp_path: Path) -> str:
 
 
 def test_idle_connections_to_the_push_door_cost_the_worker_a_bounded_few_threads(guard):
-    threads, rss = thread_count(), rss_kb()
+    threads, rss = proc_status("Threads"), proc_status("VmRSS")
     clients = []
     try:
         for _ in range(2000):
@@ -165,9 +159,9 @@ def test_idle_connections_to_the_push_door_cost_the_worker_a_bounded_few_threads
         # every connection past the cap is answered and closed at once
         refused = clients[-1].recv(200)
         assert refused.startswith(b"00") and b"ERR routinely: more than" in refused
-        grown = thread_count() - threads
+        grown = proc_status("Threads") - threads
         assert grown <= MAX_CONNECTIONS, grown
-        assert rss_kb() - rss < 32 * 1024
+        assert proc_status("VmRSS") - rss < 32 * 1024
         assert sum("more than" in line for line in guard.lines) == 1  # one line for the burst
     finally:
         for c in clients:
