@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,52 @@ def private_key() -> str:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
+
+
+# -- the model gateway, served for real in this process against a fake vendor (tests/fake_models.py)
+MODEL_KEYS = {"anthropic_api_key": "sk-ant-real", "openai_api_key": "sk-openai-real", "gemini_api_key": "gm-real"}
+
+
+@pytest.fixture
+def folder():
+    """A short folder for door sockets (a unix socket's path has 107 bytes; pytest's tmp is long)."""
+    path = tempfile.mkdtemp(prefix="rly-doors-")
+    yield Path(path)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fake():
+    from tests.fake_models import FakeMessages
+
+    server = FakeMessages()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def open_gateway(conn, settings, fake, folder):
+    """make(budget=None, sid=…, **settings changes) -> a started Gateway (its log lines in
+    `.lines`) whose vendors are all the fake; every one is closed after the test."""
+    from routinely import keys
+    from routinely.prices import Prices
+    from workers.gateway import Gateway
+    from workers.gateway.meter import Budget, Meter
+
+    opened = []
+
+    def make(budget=None, sid="session_gw1", **changes):
+        s = settings.with_(**{"anthropic_api_url": fake.url, "openai_api_url": fake.url, "gemini_api_url": fake.url,
+                              **MODEL_KEYS, **changes})
+        conn.hset(keys.session(sid), "status", "running")
+        meter = Meter(conn, Prices({"claude-priced": {"input": 3, "output": 15}}), sid, "alice/r", "alice", "UTC",
+                      budget or Budget())
+        lines: list[str] = []
+        gw = Gateway.start(s, meter, str(folder / f"{sid}.sock"), lines.append)
+        gw.lines = lines
+        opened.append(gw)
+        return gw
+
+    yield make
+    for gw in opened:
+        gw.close()

@@ -13,12 +13,11 @@ import pytest
 
 from routinely import keys, model_usage
 from routinely.prices import PriceError, Prices
-from tests.fake_models import USAGE, FakeMessages
+from tests.fake_models import USAGE
 from tests.support import redis_snapshot
 from workers.gateway import Gateway, session_env
 from workers.gateway.meter import Budget, Meter
 
-KEYS = {"anthropic_api_key": "sk-ant-real", "openai_api_key": "sk-openai-real", "gemini_api_key": "gm-real"}
 
 
 class UnixHTTP(http.client.HTTPConnection):
@@ -29,34 +28,6 @@ class UnixHTTP(http.client.HTTPConnection):
     def connect(self) -> None:
         self.sock = socket.socket(socket.AF_UNIX)
         self.sock.connect(self.path)
-
-
-@pytest.fixture
-def fake():
-    server = FakeMessages()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def open_gateway(conn, settings, fake, tmp_path):
-    opened = []
-
-    def make(budget=None, sid="session_gw1", **changes):
-        s = settings.with_(**{"anthropic_api_url": fake.url, "openai_api_url": fake.url, "gemini_api_url": fake.url,
-                              **KEYS, **changes})
-        conn.hset(keys.session(sid), "status", "running")
-        meter = Meter(conn, Prices({"claude-priced": {"input": 3, "output": 15}}), sid, "alice/r", "alice", "UTC",
-                      budget or Budget())
-        lines: list[str] = []
-        gw = Gateway.start(s, meter, str(tmp_path / f"{sid}.sock"), lines.append)
-        gw.lines = lines
-        opened.append(gw)
-        return gw
-
-    yield make
-    for gw in opened:
-        gw.close()
 
 
 def call(gw, method, path, body=None, headers=None, token=None):

@@ -9,9 +9,7 @@ import http.client
 import io
 import json
 import random
-import shutil
 import socket
-import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,18 +19,15 @@ import anyio.to_thread
 import pytest
 
 from routinely import keys
-from routinely.prices import Prices
 from tests.fake_github import FakeGitHub
-from tests.fake_models import USAGE, FakeMessages
+from tests.fake_models import USAGE
 from tests.test_connector import Session, installed  # noqa: F401 (a fixture)
 from workers.connector import server as connector_server
-from workers.gateway import Gateway
 from workers.gateway import server as gateway_server
 from workers.gateway.jsonpick import MAX_DEPTH, Picker, splice
-from workers.gateway.meter import Budget, Meter
+from workers.gateway.meter import Budget
 from tests.support import proc_status
 
-KEYS = {"anthropic_api_key": "sk-ant-real", "openai_api_key": "sk-openai-real", "gemini_api_key": "gm-real"}
 IDLE = 2000
 
 
@@ -66,41 +61,6 @@ def until(condition, seconds: float = 10.0, what: str = "condition") -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-@pytest.fixture
-def folder():
-    path = tempfile.mkdtemp(prefix="rly-doors-")  # short: a unix socket's path has 107 bytes
-    yield Path(path)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def fake():
-    server = FakeMessages()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def open_gateway(conn, settings, fake, folder):
-    opened = []
-
-    def make(budget=None, sid="session_door1", **changes):
-        s = settings.with_(**{"anthropic_api_url": fake.url, "openai_api_url": fake.url, "gemini_api_url": fake.url,
-                              **KEYS, **changes})
-        conn.hset(keys.session(sid), "status", "running")
-        meter = Meter(conn, Prices({"claude-priced": {"input": 3, "output": 15}}), sid, "alice/r", "alice", "UTC",
-                      budget or Budget())
-        lines: list[str] = []
-        gw = Gateway.start(s, meter, str(folder / f"{sid}.sock"), lines.append)
-        gw.lines = lines
-        opened.append(gw)
-        return gw
-
-    yield make
-    for gw in opened:
-        gw.close()
 
 
 def call(gw, method, target, body=None, headers=None):
@@ -158,7 +118,7 @@ def test_paths_the_meter_cannot_price_are_refused_and_never_reach_the_vendor(con
         assert status == 403, (method, path, body)
         assert body["error"]["type"] == "permission_error" and "refused" in body["error"]["message"]
     assert fake.requests == []
-    assert json.loads(conn.hget(keys.session("session_door1"), "usage"))["requests"] == 0
+    assert json.loads(conn.hget(keys.session("session_gw1"), "usage"))["requests"] == 0
     # one line per refusal, naming method and path, never the query (it carries the session's token)
     assert len(gw.lines) == len(REFUSED[kind])
     for line, (method, path) in zip(gw.lines, REFUSED[kind]):
@@ -241,7 +201,7 @@ def test_the_model_endpoints_pass_and_are_metered(conn, open_gateway, fake):
         assert gemini.paths[-1] == "/v1/models/gemini-2.5-pro:countTokens"
     finally:
         gemini.close()
-    record = json.loads(conn.hget(keys.session("session_door1"), "usage"))
+    record = json.loads(conn.hget(keys.session("session_gw1"), "usage"))
     # 2 Anthropic messages, 2 OpenAI, 3 Gemini generations per version; token counts are not generations
     assert record["requests"] == 2 + 2 + 6
     assert record["input_tokens"] == 2 * USAGE["input_tokens"] + 2 * 1 + 6 * 11
