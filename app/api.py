@@ -12,7 +12,7 @@ from app import params
 from app.auth import require_admin
 from app.responses import error, json_response
 from routinely import control, events, routines_view, session_log, sessions, usage
-from routinely.start import iso
+from routinely.when import iso
 
 bp = Blueprint("api", __name__)
 bp.before_request(require_admin)

@@ -18,7 +18,7 @@ from markupsafe import Markup, escape
 from app import auth
 from app.responses import csp_nonce
 from routinely import control, events, routines_view, sessions, transcript, usage, when
-from routinely.start import iso
+from routinely.when import iso
 
 bp = Blueprint("pages", __name__)
 PAGE_SIZE = 50

@@ -42,7 +42,8 @@ import redis  # noqa: E402
 from routinely import catalog, session_log, sessions  # noqa: E402
 from routinely.config import Settings  # noqa: E402
 from routinely.sessions import FINAL  # noqa: E402
-from routinely.start import Firing, fire_one, iso  # noqa: E402
+from routinely.start import Firing, fire_one  # noqa: E402
+from routinely.when import iso  # noqa: E402
 from tests.fake_models import FakeMessages  # noqa: E402
 from tests.support import RedisServer, Remotes, reachable_folder  # noqa: E402
 

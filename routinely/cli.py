@@ -15,8 +15,9 @@ from routinely.config import ConfigError, Settings, embedded_redis_url
 from routinely.control import Refused
 from routinely.routine_file import ApplyError, load_yaml
 from routinely.setup_cache import SetupCache, public
-from routinely.start import Firing, fire_one, iso  # fire_one: re-exported for callers of the CLI's
+from routinely.start import Firing, fire_one  # fire_one: re-exported for callers of the CLI's
 from routinely.store import connect
+from routinely.when import iso
 
 
 class CliError(Exception):

@@ -16,7 +16,7 @@ from routinely.catalog import Catalog
 from routinely.config import Settings
 from routinely.routine_file import Routine
 from routinely.schedule_runs import field, next_runs
-from routinely.start import iso
+from routinely.when import iso
 
 _DAY_NAMES = {"mon": "Monday", "tue": "Tuesday", "wed": "Wednesday", "thu": "Thursday", "fri": "Friday",
               "sat": "Saturday", "sun": "Sunday"}

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from routinely.start import iso
+from routinely.when import iso
 
 DEFAULT_TTL_HOURS = 12
 

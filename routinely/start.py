@@ -19,7 +19,7 @@ from routinely import jobs, keys, sessions, start_plan
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.routine_file import Routine
-from routinely.start_plan import iso
+from routinely.when import iso
 from routinely.wire import Wire, pack
 
 __all__ = ["Firing", "FireRefused", "Outcome", "Routed", "Starter", "fire_one", "iso"]

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
 
 import orjson
 
 from routinely import admission, ids, jobs, keys
+from routinely.when import iso
 from routinely.catalog import Catalog
 from routinely.routine_file import Routine
 
@@ -104,10 +104,6 @@ def _slots(names: tuple[str, ...], values: dict[str, Any]) -> list[Any]:
         raise ValueError(f"start plan slots: {sorted(set(values) ^ set(names))} do not match the layout")
     return [values[name] for name in names]
 EVENT_OPTIONAL = ("delivery", "event", "repository", "routine")  # on the event record when the firing has them
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _trim_ms = {"sessions": keys.SESSIONS_KEPT * 1000, "events": keys.EVENTS_KEPT * 1000}

@@ -43,6 +43,11 @@ def local_and_relative(ts: float, now: float, tz: str | None = None) -> str:
     return f"{local(ts, tz, now)} ({relative(ts, now)})"
 
 
+def iso(ts: float) -> str:
+    """A record's time (UTC, to the millisecond): every stored timestamp is written by this."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 

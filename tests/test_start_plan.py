@@ -13,6 +13,7 @@ import pytest
 from routinely import admission, catalog, jobs, keys, start_plan
 from routinely.routine_file import parse_config
 from routinely.start import Firing, Starter
+from routinely.when import iso
 from tests.support import Clock, redis_snapshot
 
 NOW = datetime(2026, 11, 24, 23, 59, 30, tzinfo=ZoneInfo("Asia/Tokyo")).timestamp()  # 30 s before Tokyo's midnight
@@ -45,7 +46,7 @@ def test_the_plan_is_built_without_redis():
     (s,) = plan.sessions
     assert (s.id, s.routine, s.routine_key) == ("session_2", "review", "alice/review")
     assert s.job_timeout == 30 * 60 + start_plan.JOB_MARGIN_SECONDS and s.job_description == "alice/review github"
-    assert s.account == "alice" and plan.created == start_plan.iso(NOW)
+    assert s.account == "alice" and plan.created == iso(NOW)
     assert plan.event["delivery"] == "d-1" and plan.event["event"] == "pull_request.opened"
     assert plan.event["filter_fields"] == {"base_branch": "master"}
     c = s.checks

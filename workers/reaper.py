@@ -13,7 +13,7 @@ from pathlib import Path
 import redis
 
 from routinely import jobs, keys, session_log, sessions
-from routinely.start import iso
+from routinely.when import iso
 from workers import leftovers, sandbox
 from workers.outbox import HEARTBEAT_EVERY
 

@@ -1,7 +1,8 @@
 """run_session: the RQ job that turns a queued session into a real run.
 
 queued → running → succeeded | failed | timed_out | canceled. Every change of status goes
-through routinely.sessions.transition; a heartbeat lets the reaper fail a session whose
+through routinely.sessions.transition; the outbox's heartbeat (its own thread, beating also
+while a clone or setup blocks this one) lets the reaper fail a session whose
 worker died.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import orjson
 from routinely import catalog, chain, jobs, keys, model_usage, sessions, transcript
 from routinely.config import Settings
 from routinely.github_auth import InstallationTokens, TokenError
-from routinely.start import iso
+from routinely.when import iso
 from routinely.store import connect
 from workers import agents, process, prompt
 from workers.agents.transcript import read_lines
@@ -80,9 +81,6 @@ class SessionRun:
     # -- log and state
     def log(self, *lines: str) -> None:
         self.outbox.log(*lines)
-
-    def heartbeat(self) -> None:
-        pass  # the outbox's own thread beats, also while a clone or setup blocks this one
 
     def _patiently(self, call: Callable[[], Any]) -> Any:
         """A Redis call the session cannot go on without (a read before its agent starts, a
@@ -296,7 +294,7 @@ class SessionRun:
             self.log(*lines)
         cmd = self.sandbox.command(argv, env, cwd or ws.root, ws.home)
         return process.run(cmd.argv, cmd.cwd, cmd.env, stdin, deadline, on_lines or plain,
-                           lambda: self.liveness.should_stop() or self.sandbox.over(), self.heartbeat, user=cmd.user,
+                           lambda: self.liveness.should_stop() or self.sandbox.over(), user=cmd.user,
                            pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits,
                            started=lambda pid: self._started(pid, cmd.user))
 
@@ -323,7 +321,7 @@ class SessionRun:
                    "GIT_TERMINAL_PROMPT": "0"}
             lines: deque[str] = deque(maxlen=20)  # git's last words, for the one line that says why
             cmd = self.sandbox.command(argv, env, cwd, ws.home)
-            result = process.run(cmd.argv, cmd.cwd, cmd.env, "", deadline, lines.extend, self.canceled, self.heartbeat,
+            result = process.run(cmd.argv, cmd.cwd, cmd.env, "", deadline, lines.extend, self.canceled,
                                  user=cmd.user, pass_fds=cmd.pass_fds, join=cmd.join, rlimits=cmd.rlimits)
             code = result.exit_code if result.outcome == "exited" and result.exit_code is not None else -1
             return code, "\n".join(lines)

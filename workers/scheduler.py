@@ -12,6 +12,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -22,7 +23,8 @@ from routinely import catalog, keys, schedule_runs
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import Routine
 from routinely.schedules import Schedule
-from routinely.start import Firing, Starter, iso
+from routinely.start import Firing, Starter
+from routinely.when import iso
 from routinely.schedule_runs import field
 from routinely.store import connect
 from workers.outage import Outage

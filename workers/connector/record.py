@@ -7,7 +7,7 @@ from typing import Callable
 import redis
 
 from routinely import actions, chain, keys
-from routinely.start import iso
+from routinely.when import iso
 from workers.connector.tools import Call
 
 
