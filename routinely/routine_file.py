@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import yaml
@@ -40,7 +41,17 @@ ACTIONS = {
     "push": set(),  # push has no action: the event is `push`
 }
 ROLES = ("admin", "maintain", "write", "triage", "read")  # GitHub's repository roles (role_name)
-NETWORKS = ("full", "none", "allowlist")
+
+
+class Network(StrEnum):
+    """environment.network: what a session reaches beyond its doors (a str: stored specs are unchanged)."""
+
+    FULL = "full"  # any public host, through the egress proxy
+    ALLOWLIST = "allowlist"  # only allow_hosts, through the egress proxy
+    NONE = "none"  # nothing: no egress proxy at all
+
+
+NETWORKS = tuple(n.value for n in Network)
 _ROUTINE_NAME = re.compile(r"^[a-z0-9-]{1,64}$")
 _ACCOUNT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _REPO = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
@@ -337,16 +348,16 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
     if not isinstance(env, dict):
         raise _err(where, "environment must be a mapping (network, allow_hosts, env, setup, maintenance, cache, …)")
     _unknown(env, _ENV_KEYS, f"{where}, environment")
-    network = env.get("network", "full")
+    network = env.get("network", Network.FULL)
     if network not in NETWORKS:
         raise _err(where, f"environment.network must be one of {', '.join(NETWORKS)}, got {network!r}")
     hosts = env.get("allow_hosts") or []
     if not isinstance(hosts, list) or not all(isinstance(h, str) and _allow_entry(h) for h in hosts):
         raise _err(where, "environment.allow_hosts must be a list of host names (optionally *.domain or :port), "
                           f"IP addresses or CIDR ranges (10.0.0.0/8, [fd00::/8]:443), got {hosts!r}")
-    if network == "allowlist" and not hosts:
+    if network == Network.ALLOWLIST and not hosts:
         raise _err(where, "environment.network allowlist needs at least one host in allow_hosts")
-    if network == "none" and hosts:
+    if network == Network.NONE and hosts:
         raise _err(where, "environment.allow_hosts applies with network: allowlist (the hosts) or full (private hosts it may reach)")
     variables = env.get("env") or {}
     if not isinstance(variables, dict):
@@ -367,7 +378,7 @@ def _environment(env: Any, where: str) -> dict[str, Any]:
         session_limits = limits.check(env.get("limits") or {}, "environment.limits")
     except ValueError as exc:
         raise _err(where, str(exc)) from None
-    return {"network": network, "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits,
+    return {"network": Network(network), "allow_hosts": hosts, "env": clean, "setup": setup, "limits": session_limits,
             **_warm_start(env, where)}
 
 

@@ -31,6 +31,7 @@ from workers.gateway.session import open_gateway
 from workers.liveness import Liveness
 from routinely.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.prices import PriceError
+from routinely.routine_file import Network
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, kill_user
 from workers.sandbox.bounds import limits_for
@@ -230,7 +231,7 @@ class SessionRun:
             return "failed", result.exit_code, "budget_exceeded"
         if self.api_error and result.outcome == "exited":
             policy = self.sandbox.network
-            blocked = f"the routine's network policy ({policy}) blocks it" if policy != "full" else self.api_error
+            blocked = f"the routine's network policy ({policy}) blocks it" if policy != Network.FULL else self.api_error
             return "failed", result.exit_code, f"routinely: the agent could not reach its model API: {blocked}"
         return self._ended(result, "agent")
 

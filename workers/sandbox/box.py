@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from routinely.routine_file import Network
 from workers.sandbox import bwrap, host
 from workers.sandbox.bounds import Bounds, Volume, enforcer
 from workers.sandbox.cgroup import Limits
@@ -210,7 +211,7 @@ class Sandbox:
             box.close()
             raise SandboxError(problem)
         box.readable += [Path(p) for p in paths]
-        if box.network != "none":
+        if box.network != Network.NONE:
             sock = str(box.door_dir / "egress.sock")
             box.proxy = EgressProxy(box.network, box.allow_hosts, log, sock, box._door_ports)
             box.add_door("egress", sock)

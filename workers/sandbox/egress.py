@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
 
+from routinely import routine_file
 from workers.sandbox import addresses
 
 DIAL_TIMEOUT = 10
@@ -491,7 +492,7 @@ class EgressProxy:
             upstream = socket.socket(socket.AF_UNIX)
             upstream.connect(door)
             return upstream
-        if self.network != "full" and not host_allowed(host, port, self.allow):
+        if self.network != routine_file.Network.FULL and not host_allowed(host, port, self.allow):
             raise Refused(f"{host}:{port} is not in this routine's allow_hosts")
         refusals, failures, never = [], [], True
         for address in self._resolve(host, port):
