@@ -424,6 +424,9 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         where = settings.redis_url if settings else "REDIS_URL"
         print(f"routinely: Redis at {where} stopped answering: check it and try again", file=sys.stderr)
         sys.exit(1)
+    except BrokenPipeError:  # `routinely sessions | head -3`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -81,6 +82,21 @@ def test_sessions_show_and_cancel(cli, conn):
     assert "status:    canceled" in cli("sessions", "show", sid).stdout
     assert cli("sessions", "show", "session_nope", ok=False).stderr.count("\n") == 1
     assert "usage: routinely sessions show SESSION_ID" in cli("sessions", "show", ok=False).stderr
+
+
+def test_a_listing_read_only_in_part_ends_quietly(redis_server, conn, tmp_path):
+    """`routinely sessions | head -3`: the reader leaves early, and the CLI ends with 0 and no traceback."""
+    apply(conn, {"name": "r", "triggers": [{"api": {}}]})
+    env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    subprocess.run([sys.executable, "-m", "routinely.cli", "run", "r"], env=env, check=True, capture_output=True)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        done = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions"], env=env, stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == ""
 
 
 def test_times_read_as_a_person_reads_them():
