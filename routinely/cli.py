@@ -417,6 +417,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> Non
         if getattr(args, "needs_settings", True) and settings is None:
             settings = Settings.from_env()
         args.func(args, settings)
+        sys.stdout.flush()  # here, where a reader gone early is caught below, not at exit
     except (CliError, ConfigError, ApplyError, Refused) as exc:
         print(f"routinely: {exc}", file=sys.stderr)
         sys.exit(1)
