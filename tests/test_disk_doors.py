@@ -277,3 +277,49 @@ def test_a_uid_is_held_across_worker_processes_until_the_reaper_finishes_its_ses
         if "straggler" in locals():
             straggler.kill()
             straggler.wait()
+
+
+def test_a_tree_deeper_than_a_path_can_name_is_counted_whole(tmp_path):
+    """Paths past PATH_MAX (4096) hid files from a walk by names; the count walks by folder fds."""
+    from workers.sandbox.bounds import disk_use
+
+    folder = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(80):  # 80 × 61 characters: a path of ~4,900 bytes
+            os.mkdir("d" * 60, dir_fd=folder)
+            inner = os.open("d" * 60, os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        fd = os.open("deep.bin", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=folder)
+        os.write(fd, os.urandom(3 * 1024 * 1024))
+        os.close(fd)
+    finally:
+        os.close(folder)
+    use = disk_use([tmp_path])
+    assert use.mb >= 3 and use.inodes >= 81 and not use.unreadable
+
+
+def test_a_file_held_open_after_deleting_it_still_counts(tmp_path):
+    from workers.sandbox.bounds import disk_use
+
+    with open(tmp_path / "gone.bin", "wb") as held:
+        held.write(os.urandom(4 * 1024 * 1024))
+        held.flush()
+        os.unlink(tmp_path / "gone.bin")
+        assert disk_use([tmp_path]).mb < 1  # no name shows it
+        assert disk_use([tmp_path], pids=[os.getpid()]).mb >= 4  # its holder does
+
+
+def test_a_mirror_object_a_checkout_shares_costs_the_session_nothing(tmp_path):
+    """Root's files with several links are the host mirror's objects, hard-linked into a
+    checkout: they use no disk of the session's (a session cannot hard-link root's files)."""
+    from workers.sandbox.bounds import disk_use
+
+    mirror, checkout = tmp_path / "mirror", tmp_path / "checkout"
+    mirror.mkdir()
+    checkout.mkdir()
+    (mirror / "pack").write_bytes(os.urandom(2 * 1024 * 1024))
+    os.link(mirror / "pack", checkout / "pack")
+    (checkout / "own.bin").write_bytes(os.urandom(1024 * 1024))
+    use = disk_use([checkout])
+    assert 1 <= use.mb < 1.5

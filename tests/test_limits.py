@@ -97,7 +97,7 @@ def test_three_hostile_sessions_end_with_their_limit_and_the_honest_one_finishes
         assert set(use) == {"memory_peak_mb", "cpu_seconds", "pids_peak", "disk_mb"}
     assert got["pids-hog"]["resources"]["pids_peak"] == 64
     assert got["memory-hog"]["resources"]["memory_peak_mb"] >= 120
-    assert got["disk-hog"]["resources"]["disk_mb"] > 40
+    assert got["disk-hog"]["resources"]["disk_mb"] >= 40  # stopped at the limit (rounded to 0.1 MB)
     assert got["honest"]["resources"]["cpu_seconds"] > 0 and got["honest"]["resources"]["pids_peak"] >= 3
     assert "resources" in got["honest"] and got["honest"]["resources"]["memory_peak_mb"] > 1
     page = client.get(f"/sessions/{ids['disk-hog']}").data.decode()

@@ -311,7 +311,7 @@ class SessionRun:
         checkout's `objects/info/alternates` is what an earlier session wrote. Relays are the
         worker's: sessions reach them by their push door."""
         self.sandbox.share(ws.root, writable=True)
-        self.sandbox.watch(ws.root)
+        self.sandbox.watch(ws.root, ws.relays)  # what it pushes lands in its relay: the session's disk too
 
     def _sandboxed(self, ws: Workspace, deadline: float) -> Callable[[list[str], "os.PathLike[str]"], tuple[int, str]]:
         """Runs a short command (git) in the session's sandbox as the session, for the worker's

@@ -2,8 +2,10 @@
 watch over the folders it writes, and what it used — read by the runner for outcomes and `resources`."""
 from __future__ import annotations
 
+import errno
 import os
 import resource
+import stat
 import subprocess
 import threading
 import time
@@ -72,37 +74,83 @@ def volume_problem(scratch: Path) -> str | None:
 class DiskUse:
     mb: float = 0.0
     inodes: int = 0
+    unreadable: bool = False  # the tree could not be walked whole: counts as past every limit
 
 
-def disk_use(roots: Iterable[Path], stop: Callable[[], bool] = lambda: False, skip: Iterable[Path] = ()) -> DiskUse:
+def disk_use(roots: Iterable[Path], stop: Callable[[], bool] = lambda: False, skip: Iterable[Path] = (),
+             pids: Iterable[int] = ()) -> DiskUse:
     """Space (blocks, not apparent sizes) and inodes under `roots`, not entering the folders
-    `skip`; a hard-linked file once. Gives up early (with what it counted) once `stop()` is true."""
-    skipped = {str(p) for p in skip}
-    total = count = 0
-    seen: set[tuple[int, int]] = set()  # only files with several links can be met twice
-    stack = [str(r) for r in roots]
-    while stack and not stop():
+    `skip`; a hard-linked file once, and not at all when it is root's with several links (a
+    host mirror's object file a checkout shares: it costs the session nothing). Walked by
+    folder fds, so no path is too long to count. Files `pids` hold open after deleting them
+    count too. Gives up early (with what it counted) once `stop()` is true. A tree that
+    cannot be walked (too deep for the fds the worker has) counts as past every limit."""
+    skipped = set()
+    for path in skip:
         try:
-            entries = os.scandir(stack.pop())
+            st = os.stat(path)
         except OSError:
             continue
-        with entries:
-            for entry in entries:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if entry.is_dir(follow_symlinks=False):
-                    if entry.path in skipped:
+        skipped.add((st.st_dev, st.st_ino))
+    total = count = 0
+    seen: set[tuple[int, int]] = set()  # only files with several links can be met twice
+    unreadable: list[OSError] = []
+
+    def note(exc: OSError) -> None:
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG, errno.ENOMEM):
+            unreadable.append(exc)
+
+    for root in roots:
+        try:
+            walk = os.fwalk(root, topdown=True, onerror=note, follow_symlinks=False)
+            for _, dirs, files, folder in walk:
+                if stop():
+                    return DiskUse(total / MB, count)
+                for name in list(dirs):
+                    try:
+                        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                    except OSError:
+                        dirs.remove(name)
                         continue
-                    stack.append(entry.path)
-                elif st.st_nlink > 1:
-                    if (st.st_dev, st.st_ino) in seen:
+                    if (st.st_dev, st.st_ino) in skipped:
+                        dirs.remove(name)
                         continue
-                    seen.add((st.st_dev, st.st_ino))
-                total += st.st_blocks * 512
-                count += 1
-    return DiskUse(total / MB, count)
+                    total += st.st_blocks * 512
+                    count += 1
+                for name in files:
+                    try:
+                        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
+                    except OSError:
+                        continue
+                    if st.st_nlink > 1:
+                        if st.st_uid == 0 or (st.st_dev, st.st_ino) in seen:
+                            continue
+                        seen.add((st.st_dev, st.st_ino))
+                    total += st.st_blocks * 512
+                    count += 1
+        except OSError as exc:
+            note(exc)
+    return DiskUse((total + _deleted_but_open(pids)) / MB, count, bool(unreadable))
+
+
+def _deleted_but_open(pids: Iterable[int]) -> int:
+    """Bytes of plain files the processes hold open after deleting them: disk the session
+    still uses though no name shows it."""
+    held, seen = 0, set()
+    for pid in pids:
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if st.st_nlink == 0 and stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                held += st.st_blocks * 512
+    return held
 
 
 class Volume:
@@ -291,16 +339,18 @@ class DiskWatch:
             try:
                 base = _free(self._places())  # before counting: what is written meanwhile shows at the next tick
                 use = disk_use(self.roots, self._stop.is_set if abortable else lambda: False,
+                               pids=self.cgroup.pids() if self.cgroup is not None else (),
                                skip=(os.path.abspath(v.mountpoint) for v in self.volumes))
                 for volume in self.volumes:
                     in_volume = volume.use()
-                    use = DiskUse(use.mb + in_volume.mb, use.inodes + in_volume.inodes)
+                    use = DiskUse(use.mb + in_volume.mb, use.inodes + in_volume.inodes, use.unreadable)
                 if abortable and self._stop.is_set():
                     return use  # cut short: says nothing
                 self._last, self._base, self._counted_at = use, base, self.clock()
                 self._took = self._counted_at - began
                 self.peak = DiskUse(max(self.peak.mb, use.mb), max(self.peak.inodes, use.inodes))
-                if self.reason is None and (use.mb > self.limits.disk_mb or use.inodes > self.limits.disk_inodes):
+                if self.reason is None and (use.unreadable or use.mb > self.limits.disk_mb
+                                            or use.inodes > self.limits.disk_inodes):
                     self.reason = DISK_REASON
                     self.on_over()
             finally:
