@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from routinely import disk
 from routinely.when import iso
 
 DEFAULT_TTL_HOURS = 12
@@ -228,19 +229,9 @@ def public(entry: Entry, now: float) -> dict:
 
 
 def disk_usage(path: Path) -> int:
-    """Bytes on disk under `path`, each inode once (hard links within it count once)."""
-    seen: set[int] = set()
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            try:
-                st = os.lstat(os.path.join(root, name))
-            except OSError:
-                continue
-            if st.st_ino not in seen:
-                seen.add(st.st_ino)
-                total += st.st_blocks * 512
-    return total
+    """Bytes on disk under `path`, counted as a session's disk is (routinely.disk), so a
+    snapshot cannot hide its size from the cache's cap."""
+    return disk.tree_use([path]).bytes
 
 
 def age(seconds: float) -> str:

@@ -2,7 +2,6 @@
 watch over the folders it writes, and what it used — read by the runner for outcomes and `resources`."""
 from __future__ import annotations
 
-import errno
 import os
 import resource
 import stat
@@ -14,6 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+from routinely import disk
 from workers.sandbox.cgroup import Cgroup, Enforcer, Limits, Usage, rlimits
 
 MB = 1024 * 1024
@@ -79,58 +79,11 @@ class DiskUse:
 
 def disk_use(roots: Iterable[Path], stop: Callable[[], bool] = lambda: False, skip: Iterable[Path] = (),
              pids: Iterable[int] = ()) -> DiskUse:
-    """Space (blocks, not apparent sizes) and inodes under `roots`, not entering the folders
-    `skip`; a hard-linked file once, and not at all when it is root's with several links (a
-    host mirror's object file a checkout shares: it costs the session nothing). Walked by
-    folder fds, so no path is too long to count. Files `pids` hold open after deleting them
-    count too. Gives up early (with what it counted) once `stop()` is true. A tree that
-    cannot be walked (too deep for the fds the worker has) counts as past every limit."""
-    skipped = set()
-    for path in skip:
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue
-        skipped.add((st.st_dev, st.st_ino))
-    total = count = 0
-    seen: set[tuple[int, int]] = set()  # only files with several links can be met twice
-    unreadable: list[OSError] = []
-
-    def note(exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG, errno.ENOMEM):
-            unreadable.append(exc)
-
-    for root in roots:
-        try:
-            walk = os.fwalk(root, topdown=True, onerror=note, follow_symlinks=False)
-            for _, dirs, files, folder in walk:
-                if stop():
-                    return DiskUse(total / MB, count)
-                for name in list(dirs):
-                    try:
-                        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-                    except OSError:
-                        dirs.remove(name)
-                        continue
-                    if (st.st_dev, st.st_ino) in skipped:
-                        dirs.remove(name)
-                        continue
-                    total += st.st_blocks * 512
-                    count += 1
-                for name in files:
-                    try:
-                        st = os.stat(name, dir_fd=folder, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if st.st_nlink > 1:
-                        if st.st_uid == 0 or (st.st_dev, st.st_ino) in seen:
-                            continue
-                        seen.add((st.st_dev, st.st_ino))
-                    total += st.st_blocks * 512
-                    count += 1
-        except OSError as exc:
-            note(exc)
-    return DiskUse((total + _deleted_but_open(pids)) / MB, count, bool(unreadable))
+    """What a session uses on disk: its folders (routinely.disk.tree_use: by folder fds, no
+    link followed, a mirror's shared objects free) plus the files `pids` hold open after
+    deleting them. A tree that cannot be walked counts as past every limit."""
+    tree = disk.tree_use(roots, stop, skip)
+    return DiskUse((tree.bytes + _deleted_but_open(pids)) / MB, tree.inodes, tree.unreadable)
 
 
 def _deleted_but_open(pids: Iterable[int]) -> int:
@@ -392,7 +345,8 @@ class Bounds:
     @property
     def rlimits(self) -> tuple[tuple[int, int], ...]:
         """No one file past the disk bound (however fast it is written); the rest where no cgroup is."""
-        one_file = (resource.RLIMIT_FSIZE, int((self.limits.disk_mb + overshoot_mb(self.limits.disk_mb)) * MB))
+        # 1 MB under the bound: the folders and small files around it fit in the rest
+        one_file = (resource.RLIMIT_FSIZE, int((self.limits.disk_mb + overshoot_mb(self.limits.disk_mb) - 1) * MB))
         return (one_file, *(() if self.cgroup else rlimits(self.limits)))
 
     # -- while it runs
