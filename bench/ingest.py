@@ -187,7 +187,7 @@ def main() -> None:
         configs.append(("routinely, unmatched", unmatched))
     server = RedisServer()
     env = {**os.environ, "REDIS_URL": server.url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
-           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT), "ROUTINELY_ADMIN_TOKEN": "bench-admin-token"}
+           "PUBLIC_URL": "http://127.0.0.1", "PYTHONPATH": str(ROOT), "ROUTINELY_ADMIN_TOKEN": "bench-admin-token-0123456789abcdefghij"}
     wrk_env = {**os.environ, "BODY_FILE": str(tmp / "body.json"), "SIGNATURE": sign(SECRET, body)}
     conn = redis.Redis.from_url(server.url)
     try:
