@@ -90,6 +90,21 @@ def app(settings):
 
 
 @pytest.fixture
+def served_app(app):
+    """The app served for real on the host's loopback (werkzeug, threaded): its base URL."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+    thread.join(10)
+
+
+@pytest.fixture
 def client(app):
     """A client that presents the admin token (the API has no open mode)."""
     client = app.test_client()
