@@ -8,7 +8,6 @@ import os
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from pathlib import Path
