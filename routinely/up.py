@@ -12,6 +12,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -133,6 +134,24 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
+WEB_READY_SECONDS = 60  # how long `up` waits for the web to answer before it prints the link anyway
+
+
+def _wait_until_answering(host: str, port: int, web: "Child", stopping: Callable[[], bool]) -> bool:
+    """Until the web accepts a connection (True), its process ends, `stopping()` or
+    WEB_READY_SECONDS pass (False)."""
+    end = time.monotonic() + WEB_READY_SECONDS
+    while time.monotonic() < end and not stopping():
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return True
+        except OSError:
+            if web.proc is not None and web.proc.poll() is not None:
+                return False
+            time.sleep(0.05)
+    return False
+
+
 def sign_in_link(conn: redis.Redis, public_url: str) -> str:
     """A console link that signs a browser in once, within keys.SIGN_IN_CODE_TTL: a fresh
     random code, kept in Redis only as its digest. Never the admin token: a URL stays in the
@@ -169,15 +188,8 @@ def up(host: str, port: int, workers: int) -> int:
         child = Child(name, lambda cmd=cmd: subprocess.Popen(cmd, env=env))
         child.launch()
         children.append(child)
+    web = next(child for child in children if child.name == "web")
     print(f"routinely: up on {env['PUBLIC_URL']} (redis {settings.redis_url}); Ctrl-C stops", file=sys.stderr, flush=True)
-    kept = "" if settings.admin_token else f"; the admin token is kept in {settings.data_dir / 'admin_token'}"
-    try:
-        link = sign_in_link(connect(settings), env["PUBLIC_URL"])
-        print(f"routinely: sign in at {link} (once, within {keys.SIGN_IN_CODE_TTL // 60} min; "
-              f"`routinely sign-in` prints another{kept})", file=sys.stderr, flush=True)
-    except redis.RedisError:
-        print(f"routinely: no sign-in link (Redis did not answer): `routinely sign-in` prints one{kept}",
-              file=sys.stderr, flush=True)
 
     stopping = False
 
@@ -187,6 +199,17 @@ def up(host: str, port: int, workers: int) -> int:
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    # the link is printed once the web answers: clicked at once, it must not meet "connection refused"
+    _wait_until_answering("127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]"), port, web, lambda: stopping)
+    kept = "" if settings.admin_token else f"; the admin token is kept in {settings.data_dir / 'admin_token'}"
+    try:
+        link = sign_in_link(connect(settings), env["PUBLIC_URL"])
+        print(f"routinely: sign in at {link} (once, within {keys.SIGN_IN_CODE_TTL // 60} min; "
+              f"`routinely sign-in` prints another{kept})", file=sys.stderr, flush=True)
+    except redis.RedisError:
+        print(f"routinely: no sign-in link (Redis did not answer): `routinely sign-in` prints one{kept}",
+              file=sys.stderr, flush=True)
+
     code = 0
     while not stopping:
         now = time.monotonic()

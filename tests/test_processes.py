@@ -54,6 +54,8 @@ def test_up_makes_an_admin_token_prints_a_sign_in_link_and_the_api_needs_it(redi
         token = (data / "admin_token").read_text().strip()
         assert (data / "admin_token").stat().st_mode & 0o777 == 0o600 and len(token) >= 32
         assert f"routinely: sign in at http://127.0.0.1:{port}/login?code=" in lines[1] and token not in "".join(lines)
+        import socket
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()  # printed once the web answers: no retry
         for _ in range(100):
             try:
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
