@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -170,3 +169,16 @@ def open_gateway(conn, settings, fake, folder):
     yield make
     for gw in opened:
         gw.close()
+
+
+@pytest.fixture
+def browser():
+    """Debian's headless Chromium, driven by Playwright (never a browser build of its own)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.support import CHROMIUM
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()

@@ -286,6 +286,9 @@ def reachable_folder(prefix: str, agents: tuple[str, ...] = ()) -> Iterator[Path
         shutil.rmtree(base, ignore_errors=True)
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # the browser tests' (bash .ci/run installs it)
+
+
 class PrivateHost:
     """A web server on a private address of a network namespace this test makes (a veth pair
     to the host), for what loopback can no longer stand in for: the egress proxy never opens
@@ -358,3 +361,20 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, every: float =
             return True
         time.sleep(every)
     return bool(predicate())
+
+
+@contextlib.contextmanager
+def routinely_up(redis_url: str, tmp_path: Path) -> Iterator[tuple[int, Path, list[str]]]:
+    """`routinely up` (one web process, one worker) on a free port against `redis_url`: yields
+    the port, its data dir and its first two stderr lines (up on…, sign in at…); stopped after."""
+    port = free_port()
+    data = tmp_path / "data"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_url, "ROUTINELY_DATA_DIR": str(data),
+           "WEB_CONCURRENCY": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "routinely.cli", "up", "--port", str(port), "--workers", "1"],
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        yield port, data, [proc.stderr.readline(), proc.stderr.readline()]
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -5,7 +5,6 @@ $TMPDIR/routinely-console-screenshots."""
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -16,10 +15,9 @@ import pytest
 from playwright.sync_api import expect
 
 from routinely import catalog
-from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture
+from tests.support import ADMIN_TOKEN, CHROMIUM, body_of, delivery_headers, fixture
 from tests.test_runner import AGENTS, env, remotes, start_worker  # noqa: F401  (fixtures)
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(tempfile.gettempdir()) / "routinely-console-screenshots"
 REPO = "octo/api"
 
@@ -29,16 +27,6 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium i
 @pytest.fixture
 def server(served_app):
     return served_app  # the app on the host's loopback (conftest)
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 def shoot(page, name: str) -> None:

@@ -23,7 +23,7 @@ from app.pages import safe_next
 from routinely import catalog, keys
 from routinely.config import ConfigError, Settings
 from routinely.start import Firing, fire_one
-from tests.support import ADMIN_TOKEN, SECRET, Clock, body_of, delivery_headers, fixture, free_port, gunicorn, redis_snapshot
+from tests.support import ADMIN_TOKEN, Clock, SECRET, body_of, delivery_headers, fixture, free_port, gunicorn, redis_snapshot, routinely_up
 from tests.test_receiver import apply, gh
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -291,40 +291,21 @@ def test_a_token_in_the_url_is_refused_without_being_read(settings, conn):
 
 
 def test_up_prints_a_one_time_link_and_never_the_token(redis_server, conn, tmp_path):
-    port = free_port()
-    data = tmp_path / "data"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(data),
-           "WEB_CONCURRENCY": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "routinely.cli", "up", "--port", str(port), "--workers", "1"],
-                            env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        lines = [proc.stderr.readline(), proc.stderr.readline()]
+    with routinely_up(redis_server.url, tmp_path) as (port, data, lines):
         token = (data / "admin_token").read_text().strip()
         assert token not in "".join(lines)
         link = re.search(r"sign in at (http://\S+)", lines[1]).group(1)
         assert link.startswith(f"http://127.0.0.1:{port}/login?code=")
         path = link.split(str(port), 1)[1]
         statuses = []
-        deadline = time.monotonic() + 30
-        while not statuses and time.monotonic() < deadline:
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                c.request("GET", "/healthz")
-                c.getresponse().read()
-            except OSError:
-                time.sleep(0.1)
-                continue
-            for _ in range(2):
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                c.request("GET", path)
-                resp = c.getresponse()
-                resp.read()
-                statuses.append((resp.status, resp.getheader("Set-Cookie") or ""))
+        for _ in range(2):  # the link is printed once the web answers
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            c.request("GET", path)
+            resp = c.getresponse()
+            resp.read()
+            statuses.append((resp.status, resp.getheader("Set-Cookie") or ""))
         assert statuses[0][0] == 303 and statuses[0][1].startswith(f"{SESSION_COOKIE}=")
         assert statuses[1][0] == 401  # once only
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 # -- throttling failed sign-ins per address

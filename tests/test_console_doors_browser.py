@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import os
 import re
-import shutil
 import threading
 import time
 import urllib.parse
@@ -21,9 +20,8 @@ from playwright.sync_api import expect
 
 from routinely import catalog, session_log
 from routinely.start import Firing, fire_one
-from tests.support import ADMIN_TOKEN
+from tests.support import ADMIN_TOKEN, CHROMIUM
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium is not installed: bash .ci/run installs it")
 
@@ -77,16 +75,6 @@ def hostile():
     h = Hostile()
     yield h
     h.stop()
-
-
-@pytest.fixture
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
 
 
 def sign_in(browser, console: str):

@@ -41,36 +41,21 @@ def test_web_stops_on_a_wrong_worker_count_or_log_level_with_one_line(redis_serv
 
 def test_up_makes_an_admin_token_prints_a_sign_in_link_and_the_api_needs_it(redis_server, tmp_path):
     import http.client
-    import time
+    import socket
 
-    port = free_port()
-    data = tmp_path / "data"
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(data),
-           "WEB_CONCURRENCY": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "routinely.cli", "up", "--port", str(port), "--workers", "1"],
-                            env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    try:
-        lines = [proc.stderr.readline(), proc.stderr.readline()]
+    from tests.support import routinely_up
+
+    with routinely_up(redis_server.url, tmp_path) as (port, data, lines):
         token = (data / "admin_token").read_text().strip()
         assert (data / "admin_token").stat().st_mode & 0o777 == 0o600 and len(token) >= 32
         assert f"routinely: sign in at http://127.0.0.1:{port}/login?code=" in lines[1] and token not in "".join(lines)
-        import socket
         socket.create_connection(("127.0.0.1", port), timeout=5).close()  # printed once the web answers: no retry
-        for _ in range(100):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-                c.request("GET", "/api/sessions")
-                status = c.getresponse().status
-                break
-            except OSError:
-                time.sleep(0.1)
-        assert status == 401  # loopback, no token: refused
-        c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        c.request("GET", "/api/sessions")
+        assert c.getresponse().status == 401  # loopback, no token: refused
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
         c.request("GET", "/api/sessions", headers={"Authorization": f"Bearer {token}"})
         assert c.getresponse().status == 200
-    finally:
-        proc.terminate()
-        proc.wait(30)
 
 
 def test_metrics_sum_the_door_counts_of_every_gunicorn_worker(redis_server, tmp_path):
