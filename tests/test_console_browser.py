@@ -152,4 +152,4 @@ def test_a_person_with_a_browser(conn, env, remotes, server, browser, tmp_path):
     finally:
         page.close()
         worker.terminate()
-        worker.wait(30)
+        worker.wait(90)  # the shutdown grace (10 s) and RQ joining its Redis listener (up to 60 s)

@@ -99,4 +99,4 @@ def test_metrics_sum_the_door_counts_of_every_gunicorn_worker(redis_server, tmp_
         assert len(dirs) == 1 and list(dirs[0].glob("counter_*.db"))  # one file per worker that counted, summed above
     finally:
         web.terminate()
-        web.wait(30)
+        web.wait(60)  # gunicorn waits its graceful_timeout (30 s) for kept-alive workers, then kills them
