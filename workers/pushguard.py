@@ -134,6 +134,31 @@ def _pkt(text: str) -> bytes:
     return b"%04x" % (len(data) + 4) + data
 
 
+LINGER_BYTES = 256 * 1024
+LINGER_SECONDS = 2.0
+
+
+def _answer(conn: socket.socket, text: str, linger: float = LINGER_SECONDS) -> None:
+    """Send git's `ERR` line and half-close, then read (and drop) what the peer is still sending.
+
+    Closing a socket with unread input sends a reset, and a reset makes the peer's kernel drop
+    the ERR line before the client reads it: the client would see a bare disconnect. The
+    drain is bounded in bytes and time, so a peer that keeps sending costs at most that;
+    `linger=0` drops only what has already arrived (for the accepting thread, which must not wait)."""
+    try:
+        conn.sendall(_pkt(text))
+        conn.shutdown(socket.SHUT_WR)
+        conn.settimeout(linger if linger > 0 else 0.0)  # 0.0: non-blocking, BlockingIOError ends the drain
+        drained = 0
+        while drained < LINGER_BYTES:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except OSError:
+        pass
+
+
 class PushGuard:
     """One session's push door and its relays."""
 
@@ -234,10 +259,7 @@ class PushGuard:
         if not self._refusing:
             self._refusing = True
             self.log(f"routinely: push door: more than {MAX_CONNECTIONS} git connections at once; refusing the rest")
-        try:
-            conn.sendall(_pkt(f"ERR routinely: more than {MAX_CONNECTIONS} git connections at once\n"))
-        except OSError:
-            pass
+        _answer(conn, f"ERR routinely: more than {MAX_CONNECTIONS} git connections at once\n", linger=0)
         conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -245,14 +267,11 @@ class PushGuard:
             try:
                 service, path, protocol = read_request(conn)
             except (ValueError, OSError) as exc:
-                try:
-                    conn.sendall(_pkt(f"ERR routinely: {exc}\n"))
-                except OSError:
-                    pass
+                _answer(conn, f"ERR routinely: {exc}\n")
                 return
             relay = self.relays.get(path.strip("/").removesuffix(".git").replace("/", "__"))
             if relay is None:
-                conn.sendall(_pkt(f"ERR routinely: no repository {path[:100]!r} here: push to origin\n"))
+                _answer(conn, f"ERR routinely: no repository {path[:100]!r} here: push to origin\n")
                 return
             conn.settimeout(None)
             self._run(service, relay, protocol, conn)
