@@ -31,6 +31,7 @@ from flask import Flask, Response, current_app, request
 
 from app.responses import error
 from routinely import keys
+from routinely import sign_in as sign_in_codes
 
 SESSION_COOKIE = "routinely_session"
 LOGIN_COOKIE = "routinely_login"  # the sign-in form's CSRF nonce
@@ -129,7 +130,7 @@ def code_ok(code: str | None) -> bool:
     """True once for a live sign-in code (it is spent by this call)."""
     if not _state().settings.admin_token or not code or not _SECRET.fullmatch(code):
         return False
-    return _state().conn.getdel(keys.sign_in_code(keys.digest(code))) is not None
+    return sign_in_codes.spend(_state().conn, code)
 
 
 def bearer() -> str | None:

@@ -150,7 +150,7 @@ class Stack:
     # -- the worker
     def start_worker(self, name: str) -> None:
         log = (self.base / f"worker-{name}.log").open("w")
-        self.worker = subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker"], env=self.env, cwd=ROOT,
+        self.worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=self.env, cwd=ROOT,
                                        stdout=log, stderr=log)
         log.close()
 

@@ -92,10 +92,10 @@ class Stack:
                     "ROUTINELY_DATA_DIR": str(self.data), "GITHUB_WEBHOOK_SECRET": SECRET,
                     "GITHUB_GIT_URL": remotes.url, "ROUTINELY_AGENT": AGENT, "WEB_CONCURRENCY": "2"}
         (tmp / "routines.yml").write_text(ROUTINES)
-        subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(tmp / "routines.yml")], env=self.env,
+        subprocess.run([sys.executable, "-m", "cli", "apply", str(tmp / "routines.yml")], env=self.env,
                        check=True, capture_output=True)
         self.log = (tmp / "up.log").open("w")
-        self.up = subprocess.Popen([sys.executable, "-m", "routinely.cli", "up", "--port", str(self.port),
+        self.up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(self.port),
                                     "--workers", str(workers)], env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT)
         end = time.time() + 60
         while time.time() < end:

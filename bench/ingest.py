@@ -158,7 +158,7 @@ def line(name: str, c: int, got: dict[str, str], extra: str = "") -> str:
 
 
 def apply(env: dict[str, str], routines: Path) -> None:
-    subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(routines)], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "cli", "apply", str(routines)], env=env, check=True,
                    stdout=subprocess.DEVNULL, cwd=ROOT)
 
 

@@ -64,7 +64,7 @@ def configure(url: str, tmp: Path, matched: bool) -> dict[str, str]:
     routines.write_text(ROUTINES if matched else ROUTINES.replace("Codertocat/Hello-World", "elsewhere/other"))
     env = {**os.environ, "REDIS_URL": url, "GITHUB_WEBHOOK_SECRET": SECRET, "ROUTINELY_DATA_DIR": str(tmp),
            "PUBLIC_URL": "http://127.0.0.1", "ROUTINELY_ADMIN_TOKEN": "bench-budget-token-0123456789abcdefghij", "PROMETHEUS_MULTIPROC_DIR": str(tmp)}
-    subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(routines)], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "cli", "apply", str(routines)], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     os.environ.update(env)
     return env

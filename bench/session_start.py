@@ -27,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from routinely import catalog, session_log, sessions  # noqa: E402
-from routinely.cli import fire_one  # noqa: E402
+from routinely.start import fire_one  # noqa: E402
 from routinely.config import Settings  # noqa: E402
-from routinely.setup_cache import SetupCache  # noqa: E402
+from workers.warm.cache import SetupCache  # noqa: E402
 from routinely.start import Firing  # noqa: E402
 from tests.support import RedisServer, Remotes  # noqa: E402
 
@@ -68,7 +68,7 @@ def main() -> None:
                          + [routine("small-nocache", "bench/small", None, False),
                             routine("large-nocache", "bench/large", None, False),
                             routine("warmup", "bench/small", None, False)]}, time.time())
-    worker = subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker"], env=env, cwd=ROOT,
+    worker = subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cache = SetupCache(settings.data_dir)
     try:

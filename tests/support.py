@@ -371,7 +371,7 @@ def routinely_up(redis_url: str, tmp_path: Path) -> Iterator[tuple[int, Path, li
     data = tmp_path / "data"
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_url, "ROUTINELY_DATA_DIR": str(data),
            "WEB_CONCURRENCY": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "routinely.cli", "up", "--port", str(port), "--workers", "1"],
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(port), "--workers", "1"],
                             env=env, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
     try:
         yield port, data, [proc.stderr.readline(), proc.stderr.readline()]

@@ -61,7 +61,7 @@ def test_cli_sessions_prints_the_api_objects(client, conn, redis_server, tmp_pat
     apply(conn, {"name": "a", "triggers": [gh(["pull_request"])]})
     fire(client)
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PUBLIC_URL": "http://routinely.test"}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions", "--json"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "sessions", "--json"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     import json
 
@@ -70,13 +70,13 @@ def test_cli_sessions_prints_the_api_objects(client, conn, redis_server, tmp_pat
 
 def test_cli_says_one_line_when_redis_is_unreachable(tmp_path):
     env = {"REDIS_URL": "redis://127.0.0.1:1/0", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr == ("routinely: cannot reach Redis at redis://127.0.0.1:1/0 (REDIS_URL): "
                           "check that it runs and the URL is right\n")
     # without REDIS_URL it is the Redis `routinely up` would run: say so, and how to start it
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "ROUTINELY_DATA_DIR": str(tmp_path / "d")}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr == (f"routinely: cannot reach Redis at unix://{tmp_path}/d/redis/redis.sock (the one `routinely up` "
                           "runs when REDIS_URL is unset): start `routinely up`, or set REDIS_URL to your Redis\n")
@@ -101,20 +101,20 @@ def test_cli_says_one_line_when_redis_is_unreachable(tmp_path):
 ])
 def test_a_wrong_setting_stops_with_one_line(tmp_path, name, value, message):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0", name: value}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and message in out.stderr and out.stderr.count("\n") == 1
 
 
 def test_a_bad_redis_url_never_echoes_its_password(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://user:hunter2@127.0.0.1:port/0"}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "has no valid port" in out.stderr and "hunter2" not in out.stderr
 
 
 def test_the_scheduler_reads_its_lease_from_settings(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": "redis://127.0.0.1:1/0",
            "ROUTINELY_SCHEDULER_LEASE_SECONDS": "15s"}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "scheduler"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "scheduler"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
     assert "ROUTINELY_SCHEDULER_LEASE_SECONDS must be a number of seconds" in out.stderr
     from routinely.config import Settings
@@ -124,7 +124,7 @@ def test_the_scheduler_reads_its_lease_from_settings(tmp_path):
 
 def test_a_bad_private_key_is_never_echoed(tmp_path):
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "GITHUB_APP_ID": "12", "GITHUB_PRIVATE_KEY": "-----BEGIN RSA PRIVATE KEY-----\nTOPSECRET\n-----END RSA PRIVATE KEY-----"}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "list"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "list"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "not a PEM private key" in out.stderr and "TOPSECRET" not in out.stderr
 
 

@@ -132,7 +132,7 @@ def test_cli_apply_and_list(conn, redis_server, tmp_path):
     good = tmp_path / "routines.yml"
     good.write_text((FIXTURES / "routines.contract.yml").read_text().replace('at: "2026-12-01T09:00"', ""))
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "routinely.cli", *a], env=env, capture_output=True, text=True)  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "cli", *a], env=env, capture_output=True, text=True)  # noqa: E731
     result = run("apply", str(good))
     assert result.returncode == 0, result.stderr
     assert "1 routine(s)" in result.stdout

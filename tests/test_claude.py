@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, model_usage, session_log, sessions, transcript
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
 from tests.support import PrivateHost, Remotes, reachable_folder, redis_snapshot
@@ -75,7 +75,7 @@ def apply(conn, **routine):
 
 def run(conn, settings, env, **extra):
     s = fire_one(settings, conn, "r", Firing(kind="api", text="please"))
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env={**env, **extra},
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env={**env, **extra},
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
     return s["id"]
@@ -176,7 +176,7 @@ def test_claude_as_root_without_session_users_under_network_none(conn, settings,
     assert model_usage.spent_today(conn, "alice", "UTC", time.time()) == pytest.approx(s["usage"]["cost_usd"])
     assert model_usage.over_daily_budget(conn, "alice", "UTC", 0.001, time.time()) is not None
     assert model_usage.daily(conn, "routine", "alice/r", "UTC", time.time(), days=1)[0]["requests"] == s["usage"]["requests"]
-    shown = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions", "show", sid], env=env,
+    shown = subprocess.run([sys.executable, "-m", "cli", "sessions", "show", sid], env=env,
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stderr
     assert (f"usage (metered by the gateway): {s['usage']['requests']} requests, {s['usage']['input_tokens']} input"

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from routinely.cli import build_parser
+from cli.main import build_parser
 from routinely.when import local_and_relative, relative
 from tests.test_receiver import apply, gh
 
@@ -20,7 +20,7 @@ def cli(redis_server, tmp_path):
            "TZ": "UTC"}
 
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "routinely.cli", *args], env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True)
         assert (done.returncode == 0) == ok, done.stderr
         return done
 
@@ -88,11 +88,11 @@ def test_a_listing_read_only_in_part_ends_quietly(redis_server, conn, tmp_path):
     """`routinely sessions | head -3`: the reader leaves early, and the CLI ends with 0 and no traceback."""
     apply(conn, {"name": "r", "triggers": [{"api": {}}]})
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    subprocess.run([sys.executable, "-m", "routinely.cli", "run", "r"], env=env, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "cli", "run", "r"], env=env, check=True, capture_output=True)
     read, write = os.pipe()
     os.close(read)  # the reader is gone before the first line
     try:
-        done = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions"], env=env, stdout=write,
+        done = subprocess.run([sys.executable, "-m", "cli", "sessions"], env=env, stdout=write,
                               stderr=subprocess.PIPE, text=True, timeout=60)
     finally:
         os.close(write)

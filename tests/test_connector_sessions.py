@@ -13,7 +13,7 @@ import pytest
 
 from app import create_app
 from routinely import catalog, session_log
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.start import Firing
 from tests.fake_github import INSTALLATION_TOKEN
 from tests.support import Remotes, admin, body_of, delivery_headers, fixture

@@ -255,7 +255,7 @@ def test_an_expired_session_is_trimmed_from_the_index_by_the_next_sign_in(settin
 
 def _cli(redis_server, tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PUBLIC_URL": "http://routinely.test"}
-    return subprocess.run([sys.executable, "-m", "routinely.cli", *args], env=env, capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True, cwd=ROOT)
 
 
 def test_the_sign_in_link_works_once_within_ten_minutes(settings, conn, redis_server, tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, limits, session_log, sessions
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing
@@ -112,7 +112,7 @@ def test_many_empty_files_end_the_session_at_disk_inodes(conn, settings, redis_s
     env = {"PATH": os.environ["PATH"], "HOME": str(base), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(base / "data"),
            "ROUTINELY_AGENT": f"{SYSTEM_PYTHON} {base / 'agents' / 'files.py'}", "ROUTINELY_SANDBOX_PATHS": str(base / "agents"),
            "ROUTINELY_SESSION_USERS": "off", "ROUTINELY_KEEP_WORKSPACES": "1"}
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, capture_output=True,
                           text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     got = sessions.get(conn, settings, sid)

@@ -149,14 +149,14 @@ def test_a_delivery_that_started_nothing_is_explained_everywhere(client, conn, r
     stored = json.loads(conn.get(f"rly:event:{event['id']}"))["filter_fields"]
     assert stored == {"title": "Fix login"}  # only what the watching routines' filters read
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "explain", headers["X-GitHub-Delivery"]],
+    out = subprocess.run([sys.executable, "-m", "cli", "explain", headers["X-GitHub-Delivery"]],
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert 'alice/hotfixes: title: "Fix login" does not match regex ".*hotfix.*"' in out.stdout
-    as_json = subprocess.run([sys.executable, "-m", "routinely.cli", "explain", event["id"], "--json"],
+    as_json = subprocess.run([sys.executable, "-m", "cli", "explain", event["id"], "--json"],
                              env=env, capture_output=True, text=True)
     assert json.loads(as_json.stdout)["explanation"] == got["explanation"]
-    nope = subprocess.run([sys.executable, "-m", "routinely.cli", "explain", "nope"], env=env, capture_output=True, text=True)
+    nope = subprocess.run([sys.executable, "-m", "cli", "explain", "nope"], env=env, capture_output=True, text=True)
     assert nope.returncode == 1 and nope.stderr.count("\n") == 1
 
 

@@ -59,7 +59,7 @@ def settings_for(url: str, tmp_path) -> Settings:
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "routinely.cli", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env,
                             stdout=subprocess.DEVNULL, stderr=log.open("w"))
 
 
@@ -172,7 +172,7 @@ def test_sigterm_to_up_ends_a_running_session_after_the_grace(own_redis, remotes
     assert_nothing_left(settings, first["id"], agent, child)
     assert_job_settled(conn, settings, first["id"])
     assert sessions.get(conn, settings, queued["id"])["status"] == "queued"  # it stopped taking jobs
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"],
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"],
                           env={**env, "ROUTINELY_AGENT": "true"}, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sessions.get(conn, settings, queued["id"])["status"] == "succeeded"

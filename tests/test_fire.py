@@ -159,7 +159,7 @@ def test_a_trigger_whose_routine_lost_its_api_trigger_is_404(client, conn):
 def test_cli_tokens_rotate_and_revoke(client, conn, redis_server, tmp_path):
     setup(conn)
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    cli = lambda *a: subprocess.run([sys.executable, "-m", "routinely.cli", *a], env=env, capture_output=True, text=True)  # noqa: E731
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "cli", *a], env=env, capture_output=True, text=True)  # noqa: E731
     first = json.loads(cli("token", "create", "alerts", "--json").stdout)
     second = json.loads(cli("token", "create", "ops/alerts", "--json").stdout)
     assert set(first) == {"trigger_id", "token"} and first["trigger_id"].startswith("trig_")
@@ -184,5 +184,5 @@ def test_tokens_need_an_api_trigger(conn, redis_server, tmp_path):
         {"name": "gh", "account": "ops", "prompt": "p", "repositories": ["a/b"],
          "triggers": [{"github": {"events": ["release"]}}]}]}, time.time())
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "routinely.cli", "token", "create", "gh"], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "token", "create", "gh"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "has no api trigger" in out.stderr

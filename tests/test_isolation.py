@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.config import Settings
 from routinely.start import Firing
 from tests.support import PrivateHost, reachable_folder
@@ -146,13 +146,13 @@ def apply(conn, network="full", allow=None, env=None, name="probe"):
 
 
 def worker(env):
-    return subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def run(conn, settings, env, workers=1):
     made = fire_one(settings, conn, "probe", Firing(kind="manual"))
-    procs = [subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(workers)]
     for p in procs:
         p.wait(120)
@@ -223,7 +223,7 @@ def test_nothing_of_the_host_is_reachable_under_any_policy(network, conn, settin
     assert got["resolve"]["ok"] is False or got["resolve"]["value"] in ("127.0.0.1", "::1")  # its own loopback, empty
     # its own processes only: bwrap's init, the launcher, the probe (and what it ran)
     cmdlines = got["processes"]["value"]
-    assert len(cmdlines) <= 4 and all("routinely.cli" not in c and "redis-server" not in c for c in cmdlines.values()), cmdlines
+    assert len(cmdlines) <= 4 and all("cli" not in c and "redis-server" not in c for c in cmdlines.values()), cmdlines
     assert got["fds"]["value"] == [0, 1, 2, 3]  # 3 is the listing's own handle on /proc/self/fd
     assert got["status"]["value"]["CapEff"] == "0000000000000000" and got["status"]["value"]["CapBnd"] == "0000000000000000"
     for variable in ("REDIS_URL", "GITHUB_WEBHOOK_SECRET", "WORKER_SENTINEL", "ROUTINELY_DATA_DIR"):
@@ -308,7 +308,7 @@ def test_two_concurrent_sessions_cannot_see_each_other_or_the_worker(conn, setti
     peers.chmod(0o644)
     env = env_for(redis_server, world, users="on", ROUTINELY_KEEP_WORKSPACES="1",
                   ROUTINELY_SANDBOX_PATHS=f"{world / 'agents'}:{peers}")
-    procs = [subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env,
+    procs = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for p in procs:
         p.wait(120)
@@ -411,7 +411,7 @@ def test_a_daemon_does_not_outlive_a_worker_stopped_with_sigterm(conn, settings,
 
         reap(conn, time.time(), timeout=0)
         name = sessions.get_raw(conn, made["id"]).get(b"sandbox_cgroup", b"").decode()
-        subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env_for(redis_server, world),
+        subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env_for(redis_server, world),
                        capture_output=True, timeout=60)
         assert not name or not [p for p in Path("/sys/fs/cgroup").glob(f"**/routinely/{name}") if p.is_dir()]
     finally:
@@ -450,7 +450,7 @@ def test_a_worker_on_a_host_without_bwrap_stops_at_start_up(redis_server, world,
         found = shutil.which(tool)
         if found:
             (bin_dir / tool).symlink_to(found)
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
                           env=env_for(redis_server, world, PATH=str(bin_dir)), timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -463,7 +463,7 @@ def test_a_worker_where_user_namespaces_are_refused_stops_at_start_up(redis_serv
     (bin_dir / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace, likely because the kernel does not allow non-privileged user namespaces.' >&2\nexit 1\n")
     (bin_dir / "bwrap").chmod(0o755)
     env = env_for(redis_server, world, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
                           env=env, timeout=60)
     assert done.returncode == 1
     line, = done.stderr.strip().splitlines()

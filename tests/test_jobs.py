@@ -7,6 +7,7 @@ import sys
 import zlib
 from pathlib import Path
 
+import pytest
 from rq.job import Job
 
 from routinely import jobs
@@ -48,12 +49,17 @@ def test_the_job_template_is_json(conn):
     assert data == ["workers.run.run_session", None, [], {}]
 
 
-def test_the_shared_package_imports_nothing_from_app_or_workers():
-    modules = sorted(p.stem for p in (ROOT / "routinely").glob("*.py") if p.stem != "__init__")
+@pytest.mark.parametrize("floor, above", [("routinely", ("app", "workers", "cli")), ("filters", ("routinely", "app", "workers", "cli")),
+                                          ("app", ("workers", "cli")), ("workers", ("app", "cli"))])
+def test_no_import_runs_up_a_floor(floor, above):
+    """Importing every module of a floor loads nothing from the floors above it (`cli/` is the top)."""
+    modules = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+                     for p in (ROOT / floor).rglob("*.py") if p.stem != "__main__")
     code = ("import importlib, sys\n"
-            f"for m in {modules!r}: importlib.import_module('routinely.' + m)\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('app', 'workers')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {above!r}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
 
 

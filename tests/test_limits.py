@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing
@@ -67,7 +67,7 @@ def test_three_hostile_sessions_end_with_their_limit_and_the_honest_one_finishes
     ids = {name: fire_one(settings, conn, name, Firing(kind="manual"))["id"]
            for name in ("pids-hog", "memory-hog", "disk-hog", "honest")}
     began = time.monotonic()
-    workers = [subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env_for(redis_server, world),
+    workers = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env_for(redis_server, world),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(4)]
     for w in workers:
         w.wait(180)
@@ -110,7 +110,7 @@ def test_the_rlimit_fallback_bounds_memory_per_process_and_says_so(conn, setting
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         routine("memory-hog", "memory", "1.5", {"memory_mb": 256})]}, time.time())
     sid = fire_one(settings, conn, "memory-hog", Firing(kind="manual"))["id"]
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
                           env=env_for(redis_server, world, ROUTINELY_CGROUPS="off"), timeout=180)
     assert done.returncode == 0
     notice = "routinely: session limits fall back to rlimits (no writable cgroup v2 or v1 here)"
@@ -129,7 +129,7 @@ def test_the_rlimit_fallback_bounds_processes_per_session_user(conn, settings, r
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         routine("pids-hog", "pids", marker, {"pids": 32})]}, time.time())
     sid = fire_one(settings, conn, "pids-hog", Firing(kind="manual"))["id"]
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
                           env=env_for(redis_server, world, ROUTINELY_CGROUPS="off", ROUTINELY_SESSION_USERS="on"), timeout=180)
     assert done.returncode == 0
     log = log_text(conn, sid)

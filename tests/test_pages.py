@@ -8,7 +8,7 @@ import re
 import pytest
 
 from app import create_app
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.start import Firing
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture, redis_snapshot
 from tests.test_receiver import apply, gh
@@ -81,7 +81,7 @@ def test_sign_in_sets_a_signed_expiring_cookie_never_the_token(settings, conn):
 
 
 def test_sign_in_link_and_sign_out(settings, conn):
-    from routinely.up import sign_in_link
+    from routinely.sign_in import link as sign_in_link
 
     app = create_app(settings)
     client = app.test_client()

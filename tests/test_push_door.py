@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.start import Firing
 from tests.support import Remotes, git, proc_status, reachable_folder
 from workers import pushguard
@@ -86,7 +86,7 @@ def test_the_relay_attacks_reach_nothing_on_the_host(conn, settings, redis_serve
                "ROUTINELY_AGENT": f"{SYSTEM_PYTHON} {world / 'agents' / 'relay_attacker.py'}",
                "ROUTINELY_SANDBOX_PATHS": str(world / "agents"), "ROUTINELY_SESSION_USERS": "on"}
         sid = fire_one(settings, conn, "probe", Firing(kind="manual"))["id"]
-        done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env, timeout=180,
+        done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, timeout=180,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         lines = session_log.read(conn, sid)[0]
         log = "\n".join(lines)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, keys, session_log, sessions
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.start import Firing
 from tests.support import Remotes, body_of, delivery_headers, fixture, git
 from workers.gateway import session_env
@@ -69,14 +69,14 @@ def apply(conn, tmp_path, extra_connectors=None, **routine):
 
 
 def run_worker(env, **extra):
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env={**env, **extra},
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env={**env, **extra},
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     return done
 
 
 def start_worker(env, **extra):
-    return subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker"], env={**env, **extra},
+    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], env={**env, **extra},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -244,7 +244,7 @@ def test_cancel_a_running_and_a_queued_session(client, conn, env, remotes, tmp_p
         assert client.get(f"/api/sessions/{running['id']}").get_json()["status"] == "running"
         page = client.get(f"/sessions/{running['id']}").data.decode()
         assert "running" in page and running["id"] in page
-        cli = subprocess.run([sys.executable, "-m", "routinely.cli", "sessions", "cancel", queued["id"]], env=env,
+        cli = subprocess.run([sys.executable, "-m", "cli", "sessions", "cancel", queued["id"]], env=env,
                              capture_output=True, text=True)
         assert cli.returncode == 0 and cli.stdout.strip() == f"{queued['id']} canceled"
         resp = client.post(f"/api/sessions/{running['id']}/cancel")

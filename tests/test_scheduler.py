@@ -172,7 +172,7 @@ def test_at_schedules_fire_once(conn, settings):
 
 
 def _scheduler_process(env):
-    return subprocess.Popen([sys.executable, "-m", "routinely.cli", "scheduler"], env=env,
+    return subprocess.Popen([sys.executable, "-m", "cli", "scheduler"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -210,7 +210,7 @@ def test_real_scheduler_processes_fire_a_due_run_once_and_take_over(conn, redis_
 
 
 def run_cli(env, *args):
-    return subprocess.run([sys.executable, "-m", "routinely.cli", *args], env=env, capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "cli", *args], env=env, capture_output=True, text=True)
 
 
 def test_cli_schedule_list_update_and_run(conn, redis_server, tmp_path):

@@ -163,7 +163,7 @@ def test_the_command_text_reaches_the_agent_inside_the_untrusted_block(app_setti
            "REDIS_URL": redis_server.url, "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(app_settings.data_dir),
            "ROUTINELY_AGENT": f"{sys.executable} {AGENTS / 'report.py'}", "ROUTINELY_SESSION_USERS": "off",
            "ROUTINELY_SANDBOX": "off"}  # the agent writes its report outside the workspace
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
                           capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
     assert client.get(f"/api/sessions/{sid}").get_json()["status"] == "succeeded"
@@ -307,7 +307,7 @@ def test_apply_warns_about_triggers_anyone_can_fire(conn, redis_server, tmp_path
     path = tmp_path / "routines.yml"
     path.write_text(OPEN_FILE)
     env = {"PATH": os.environ["PATH"], "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(tmp_path / "d")}
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "apply", str(path)], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "apply", str(path)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr  # accepted all the same
     assert "applied" in done.stdout and "3 routine(s)" in done.stdout
@@ -321,7 +321,7 @@ def test_apply_warns_about_triggers_anyone_can_fire(conn, redis_server, tmp_path
         "author_association filter unless that is meant",
     ]
     assert set(catalog.load(conn).routines) == {"alice/open-fix", "alice/gated", "alice/half-open"}
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "apply", "--json", str(path)], env=env,
+    done = subprocess.run([sys.executable, "-m", "cli", "apply", "--json", str(path)], env=env,
                           capture_output=True, text=True, timeout=60)
     assert json.loads(done.stdout)["version"] == 2 and done.stderr.count("warning:") == 2  # stdout stays JSON
 
@@ -349,7 +349,7 @@ def test_scheduled_sessions_get_the_previous_run_in_env_and_prompt(conn, setting
     for day in (24, 25):
         clock.t = datetime(2026, 11, day, 9, 6, tzinfo=timezone.utc).timestamp()  # past any stagger
         assert len(scheduler.tick()[0]["sessions"]) == 1
-        done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env,
+        done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
                               capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr
         seen.append(json.loads(report.read_text()))

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.start import Firing
 from tests.support import Remotes, reachable_folder
 from workers.sandbox import host
@@ -63,7 +63,7 @@ def test_a_cached_setup_cannot_turn_the_next_start_against_the_host(conn, settin
         logs = []
         for _ in range(2):
             sid = fire_one(settings, conn, "w", Firing(kind="manual"))["id"]
-            subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env, timeout=180,
+            subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, timeout=180,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             logs.append("\n".join(session_log.read(conn, sid)[0]))
     assert "setup cached" in logs[1], logs[1]  # the second session started from the planted snapshot

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.cli import fire_one
+from routinely.start import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
-from routinely.setup_cache import SetupCache
+from workers.warm.cache import SetupCache
 from routinely.start import Firing
 from tests.support import Remotes, git, reachable_folder
 from workers.warm.mirror import FRESH_SECONDS
@@ -79,7 +79,7 @@ def apply(conn, world, name="r", **environment):
 def session(conn, settings, env, text=None, routine="r", **extra) -> dict:
     """Run one session on a fresh burst worker; its record, log and what the agent saw."""
     s = fire_one(settings, conn, routine, Firing(kind="api", text=text))
-    done = subprocess.run([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env={**env, **extra},
+    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env={**env, **extra},
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return seen(conn, settings, env, s["id"])
@@ -225,11 +225,11 @@ def test_eviction_keeps_the_cache_under_its_cap(conn, settings, env, world):
     assert [e.routine for e in kept] and "alice/r1" not in [e.routine for e in kept]  # least recently used went first
     assert "alice/r4" in [e.routine for e in kept]
     assert len(snapshots(world)) == len(kept)  # evicted snapshots are gone from disk
-    cli = subprocess.run([sys.executable, "-m", "routinely.cli", "cache", "list", "--json"], env=env,
+    cli = subprocess.run([sys.executable, "-m", "cli", "cache", "list", "--json"], env=env,
                          capture_output=True, text=True)
     assert cli.returncode == 0, cli.stderr
     assert sorted(r["routine"] for r in json.loads(cli.stdout)) == sorted(e.routine for e in kept)
-    cleared = subprocess.run([sys.executable, "-m", "routinely.cli", "cache", "clear", "r4"], env=env,
+    cleared = subprocess.run([sys.executable, "-m", "cli", "cache", "clear", "r4"], env=env,
                              capture_output=True, text=True)
     assert cleared.stdout.strip() == "cleared 1 cached setup(s)"
     assert "alice/r4" not in [e.routine for e in cache.entries()] and len(snapshots(world)) == len(kept) - 1
@@ -238,7 +238,7 @@ def test_eviction_keeps_the_cache_under_its_cap(conn, settings, env, world):
 def test_two_concurrent_cold_sessions_never_corrupt_the_snapshot(conn, settings, env, world):
     apply(conn, world, env={"SETUP_SLEEP": "1"})
     ids = [fire_one(settings, conn, "r", Firing(kind="api", text="vandal"))["id"] for _ in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-m", "routinely.cli", "worker", "--burst"], env=env,
+    workers = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for w in workers:
         assert w.wait(120) == 0

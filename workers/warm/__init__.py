@@ -4,7 +4,7 @@ In: the routine's repositories and environment, the session's workspace and push
 Out: the workspace with checkouts at the default branches' current heads — fresh, or a
 cached setup result mounted read-only under the session's own overlay layer — and what to
 run before the agent (setup or maintenance). The cache's index lives in
-routinely.setup_cache, which the CLI reads too.
+workers.warm.cache, which the CLI reads too.
 """
 from workers.warm.start import WarmStart, sweep
 

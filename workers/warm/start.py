@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from routinely.config import Settings
-from routinely.setup_cache import DEFAULT_TTL_HOURS, Entry, Hold, SetupCache, age
+from workers.warm.cache import DEFAULT_TTL_HOURS, Entry, Hold, SetupCache, age
 from workers import git
 from workers.pushguard import PushGuard
 from workers.warm import overlay

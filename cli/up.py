@@ -22,7 +22,7 @@ from typing import Callable
 
 import redis
 
-from routinely import keys
+from routinely import keys, sign_in
 from routinely.config import ConfigError, Settings, embedded_redis_url
 from routinely.store import connect
 
@@ -69,9 +69,10 @@ class Child:
     delay: float = 0.0
     restart_at: float | None = None
     restarts: int = 0
+    signalled: bool = False
 
     def launch(self) -> None:
-        self.started, self.restart_at = time.monotonic(), None
+        self.started, self.restart_at, self.signalled = time.monotonic(), None, False
         try:
             self.proc = self.start()
         except ConfigError as exc:  # the embedded Redis did not come back: try again later
@@ -103,10 +104,17 @@ class Child:
         self.delay = RESTART_FIRST if now - self.started > RESTART_RESET else min(max(self.delay * 2, RESTART_FIRST), RESTART_MAX)
         self.restart_at = now + self.delay
 
+    def signal_stop(self) -> None:
+        """SIGTERM, once: a second one is a person's "end now" to a worker, never an echo of ours."""
+        if self.proc is not None and self.proc.poll() is None and not self.signalled:
+            self.signalled = True
+            self.proc.terminate()
+
     def stop(self, timeout: float) -> None:
+        """Signal it (if not yet) and wait up to `timeout`, then SIGKILL."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.terminate()
+        self.signal_stop()
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -152,15 +160,6 @@ def _wait_until_answering(host: str, port: int, web: "Child", stopping: Callable
     return False
 
 
-def sign_in_link(conn: redis.Redis, public_url: str) -> str:
-    """A console link that signs a browser in once, within keys.SIGN_IN_CODE_TTL: a fresh
-    random code, kept in Redis only as its digest. Never the admin token: a URL stays in the
-    browser's history (app/auth.py exchanges the code for a session)."""
-    code = secrets.token_urlsafe(32)
-    conn.set(keys.sign_in_code(keys.digest(code)), "1", ex=keys.SIGN_IN_CODE_TTL)
-    return f"{public_url}/login?code={code}"
-
-
 def up(host: str, port: int, workers: int) -> int:
     env_redis = os.environ.get("REDIS_URL")
     settings = Settings.from_env()
@@ -181,8 +180,8 @@ def up(host: str, port: int, workers: int) -> int:
     py = sys.executable
     commands = [
         ("web", [py, "-m", "gunicorn", "-c", conf, "--bind", f"{host}:{port}", "app:create_app()"]),
-        *[(f"worker{i + 1}", [py, "-m", "routinely.cli", "worker"]) for i in range(workers)],
-        ("scheduler", [py, "-m", "routinely.cli", "scheduler"]),
+        *[(f"worker{i + 1}", [py, "-m", "cli", "worker"]) for i in range(workers)],
+        ("scheduler", [py, "-m", "cli", "scheduler"]),
     ]
     for name, cmd in commands:
         child = Child(name, lambda cmd=cmd: subprocess.Popen(cmd, env=env))
@@ -203,7 +202,7 @@ def up(host: str, port: int, workers: int) -> int:
     _wait_until_answering("127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]"), port, web, lambda: stopping)
     kept = "" if settings.admin_token else f"; the admin token is kept in {settings.data_dir / 'admin_token'}"
     try:
-        link = sign_in_link(connect(settings), env["PUBLIC_URL"])
+        link = sign_in.link(connect(settings), env["PUBLIC_URL"])
         print(f"routinely: sign in at {link} (once, within {keys.SIGN_IN_CODE_TTL // 60} min; "
               f"`routinely sign-in` prints another{kept})", file=sys.stderr, flush=True)
     except redis.RedisError:
@@ -221,8 +220,7 @@ def up(host: str, port: int, workers: int) -> int:
     timeout = settings.shutdown_grace + STOP_MARGIN_SECONDS
     apps = [c for c in children if c.name != "redis"]
     for child in apps:
-        if child.proc is not None and child.proc.poll() is None:
-            child.proc.terminate()
+        child.signal_stop()
     for child in apps + [c for c in children if c.name == "redis"]:
         child.stop(timeout)
     return code

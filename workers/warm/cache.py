@@ -1,7 +1,7 @@
 """The setup cache's index on this host: which snapshot of a setup result stands for which key.
 
-Shared by the worker (which makes and mounts snapshots) and the CLI (`routinely cache
-list|clear`), so it is plain files under the data dir and imports nothing from workers/:
+Read by warm start (which makes and mounts snapshots) and by the CLI (`routinely cache
+list|clear`, which imports nothing else of the worker), so it is plain files under the data dir:
 
     <data_dir>/cache/entries/<key>.json   one entry per key (written whole, renamed into place)
     <data_dir>/cache/snapshots/<name>/    the snapshot: a workspace as setup left it (immutable)
