@@ -1,7 +1,8 @@
-"""Routines: apply a file, list them, run one now, pause and resume."""
+"""Routines: a starter file, the schema, apply a file, list them, run one now, pause and resume."""
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 import sys
 from pathlib import Path
 
@@ -69,7 +70,30 @@ def cmd_pause(args, settings: Settings) -> None:
         print(f"{routine.key} {'paused: its triggers are recorded as skipped' if routine.paused else 'resumed'}")
 
 
+STARTER = Path(__file__).with_name("starter.yml")
+SCHEMA = Path(str(resources.files("routinely").joinpath("routines.schema.json")))  # committed; `routinely schema` prints it
+
+
+def cmd_init(args, settings: Settings | None) -> None:
+    """Write the starter routine file (never over an existing one); its first line points
+    editors at the committed schema."""
+    path = Path(args.file)
+    text = STARTER.read_text().replace("{schema}", SCHEMA.as_uri())
+    try:
+        with path.open("x") as f:
+            f.write(text)
+    except FileExistsError:
+        raise CliError(f"{path} exists: pick another name, or remove it first") from None
+    except OSError as exc:
+        raise CliError(f"cannot write {path}: {exc.strerror}") from None
+    print(f"wrote {path}: edit its repositories and prompt, then `routinely apply {path}`")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="write a commented starter routine file (default routines.yml)")
+    p.add_argument("file", nargs="?", default="routines.yml", help="where to write it (never over an existing file)")
+    p.set_defaults(func=cmd_init, needs_settings=False)
+
     p = sub.add_parser("apply", help="validate and store a routine file, all or nothing")
     p.add_argument("file", help="the routine file (YAML)")
     p.add_argument("--json", action="store_true", help="print {version, added, changed, removed}")
