@@ -31,11 +31,19 @@ def _log_level() -> str:
     return raw
 
 
-# one event loop per process, connections kept alive (app/keepalive_worker.py says why)
+# gunicorn's gthread worker: per process, an event loop holding kept-alive connections and 2
+# threads running the app (a request waiting on Redis lets the other run). Chosen by
+# bench/web_servers.py (bench/RESULTS.md, "gunicorn workers"): our own worker was not 1.3x the
+# best gunicorn worker; gevent carried about as much (more on a quiet machine, less on a
+# saturated one) but its stop waits graceful_timeout for every idle kept-alive connection and
+# its tail under overload passed 1 s, where gthread closes idle connections at once.
 workers = _workers()
-worker_class = "app.keepalive_worker.KeepAliveWorker"
+worker_class = "gthread"
+threads = 2  # 2, 4 and 8 measured within noise of each other, 2 slightly ahead
 keepalive = 75  # seconds an idle connection stays open: past a proxy's own (nginx: 60 s upstream)
-worker_connections = 100  # per worker: each may be buffering a body of up to 25 MB
+# per worker: connections held; only `threads` of them at a time read a body (the app refuses
+# one over 25 MB: app.webhooks.MAX_BODY, Flask's MAX_CONTENT_LENGTH)
+worker_connections = 100
 control_socket_disable = True  # gunicorn 27's runtime control socket: one path per user, shared by every server
 accesslog = None
 errorlog = "-"

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Web servers against each other: Routinely's `app:create_app()` under (A) gunicorn with our
-worker (app/gunicorn_conf.py's class), (B) gunicorn's gthread worker (same conf, keep-alive
-75 s) and (C) granian's WSGI interface, the same number of processes each, the same throwaway
-redis-server, driven by bench/ingest.py's wrk + deliveries.lua.
+worker (app/gunicorn_conf.py's class), (B) gunicorn's gthread worker and (C) gunicorn's gevent
+worker (same conf, keep-alive 75 s, gevent given `--worker-connections`), and (D) granian's
+WSGI interface, the same number of processes each, the same throwaway redis-server, driven
+by bench/ingest.py's wrk + deliveries.lua.
 
 All servers are up at once (idle ones cost nothing measurable) so that runs interleave:
 for each case (matched, unmatched) and concurrency, `--runs` rounds of A B C, each run after
@@ -12,10 +13,11 @@ and `other%`: CPU time of the machine (all cores, /proc/stat) not spent by this 
 or wrk during the run, i.e. what other tenants took.
 
   python bench/web_servers.py [--seconds 8] [--runs 3] [--concurrency 16 64]
-                              [--cases matched unmatched] [--servers ours gthread granian]
-                              [--gthread-threads 4] [--granian-threads 1]
-  (a server may be named with its thread count, gthread:2 or granian:4, to run several at once;
-  the results in bench/RESULTS.md came from `--servers ours gthread:2 granian:1 granian:4`)
+                              [--cases matched unmatched] [--servers ours gthread gevent granian]
+                              [--gthread-threads 4] [--gevent-connections 100] [--granian-threads 1]
+  (a server may be named with its thread or connection count, gthread:2, gevent:1000 or
+  granian:4, to run several at once; `ours` is app/gunicorn_conf.py's configured worker class,
+  whatever it is)
 
 Only bench/ uses this. `granian_app` is the factory granian is given: create_app() and
 then gc.freeze(), which is what app/gunicorn_conf.py's post_worker_init does for gunicorn.
@@ -42,6 +44,7 @@ def granian_app():
 def _main() -> None:
     import argparse
     import json
+    import re
     import resource
     import shutil
     import statistics
@@ -63,10 +66,13 @@ def _main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--cases", nargs="+", default=["matched", "unmatched"], choices=["matched", "unmatched"])
-    parser.add_argument("--servers", nargs="+", default=["ours", "gthread", "granian"],
-                        help="ours, gthread, granian; gthread:N / granian:N override the thread count (pilots)")
+    parser.add_argument("--servers", nargs="+", default=["ours", "gthread", "gevent", "granian"],
+                        help="ours, gthread, gevent, granian; gthread:N / gevent:N / granian:N override the "
+                             "thread or connection count (pilots)")
     parser.add_argument("--workers", type=int, default=(os.cpu_count() or 1) + 1, help="processes per server")
     parser.add_argument("--gthread-threads", type=int, default=4)
+    parser.add_argument("--gevent-connections", type=int, default=100,
+                        help="gevent --worker-connections (greenlets, so kept-alive connections, per process)")
     parser.add_argument("--granian-threads", type=int, default=1, help="granian --blocking-threads per worker")
     args = parser.parse_args()
     if not shutil.which("wrk"):
@@ -89,11 +95,17 @@ def _main() -> None:
     for name in args.servers:
         kind, _, n = name.partition(":")
         if kind == "ours" and not n:
-            commands[name], labels[name] = (gunicorn, env), "gunicorn + app.keepalive_worker"
+            conf = (ROOT / "app" / "gunicorn_conf.py").read_text()
+            configured = re.search(r'^worker_class = "([^"]+)"', conf, re.M)
+            commands[name], labels[name] = (gunicorn, env), f"gunicorn {configured[1].rsplit('.', 1)[-1] if configured else 'conf'} (ours)"
         elif kind == "gthread":
             n = n or str(args.gthread_threads)
             commands[name] = (gunicorn + ["-k", "gthread", "--threads", n], env)
             labels[name] = f"gunicorn gthread, {n} threads"
+        elif kind == "gevent":
+            n = n or str(args.gevent_connections)
+            commands[name] = (gunicorn + ["-k", "gevent", "--worker-connections", n], env)
+            labels[name] = f"gunicorn gevent, {n} connections"
         elif kind == "granian":
             n = n or str(args.granian_threads)
             (tmp / f"metrics-{name}").mkdir()
@@ -184,13 +196,16 @@ def _main() -> None:
             print(f"  {labels[name]:<38} {case:<9} c={c:<3} runs={' / '.join(f'{r:.0f}' for r in rps)} "
                   f"median={statistics.median(rps):.0f}")
         if "ours" in args.servers and len(args.servers) > 1:
+            others = {"best maintained": [s for s in args.servers if s != "ours"],
+                      "best gunicorn worker": [s for s in args.servers if s.split(":")[0] in ("gthread", "gevent")]}
             for case in args.cases:
                 for c in args.concurrency:
                     ours = statistics.median(results[("ours", case, c)])
-                    best = max([s for s in args.servers if s != "ours"],
-                               key=lambda s: statistics.median(results[(s, case, c)]))
-                    print(f"  ours / best maintained ({best}), {case}, c={c}: "
-                          f"{ours / statistics.median(results[(best, case, c)]):.2f}x")
+                    for what, names in others.items():
+                        if names:
+                            best = max(names, key=lambda s: statistics.median(results[(s, case, c)]))
+                            print(f"  ours / {what} ({best}), {case}, c={c}: "
+                                  f"{ours / statistics.median(results[(best, case, c)]):.2f}x")
     finally:
         redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -2,6 +2,7 @@
 own file named by ROUTINELY_PRICES) so updating a price never means changing code."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,6 +15,9 @@ FIELDS = {"input": "input_tokens", "output": "output_tokens", "cache_write": "ca
 
 class PriceError(ValueError):
     """The price file cannot be used; str() says which entry and why."""
+
+
+_SAME_MODEL = re.compile(r"(?:-\d{8}|-\d{4}-\d{2}-\d{2}|-latest|@[\w.-]+|\[\w+\])+")  # a date, an alias, "[1m]"
 
 
 class Prices:
@@ -38,10 +42,15 @@ class Prices:
         return cls(data)
 
     def price(self, model: str | None) -> Mapping[str, float] | None:
-        """The entry of the longest prefix of `model`, or None when it has no price."""
+        """The entry of the name that `model` is, or extends only with a date, `-latest`, an `@`
+        version or `[1m]`; None when it has no price. So "claude-opus-4" prices
+        "claude-opus-4-20250514" but never "claude-opus-4-8" or "gpt-4.1" "gpt-4.1-mini": other
+        models at other prices, shown as unknown rather than mispriced."""
         if not model:
             return None
-        best = max((name for name in self.table if model.startswith(name)), key=len, default=None)
+        best = max((name for name in self.table
+                    if model.startswith(name) and (len(model) == len(name) or _SAME_MODEL.fullmatch(model, len(name)))),
+                   key=len, default=None)
         return self.table[best] if best else None
 
     def cost(self, model: str | None, tokens: Mapping[str, Any]) -> float | None:

@@ -191,8 +191,10 @@ def test_price_files(tmp_path):
     good = tmp_path / "p.json"
     good.write_text(json.dumps({"m-1": {"input": 1, "output": 2}, "m-1-big": {"input": 10, "output": 20}}))
     prices = Prices.load(good)
-    assert prices.cost("m-1-big-2026", {"input_tokens": 1_000_000}) == 10  # the longest prefix wins
-    assert prices.cost("m-1x", {"output_tokens": 500_000}) == 1
+    assert prices.cost("m-1-big-20260101", {"input_tokens": 1_000_000}) == 10  # the longest name, a date after it
+    assert prices.cost("m-1[1m]", {"output_tokens": 500_000}) == 1
+    assert prices.cost("m-1-2", {"input_tokens": 5}) is None  # a newer version is another model: unknown, not mispriced
+    assert prices.cost("m-1x", {"input_tokens": 5}) is None
     assert prices.cost("other", {"input_tokens": 5}) is None
     assert Prices.load().price("claude-sonnet-4-5-20250929")["input"] == 3
     bad = tmp_path / "bad.yaml"
