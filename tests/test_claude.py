@@ -268,13 +268,10 @@ def test_an_agent_that_sleeps_ends_stalled(conn, settings, client, env, world):
 def test_an_unreachable_vendor_fails_fast_with_one_line(conn, settings, client, env, world):
     settings = settings.with_(data_dir=world / "data")
     remote(world)
-    apply(conn)
-    began = time.monotonic()
+    apply(conn, timeout_minutes=1)  # an agent that retried on would be stopped here, as timed_out
     sid = run(conn, settings, env, ROUTINELY_SESSION_USERS="off", ROUTINELY_ANTHROPIC_API_URL="http://127.0.0.1:9")
-    took = time.monotonic() - began
     s = client.get(f"/api/sessions/{sid}").get_json()
     log = log_of(conn, sid)
-    assert s["status"] == "failed", log
-    assert took < 60
+    assert s["status"] == "failed", log  # ended by the agent's own failure, before its timeout
     assert log.count("routinely: the model gateway cannot reach http://127.0.0.1:9") == 1
     assert s["usage"]["requests"] == 0
