@@ -255,12 +255,9 @@ def test_an_agent_that_sleeps_ends_stalled(conn, settings, client, env, world):
     settings = settings.with_(data_dir=world / "data")
     remote(world)
     apply(conn, agent={"command": "echo thinking; sleep 600"}, idle_timeout_minutes=0.1)
-    began = time.monotonic()
     sid = run(conn, settings, env, ROUTINELY_SESSION_USERS="off")
-    took = time.monotonic() - began
     s = client.get(f"/api/sessions/{sid}").get_json()
-    assert s["status"] == "timed_out" and s["reason"] == "stalled"
-    assert took < 6 + 15
+    assert s["status"] == "timed_out" and s["reason"] == "stalled"  # the idle timeout, not the session's own (60 min)
     assert "routinely: stalled: no model request and no log line since" in log_of(conn, sid)
     assert ({"routine": "alice/r", "reason": "stalled"}, 1.0) in model_usage.metrics(conn)["stops"]
 
