@@ -7,7 +7,8 @@ import subprocess
 from functools import lru_cache
 
 HOW = ("enable unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1 and "
-       "user.max_user_namespaces > 0; in Docker: --security-opt seccomp=unconfined --security-opt apparmor=unconfined) "
+       "user.max_user_namespaces > 0; in a container: --security-opt seccomp=unconfined --security-opt apparmor=unconfined "
+       "--security-opt systempaths=unconfined, see deploy/README.md) "
        "or set ROUTINELY_SANDBOX=off to run sessions unsandboxed")
 PROBE_UID = 65534  # nobody: the sandbox starts unprivileged, so the check does too
 
@@ -31,7 +32,10 @@ def problem(as_session_user: bool, path: str | None = None) -> str | None:
         return "routinely: the session sandbox needs bubblewrap (`bwrap`): apt-get install bubblewrap, or set ROUTINELY_SANDBOX=off to run sessions unsandboxed"
     if not os.path.exists(python()):
         return "routinely: the session sandbox runs its launcher with the system's python3 (/usr/bin/python3): apt-get install python3-minimal, or set ROUTINELY_SANDBOX=off"
-    argv = [bwrap(), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--disable-userns",
+    # the namespaces and mounts every session asks for (workers/sandbox/bwrap.py): a host that
+    # builds this probe but not a session's sandbox would start a worker whose sessions all fail
+    argv = [bwrap(), "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts",
+            "--hostname", "routinely", "--disable-userns",
             "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
             "--proc", "/proc", "--dev", "/dev", "--", python(), "-c", "pass"]
