@@ -352,3 +352,13 @@ def test_a_request_with_two_framings_reaches_the_upstream_with_one(proxy_for, up
     assert read_response(s.makefile("rb"))[0] == "HTTP/1.1 400 Bad Request"
     s.close()
     assert len(Recorder.seen) == 1 and "Content-Length" not in Recorder.seen[0][1]
+
+
+@pytest.mark.parametrize("field", ["X-A: 1\rX-Smuggled: 2", "X-A: 1\0", "X-A: 1\nX-Smuggled: 2"])
+def test_a_head_with_a_nul_or_a_bare_cr_or_lf_never_reaches_the_upstream(proxy_for, upstream, field):
+    proxy, _ = proxy_for("full", [f"{PRIVATE}:{upstream}"])
+    s = dial(proxy)
+    s.sendall(f"GET http://{PRIVATE}:{upstream}/x HTTP/1.1\r\nHost: h\r\n{field}\r\n\r\n".encode())
+    assert read_response(s.makefile("rb"))[0] == "HTTP/1.1 400 Bad Request"
+    s.close()
+    assert Recorder.seen == []

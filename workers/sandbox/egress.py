@@ -345,6 +345,11 @@ class Head:
 
     @classmethod
     def parse(cls, head: bytes) -> "Head":
+        # a NUL, or a CR or LF that is not part of CRLF, would be forwarded as it came: a side
+        # that takes a bare CR for a line end would read a header this proxy never judged
+        crlf = head.count(b"\r\n")
+        if b"\0" in head or head.count(b"\r") != crlf or head.count(b"\n") != crlf:
+            raise Refused("a NUL, bare CR or bare LF in the head", "400 Bad Request")
         first, *lines = head.decode("latin-1").split("\r\n")
         fields: dict[str, str] = {}
         for line in lines:
