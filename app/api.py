@@ -11,7 +11,8 @@ from flask import Blueprint, Response, abort, current_app, request
 from app import params
 from app.auth import require_admin
 from app.responses import error, json_response
-from routinely import control, events, routines_view, session_log, sessions, usage
+from routinely import control, events, refusals, replay, routines_view, session_log, sessions, usage
+from routinely import secret_store
 from routinely.when import iso
 
 bp = Blueprint("api", __name__)
@@ -103,7 +104,27 @@ def cancel_session(session_id: str):
 
 @bp.get("/api/events")
 def list_events():
+    outcome = request.args.get("outcome")
+    if outcome == "refused":  # deliveries refused at the door: no event record, a bounded list of their own
+        return json_response(refusals.listing(_state().conn, _limit()))
+    if outcome is not None:
+        return error(400, "outcome takes only refused (deliveries refused at the door)")
     return json_response(events.listing(_state().conn, _limit()))
+
+
+@bp.post("/api/events/<event_id>/replay")
+def replay_event(event_id: str):
+    """Route a recorded event again, through admission unless `force` (routinely.replay)."""
+    state = _state()
+    body = _body()
+    routine, force = body.get("routine"), body.get("force", False)
+    if routine is not None and not isinstance(routine, str) or not isinstance(force, bool):
+        return error(400, "routine must be a string and force a boolean")
+    try:
+        done = replay.replay(state.settings, state.conn, event_id, routine, force, state.starter, state.roles)
+    except replay.ReplayRefused as exc:
+        return error(exc.status, str(exc))
+    return json_response(done, 201 if done["sessions"] else 200)
 
 
 @bp.get("/api/events/<event_id>")
@@ -200,6 +221,50 @@ def list_schedules():
 def get_usage():
     state = _state()
     return json_response(usage.usage(state.conn, state.catalog(), state.settings.clock()))
+
+
+@bp.get("/api/secrets")
+def list_secrets():
+    state = _state()
+    return json_response(secret_store.SecretStore.of(state.settings, state.conn, need_key=False).list())
+
+
+@bp.put("/api/secrets/<name>")
+def set_secret(name: str):
+    """Write-only: the answer is the secret's listing row, never its value."""
+    state, body = _state(), _body()
+    value = body.get("value")
+    if not isinstance(value, str):
+        return error(400, 'the body is {"value": "...", "routine": "ACCOUNT/NAME"} or {"value": "...", "account": "A"}')
+    try:
+        scope = _secret_scope(body.get("routine"), body.get("account"))
+        new = secret_store.SecretStore.of(state.settings, state.conn).set(name, value, scope)
+    except secret_store.NoKey as exc:
+        return error(503, str(exc))
+    except secret_store.SecretError as exc:
+        return error(400, str(exc))
+    row = next(r for r in secret_store.SecretStore(state.conn, None).list(scope) if r["name"] == name)
+    return json_response(row, 201 if new else 200)
+
+
+@bp.delete("/api/secrets/<name>")
+def remove_secret(name: str):
+    state = _state()
+    try:
+        scope = _secret_scope(request.args.get("routine"), request.args.get("account"))
+        removed = secret_store.SecretStore(state.conn, None).remove(name, scope)
+    except secret_store.SecretError as exc:
+        return error(400, str(exc))
+    if not removed:
+        return error(404, f"no secret {name!r} in {scope}")
+    return json_response({"removed": name, "scope": str(scope)})
+
+
+def _secret_scope(routine: object, account: object) -> secret_store.Scope:
+    if not isinstance(routine, (str, type(None))) or not isinstance(account, (str, type(None))):
+        raise secret_store.SecretError("routine and account are strings")
+    cat = _state().catalog()
+    return secret_store.scope_of(cat.accounts, cat.find, routine or None, account or None)
 
 
 def _ref(account: str, name: str) -> str:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import orjson
 import redis
-from flask import Blueprint, current_app, request
+from flask import Blueprint, after_this_request, current_app, request
 
 from app.responses import json_response
-from routinely import api_tokens, keys
+from routinely import admission, api_tokens, idempotency, keys
 from routinely.start import Firing
 
 bp = Blueprint("fire", __name__)
@@ -58,6 +58,18 @@ def fire(trigger_id: str):
         if text is not None and not isinstance(text, str):
             return api_error(400, "invalid_request_error", "text must be a string (JSON or Markdown inside it is passed as is)")
 
+    idem_key = request.headers.get("Idempotency-Key")
+    if idem_key is not None:  # a retry answers the first call's session and starts nothing (routinely.idempotency)
+        try:
+            held = idempotency.claim(conn, trigger_id, header[7:].strip(), idem_key, raw)
+        except idempotency.KeyRefused as exc:
+            return api_error(exc.status, "invalid_request_error", str(exc))
+        if isinstance(held, str):
+            return json_response({"type": "routine_fire", "claude_code_session_id": held,
+                                  "claude_code_session_url": f"{settings.public_url}/sessions/{held}"},
+                                 headers={"Idempotent-Replayed": "true"})
+        after_this_request(lambda resp: idempotency.settle_answer(conn, held, resp.status_code, resp.get_data()) or resp)
+
     # a refused call records nothing but a counter: a paused routine is refused before the
     # start step (the script would record the firing as an event with the routine skipped)
     current = state.starter.cache.current(conn).routines.get(routine_key)
@@ -73,7 +85,7 @@ def fire(trigger_id: str):
         return api_error(400, "invalid_request_error", "the routine is paused")
     if outcome.dropped:
         drop = outcome.dropped[0]
-        return api_error(429, "rate_limit_error", f"dropped ({drop['reason']}): try again in {drop['retry_after']} s",
+        return api_error(429, "rate_limit_error", admission.drop_message(drop["reason"], drop["retry_after"]),
                          {"Retry-After": str(drop["retry_after"])})
     if not outcome.sessions:
         return api_error(404, "not_found_error", "this trigger's routine was removed or no longer has an api trigger")

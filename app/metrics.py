@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 
 from app import webhooks
 from app.auth import require_admin
-from routinely import keys, model_usage, sessions, when
+from routinely import keys, model_usage, recovery, sessions, when
 from routinely.routines_view import drops
 
 bp = Blueprint("metrics", __name__)
@@ -120,6 +120,11 @@ class StoreCollector:
         for status, n in sorted(by_status.items()):
             states.add_metric([status], n)
         yield states
+        recovered = CounterMetricFamily("routinely_recovery", "Missed-delivery recovery: passes made, redeliveries "
+                                        "asked of GitHub, asks GitHub refused", labels=["what"])
+        for what, n in recovery.counts(conn).items():
+            recovered.add_metric([what], n)
+        yield recovered
         buckets, acc = [], 0
         for bound in DURATION_BUCKETS:
             acc = sum(1 for d in durations if d <= bound)

@@ -17,12 +17,13 @@ from markupsafe import Markup, escape
 
 from app import auth
 from app.responses import csp_nonce
-from routinely import control, events, routines_view, sessions, transcript, usage, when
+from routinely import control, events, refusals, replay, routines_view, sessions, transcript, usage, when
 from routinely.when import iso
 
 bp = Blueprint("pages", __name__)
 PAGE_SIZE = 50
 EVENTS_PAGE = 100
+REFUSED_SHOWN = 20  # the newest deliveries refused at the door, above the events
 _OPEN = ("pages.login", "pages.login_post")
 
 
@@ -214,7 +215,23 @@ def events_page():
     state = _state()
     page = _page_number()
     rows = events.explained(state.conn, state.catalog(), EVENTS_PAGE + 1, (page - 1) * EVENTS_PAGE)
-    return render_template("events.html", rows=rows[:EVENTS_PAGE], page=page, more=len(rows) > EVENTS_PAGE)
+    refused = refusals.listing(state.conn, REFUSED_SHOWN) if page == 1 else []  # refused at the door (no event)
+    return render_template("events.html", rows=rows[:EVENTS_PAGE], page=page, more=len(rows) > EVENTS_PAGE,
+                           refused=refused, refusal_line=refusals.line)
+
+
+@bp.post("/events/<event_id>/replay")
+def replay_page(event_id: str):
+    """The events page's Replay button beside a drop: one routine, `force` when ticked."""
+    state = _state()
+    try:
+        done = replay.replay(state.settings, state.conn, event_id, request.form.get("routine") or None,
+                             request.form.get("force") == "1", state.starter, state.roles)
+    except replay.ReplayRefused as exc:
+        return _problem(exc.status, str(exc))
+    if done["sessions"]:
+        return redirect(f"/sessions/{done['sessions'][0]['id']}", 303)
+    return redirect("/events", 303)  # dropped or skipped again: the new event says why, at the top
 
 
 @bp.get("/usage")

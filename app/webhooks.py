@@ -20,8 +20,8 @@ import redis
 
 from app.signature import verify
 from filters import EVENT_KINDS
-from routinely import gate
-from routinely.deliveries import DELIVERY_ID, decode
+from routinely import gate, refusals
+from routinely.deliveries import DELIVERY_ID, decode, keep_payload
 
 PATH = "/webhooks/github"
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
@@ -78,6 +78,7 @@ class WebhookDoor:
 
     def __init__(self, app: WSGIApp, state: Any, log: Logger) -> None:
         self.app, self.state, self.log = app, state, log
+        self.refusals = refusals.Recorder(state.settings.redis_url)  # the bounded record of refused deliveries
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") != PATH:
@@ -87,6 +88,7 @@ class WebhookDoor:
             status, data = self.receive(environ)
         except Refusal as refusal:
             status, data, headers = refusal.status, {"error": str(refusal)}, refusal.headers
+            self.refusals.record(environ, status, str(refusal), bool(self.state.settings.webhook_secret))
         body = orjson.dumps(data)
         start_response(_STATUS[status], [("Content-Type", "application/json"), ("Content-Length", str(len(body))),
                                          *headers])
@@ -142,6 +144,7 @@ class WebhookDoor:
             def route(catalog):
                 return []  # acknowledged and recorded, starts nothing
         outcome = self.state.starter.fire(firing, route)
+        keep_payload(self.state.conn, firing, outcome)  # a drop's body, for a replay (routinely.replay)
         if outcome.duplicate:
             return 200, {"delivery": delivery, "duplicate": True}
         return 202, {

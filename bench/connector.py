@@ -30,7 +30,7 @@ from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
 from routinely import keys  # noqa: E402
 from routinely.config import Settings  # noqa: E402
-from routinely.routine_file import github_policy  # noqa: E402
+from routinely.routine_file import Routine  # noqa: E402
 from tests.fake_github import FakeGitHub  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 from workers.connector import Connector, Policy  # noqa: E402
@@ -53,8 +53,8 @@ def main() -> None:
     settings = Settings(redis_url=server.url, data_dir=tmp, github_app_id="1", github_private_key=key, github_api_url=fake.url)
     conn = redis.Redis.from_url(server.url)
     conn.hset(keys.INSTALLATIONS, "octo/api", 42)
-    policy = Policy.from_spec({"repositories": ["octo/api"], "branch_prefix": "claude/",
-                               "allow_unrestricted_branch_pushes": False, "github": github_policy(None)})
+    policy = Policy.of(Routine.model_validate({"name": "bench", "account": "a", "prompt": "p", "repositories": ["octo/api"],
+                                               "triggers": [{"api": {}}]}))
     tokens = InstallationTokens(settings)
     try:
         starts, closes = [], []

@@ -21,9 +21,18 @@ for the sessions to drain, stops the stack, and reconciles:
 
 Experiments: redis-restart (SIGTERM to Redis, started again 3 s later), worker-kill
 (SIGKILL to a session worker while sessions run; `up` restarts it, the reaper fails its
-sessions), web-kill (SIGKILL to a gunicorn worker; gunicorn starts another).
+sessions), web-kill (SIGKILL to a gunicorn worker; gunicorn starts another), and
+service-down: the whole service stopped (`up` gets SIGTERM; Redis stays) while GitHub sends
+N deliveries over --down-seconds (60), then started again. There GitHub is the fake of
+tests/fake_github.py with a GitHub App configured: it keeps every attempt (a refused
+connection fails it), lists them at GET /app/hook/deliveries, and a redelivery sends the same
+delivery to the webhook again; nobody redelivers by hand — the scheduler's recovery pass at
+start (ROUTINELY_RECOVER_MAX set to N, so one pass asks for all) must bring every one back.
+Its `redelivered` counts the redeliveries recovery asked for, `5xx` the failed attempts, and
+`lost` the deliveries sent without a session.
 
   python bench/faults.py [--deliveries 300] [--concurrency 16] [--workers 3] [--only redis-restart]
+                         [--down-seconds 60]
 """
 from __future__ import annotations
 
@@ -47,6 +56,7 @@ import redis  # noqa: E402
 
 from app.signature import sign  # noqa: E402
 from routinely import keys  # noqa: E402
+from tests.fake_github import FakeGitHub  # noqa: E402
 from tests.support import RedisServer, Remotes, fixture, free_port  # noqa: E402
 
 SECRET = "bench-secret"
@@ -62,6 +72,7 @@ routines:
     triggers: [{github: {events: [pull_request.opened]}}]
 """
 SESSION_UIDS = range(200_000, 300_000)
+EXPERIMENTS = ("redis-restart", "worker-kill", "web-kill", "service-down")
 
 
 def children(pid: int) -> list[int]:
@@ -79,8 +90,8 @@ def cmdline(pid: int) -> str:
 
 
 class Stack:
-    def __init__(self, tmp: Path, workers: int) -> None:
-        self.tmp = tmp
+    def __init__(self, tmp: Path, workers: int, app_env: dict[str, str] | None = None) -> None:
+        self.tmp, self.workers = tmp, workers
         self.redis = RedisServer(persistent=True)
         self.conn = redis.Redis.from_url(self.redis.url)
         remotes = Remotes(tmp / "github")
@@ -90,11 +101,18 @@ class Stack:
         self.port = free_port()
         self.env = {"PATH": os.environ["PATH"], "HOME": str(tmp), "LANG": "C.UTF-8", "REDIS_URL": self.redis.url,
                     "ROUTINELY_DATA_DIR": str(self.data), "GITHUB_WEBHOOK_SECRET": SECRET,
-                    "GITHUB_GIT_URL": remotes.url, "ROUTINELY_AGENT": AGENT, "WEB_CONCURRENCY": "2"}
+                    "GITHUB_GIT_URL": remotes.url, "ROUTINELY_AGENT": AGENT, "WEB_CONCURRENCY": "2", **(app_env or {})}
         (tmp / "routines.yml").write_text(ROUTINES)
         subprocess.run([sys.executable, "-m", "cli", "apply", str(tmp / "routines.yml")], env=self.env,
                        check=True, capture_output=True)
-        self.log = (tmp / "up.log").open("w")
+        self.log = (tmp / "up.log").open("a")
+        self.start()
+
+    def start(self) -> None:
+        """`routinely up`, answering, every session worker listening (again, after stop())."""
+        tmp, workers = self.tmp, self.workers
+        if self.log.closed:
+            self.log = (tmp / "up.log").open("a")
         self.up = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(self.port),
                                     "--workers", str(workers)], env=self.env, stdout=self.log, stderr=self.log, cwd=ROOT)
         end = time.time() + 60
@@ -108,8 +126,8 @@ class Stack:
                 time.sleep(0.2)
         else:
             raise SystemExit("bench: routinely up did not answer; see " + str(tmp / "up.log"))
-        while time.time() < end and self.conn.scard("rq:workers") < workers:
-            time.sleep(0.2)  # every session worker is listening before the first delivery
+        while time.time() < end and len([w for w in self.conn.smembers("rq:workers") if self.conn.exists(w)]) < workers:
+            time.sleep(0.2)  # every session worker is listening before the first delivery (a stopped one's entry may linger)
 
     def processes(self, needle: str) -> list[int]:
         found, todo = [], children(self.up.pid)
@@ -235,24 +253,7 @@ def experiment(name: str, args: argparse.Namespace) -> dict[str, int | str]:
         sender.send(failed)
         failed = [d for d in failed if not 200 <= sender.answer[d] < 300]
 
-    drain_end = time.time() + args.drain
-    while time.time() < drain_end:
-        if not stack.conn.zcard(keys.RUNNING) and not stack.conn.llen("rq:queue:routinely"):
-            break
-        time.sleep(1)
-    time.sleep(2)
-    per_delivery: dict[str, int] = {}
-    nonterminal = failed = 0
-    sids = [s.decode() for s in stack.conn.zrange(keys.SESSIONS, 0, -1)]
-    pipe = stack.conn.pipeline(transaction=False)
-    for sid in sids:
-        pipe.hmget(keys.session(sid), "status", "trigger")
-    for status, trigger in pipe.execute():
-        delivery = json.loads(trigger or b"{}").get("delivery")
-        per_delivery[delivery] = per_delivery.get(delivery, 0) + 1
-        if status in (b"queued", b"running"):
-            nonterminal += 1
-        failed += status == b"failed"
+    per_delivery, nonterminal, failed, sids = reconcile(stack, args.drain)
     stack.stop()
     time.sleep(1)
     orphans, folders = leftovers(stack.data)
@@ -275,22 +276,107 @@ def experiment(name: str, args: argparse.Namespace) -> dict[str, int | str]:
     }
 
 
+def reconcile(stack: Stack, drain: int) -> tuple[dict[str, int], int, int, list[str]]:
+    """Wait for the sessions to drain; (sessions per delivery, non-terminal, failed, session ids)."""
+    drain_end = time.time() + drain
+    while time.time() < drain_end:
+        if not stack.conn.zcard(keys.RUNNING) and not stack.conn.llen("rq:queue:routinely"):
+            break
+        time.sleep(1)
+    time.sleep(2)
+    per_delivery: dict[str, int] = {}
+    nonterminal = failed = 0
+    sids = [s.decode() for s in stack.conn.zrange(keys.SESSIONS, 0, -1)]
+    pipe = stack.conn.pipeline(transaction=False)
+    for sid in sids:
+        pipe.hmget(keys.session(sid), "status", "trigger")
+    for status, trigger in pipe.execute():
+        delivery = json.loads(trigger or b"{}").get("delivery")
+        per_delivery[delivery] = per_delivery.get(delivery, 0) + 1
+        if status in (b"queued", b"running"):
+            nonterminal += 1
+        failed += status == b"failed"
+    return per_delivery, nonterminal, failed, sids
+
+
+def service_down(args: argparse.Namespace) -> dict[str, int | str]:
+    """The service stopped while GitHub sends; started again, recovery alone brings the deliveries back."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    tmp = Path(tempfile.mkdtemp(prefix="routinely-faults-service-down-"))
+    tmp.chmod(0o711)
+    github = FakeGitHub()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    stack = Stack(tmp, args.workers, {"GITHUB_APP_ID": "4242", "GITHUB_PRIVATE_KEY": key, "GITHUB_API_URL": github.url,
+                                      "ROUTINELY_RECOVER_MAX": str(args.deliveries)})
+    stack.conn.hset(keys.INSTALLATIONS, "octo/api", 42)  # the App covers the repository (clones use its token)
+    github.hook_url, github.hook_secret = f"http://127.0.0.1:{stack.port}/webhooks/github", SECRET
+    payload = fixture("pull_request.opened.json")
+    payload["repository"]["full_name"] = "octo/api"
+
+    def passes() -> int:
+        return int(stack.conn.hget(keys.RECOVERY, "passes") or 0)
+
+    end = time.time() + 60
+    while passes() < 1 and time.time() < end:
+        time.sleep(0.2)  # the scheduler's pass at start: recovery's origin is set
+    stack.stop()
+    started, sent = time.time(), []
+    for i in range(args.deliveries):  # spread over the whole outage, as GitHub would send them
+        time.sleep(max(0.0, started + i * args.down_seconds / args.deliveries - time.time()))
+        sent.append(github.send("pull_request", payload))
+    time.sleep(max(0.0, started + args.down_seconds - time.time()))
+    down_for = time.time() - started
+    before = passes()
+    stack.start()
+    end = time.time() + 120
+    while passes() <= before and time.time() < end:
+        time.sleep(0.2)  # the pass at start (one pass: every redelivery is asked for and sent before it ends)
+    per_delivery, nonterminal, failed, sids = reconcile(stack, args.drain)
+    stack.stop()
+    time.sleep(1)
+    orphans, folders = leftovers(stack.data)
+    guids = [a["guid"] for a in sent]
+    ok = {a["guid"] for a in github.attempts if 200 <= a["status_code"] < 300}
+    stack.redis.stop()
+    github.close()
+    return {
+        "experiment": f"service-down {down_for:.0f}s",
+        "sent": len(guids),
+        "acknowledged": sum(1 for g in guids if g in ok),
+        "5xx": sum(1 for a in github.attempts if not 200 <= a["status_code"] < 300),
+        "redelivered": len(github.redeliveries()),
+        "sessions": len(sids),
+        "failed": failed,
+        "duplicates": sum(n - 1 for n in per_delivery.values() if n > 1),
+        "lost": sum(1 for g in guids if not per_delivery.get(g)),
+        "non-terminal": nonterminal,
+        "orphans": orphans,
+        "workspaces": folders,
+        "log": str(tmp / "up.log"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--deliveries", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--drain", type=int, default=300, help="seconds to wait for the sessions to finish")
-    parser.add_argument("--only", choices=["redis-restart", "worker-kill", "web-kill"])
+    parser.add_argument("--only", choices=EXPERIMENTS)
+    parser.add_argument("--down-seconds", type=float, default=60.0,
+                        help="service-down: how long the service is stopped (the reported row uses 60)")
     args = parser.parse_args()
-    names = [args.only] if args.only else ["redis-restart", "worker-kill", "web-kill"]
+    names = [args.only] if args.only else list(EXPERIMENTS)
     columns = ["experiment", "sent", "acknowledged", "5xx", "redelivered", "sessions", "failed", "duplicates", "lost",
                "non-terminal", "orphans", "workspaces"]
     print(f"{args.deliveries} deliveries at concurrency {args.concurrency}, {args.workers} session workers, "
           f"{os.cpu_count()} cores", flush=True)
     print("  ".join(f"{c:>12}" for c in columns), flush=True)
     for name in names:
-        row = experiment(name, args)
+        row = service_down(args) if name == "service-down" else experiment(name, args)
         print("  ".join(f"{row[c]!s:>12}" for c in columns), flush=True)
         print(f"  (stack log: {row['log']})", flush=True)
 

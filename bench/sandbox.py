@@ -16,7 +16,6 @@ import os
 import socket
 import socketserver
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading

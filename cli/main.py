@@ -7,13 +7,13 @@ import sys
 
 import redis
 
-from cli import cache, deliver, events, processes, routines, schedules, sessions, tokens
+from cli import cache, deliver, deliveries, events, processes, routines, schedules, secrets, sessions, tokens
 from cli.common import CliError
 from routinely.config import ConfigError, Settings
 from routinely.control import Refused
 from routinely.routine_file import ApplyError
 
-COMMANDS = (processes, routines, sessions, events, deliver, tokens, schedules, cache)  # the order `--help` lists them in
+COMMANDS = (processes, routines, sessions, events, deliver, deliveries, tokens, secrets, schedules, cache)  # the order `--help` lists them in
 
 
 def _version() -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table, when_text
 from routinely import catalog, control, exposure, routines_view
 from routinely.config import Settings
-from routinely.routine_file import load_yaml
+from routinely.routine_file import json_schema, load_yaml
 
 
 def cmd_apply(args, settings: Settings) -> None:
@@ -20,13 +20,15 @@ def cmd_apply(args, settings: Settings) -> None:
         raise CliError(f"cannot read {path}: {exc.strerror}") from None
     data = load_yaml(text)
     cat, diff = catalog.apply(redis_for(settings), data, settings.clock())
-    for line in exposure.warnings(cat.routines.values()):  # applied all the same: open can be meant
+    for line in exposure.warnings(cat.routines.values(), settings.github_app):  # applied all the same
         print(f"warning: {line}", file=sys.stderr)
     if args.json:
         print_json({"version": cat.version, **diff})
         return
+    accounts = diff["accounts"]
     print(f"applied {path}: {len(cat.routines)} routine(s), version {cat.version}"
-          f" (added {len(diff['added'])}, changed {len(diff['changed'])}, removed {len(diff['removed'])})")
+          f" (added {len(diff['added'])}, changed {len(diff['changed'])}, removed {len(diff['removed'])})"
+          + "".join(f"; account {name} {what}" for what in ("added", "changed", "removed") for name in accounts[what]))
 
 
 def cmd_list(args, settings: Settings) -> None:
@@ -89,14 +91,21 @@ def cmd_init(args, settings: Settings | None) -> None:
     print(f"wrote {path}: edit its repositories and prompt, then `routinely apply {path}`")
 
 
+def cmd_schema(args, settings: Settings | None) -> None:
+    print_json(json_schema())
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("schema", help="print the routine file's JSON Schema (editors validate and complete routines.yml with it)")
+    p.set_defaults(func=cmd_schema, needs_settings=False)
+
     p = sub.add_parser("init", help="write a commented starter routine file (default routines.yml)")
     p.add_argument("file", nargs="?", default="routines.yml", help="where to write it (never over an existing file)")
     p.set_defaults(func=cmd_init, needs_settings=False)
 
     p = sub.add_parser("apply", help="validate and store a routine file, all or nothing")
     p.add_argument("file", help="the routine file (YAML)")
-    p.add_argument("--json", action="store_true", help="print {version, added, changed, removed}")
+    p.add_argument("--json", action="store_true", help="print {version, added, changed, removed, accounts: {added, changed, removed}}")
     p.set_defaults(func=cmd_apply)
 
     p = sub.add_parser("list", help="the applied routines: triggers, next run, last session, today's runs, drops")

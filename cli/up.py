@@ -1,13 +1,16 @@
 """`routinely up`: Redis (when REDIS_URL is unset), web, worker and scheduler in the foreground.
 
 Ctrl-C or SIGTERM stops every process it started: workers first (running sessions get
-ROUTINELY_SHUTDOWN_GRACE_SECONDS), Redis last. A process that dies — a worker, the
+ROUTINELY_SHUTDOWN_GRACE_SECONDS), Redis last. Its children run in process groups of their
+own, so a terminal's Ctrl-C reaches `up` alone and each child is told once, by `up`; a
+person's second Ctrl-C (or SIGQUIT) is passed to the workers as SIGQUIT: end sessions now. A process that dies — a worker, the
 scheduler, web or the embedded Redis — is restarted with backoff (one line each); the rest
 ride through meanwhile. One that fails as it first starts (a port in use, a wrong setting)
 stops `up` with exit code 1 instead.
 """
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import shutil
@@ -23,8 +26,9 @@ from typing import Callable
 import redis
 
 from routinely import keys, sign_in
-from routinely.config import ConfigError, Settings, embedded_redis_url
+from routinely.config import SECRETS_KEY_FILE, ConfigError, Settings, decode_secrets_key, embedded_redis_url
 from routinely.store import connect
+from workers.liveness import StopSignals
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a crashed process is started again
 RESTART_RESET = 60.0  # a process that ran this long restarts after RESTART_FIRST again
@@ -43,7 +47,7 @@ def start_redis(data_dir: Path) -> subprocess.Popen:
     proc = subprocess.Popen(
         [binary, "--port", "0", "--unixsocket", str(sock), "--unixsocketperm", "700", "--dir", str(folder),
          "--appendonly", "yes", "--save", "", "--logfile", str(folder / "redis.log")],
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, process_group=0,  # Ctrl-C must not stop it before the workers wrote their outcomes
     )
     client = redis.Redis.from_url(embedded_redis_url(data_dir))
     for _ in range(250):
@@ -110,6 +114,11 @@ class Child:
             self.signalled = True
             self.proc.terminate()
 
+    def signal_now(self) -> None:
+        """SIGQUIT: a worker ends its running sessions now (a person asked twice)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGQUIT)
+
     def stop(self, timeout: float) -> None:
         """Signal it (if not yet) and wait up to `timeout`, then SIGKILL."""
         if self.proc is None or self.proc.poll() is not None:
@@ -142,6 +151,26 @@ def admin_token(data_dir: Path) -> str:
     return token
 
 
+def secrets_key(data_dir: Path) -> bytes:
+    """Make the secret store's key file (32 random bytes, base64, mode 0600) when there is none.
+
+    `up` makes it when ROUTINELY_SECRETS_KEY is unset; every process reads it through Settings.
+    Keep a copy elsewhere: without it the stored secrets cannot be opened."""
+    path = data_dir / SECRETS_KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        os.chmod(path, 0o600)
+        key = decode_secrets_key(path.read_text())
+        if key is None:
+            raise ConfigError(f"{path} is not a secrets key (32 bytes, base64)")
+        return key
+    key = os.urandom(32)
+    with os.fdopen(fd, "w") as f:
+        f.write(base64.b64encode(key).decode() + "\n")
+    return key
+
+
 WEB_READY_SECONDS = 60  # how long `up` waits for the web to answer before it prints the link anyway
 
 
@@ -165,6 +194,8 @@ def up(host: str, port: int, workers: int) -> int:
     settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = settings.admin_token or admin_token(settings.data_dir)
+    if settings.secrets_key is None:  # the secret store's key, beside the admin token; every process reads it through Settings
+        secrets_key(settings.data_dir)
     children: list[Child] = []
     if not env_redis:
         children.append(Child("redis", lambda: start_redis(settings.data_dir)))
@@ -184,20 +215,28 @@ def up(host: str, port: int, workers: int) -> int:
         ("scheduler", [py, "-m", "cli", "scheduler"]),
     ]
     for name, cmd in commands:
-        child = Child(name, lambda cmd=cmd: subprocess.Popen(cmd, env=env))
+        # a process group of its own: only `up` signals it, once (a terminal's Ctrl-C would be a second)
+        child = Child(name, lambda cmd=cmd: subprocess.Popen(cmd, env=env, process_group=0))
         child.launch()
         children.append(child)
     web = next(child for child in children if child.name == "web")
     print(f"routinely: up on {env['PUBLIC_URL']} (redis {settings.redis_url}); Ctrl-C stops", file=sys.stderr, flush=True)
 
     stopping = False
+    signals = StopSignals()
 
     def stop(signum, frame):
         nonlocal stopping
         stopping = True
+        if signals.kind(signum, time.monotonic()) == "now":  # a person's second Ctrl-C, or SIGQUIT
+            os.write(2, b"routinely: ending running sessions now\n")
+            for child in children:
+                if child.name.startswith("worker"):
+                    child.signal_now()
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGQUIT, stop)
     # the link is printed once the web answers: clicked at once, it must not meet "connection refused"
     _wait_until_answering("127.0.0.1" if host in ("0.0.0.0", "") else host.strip("[]"), port, web, lambda: stopping)
     kept = "" if settings.admin_token else f"; the admin token is kept in {settings.data_dir / 'admin_token'}"

@@ -15,10 +15,37 @@ import math
 from dataclasses import dataclass
 
 from routinely import keys, when
-from routinely.routine_file import Account, Routine
+from routinely.routine_file import Account, RateLimit, Routine
 
 # the reasons in the order the script checks the limits (its REASONS table is made from this)
 REASONS = ("routine_rate_limit", "account_rate_limit", "daily_cap", "daily_budget")
+
+# what each drop means and which setting of the routine file raises it
+FIXES = {
+    "routine_rate_limit": "the routine's rate limit is reached; raise `rate_limit:` on the routine",
+    "account_rate_limit": "the account's rate limit is reached; raise `rate_limit:` on the account",
+    "daily_cap": ("the account's runs for today are used; raise `plan:` (pro 5, max 15, team 25, enterprise 25 "
+                  "a day) or set `extra_usage: true` on the account"),
+    "daily_budget": "the account's model budget for today is spent; raise `daily_budget_usd:` on the account",
+}
+
+
+def wait_words(seconds: int | float) -> str:
+    """`6 h 50 min`, `3 min 5 s`, `42 s`: a wait a person reads at a glance."""
+    seconds = max(0, math.ceil(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def drop_message(reason: str, retry_after: int | float | None) -> str:
+    """The one line for a dropped firing: why, when it opens again, and what raises the limit."""
+    wait = f"; it opens again in {wait_words(retry_after)}" if retry_after else ""
+    return f"dropped ({reason}): {FIXES.get(reason, reason)}{wait}"
 
 
 @dataclass(frozen=True)
@@ -58,11 +85,11 @@ class Checks:
         return (self.routine, self.account, self.cap)
 
 
-def _window(scope: str, ident: str, limit: dict[str, int], now: float) -> Window:
-    per = limit["per_seconds"]
+def _window(scope: str, ident: str, limit: RateLimit, now: float) -> Window:
+    per = limit.per_seconds
     window = int(now // per)
     remaining = (window + 1) * per - now
-    return Window(keys.rate_window(scope, ident, per, window), limit["events"], math.ceil(remaining) + 1,
+    return Window(keys.rate_window(scope, ident, per, window), limit.events, math.ceil(remaining) + 1,
                   max(1, math.ceil(remaining)))
 
 

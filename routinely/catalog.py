@@ -14,7 +14,7 @@ import redis
 
 from filters import Fields, matches_all, parse_command, wants_event
 from routinely import keys
-from routinely.routine_file import Account, GithubTrigger, Routine, build_account, build_routine, parse_config
+from routinely.routine_file import Account, Connector, GithubTrigger, Routine, RoutineFile, parse_config, parse_stored
 
 
 RECORDED_CHARS = 1024
@@ -31,18 +31,17 @@ def _short(value: Any) -> Any:
 class Catalog:
     """Accounts, connectors and routines of one stored version, indexed for routing."""
 
-    def __init__(self, config: dict[str, Any], version: int) -> None:
+    def __init__(self, config: RoutineFile, version: int) -> None:
         self.version = version
         self.config = config
-        self.connectors: dict[str, dict[str, Any]] = config["connectors"]
-        self.accounts: dict[str, Account] = {n: build_account(a) for n, a in config["accounts"].items()}
+        self.connectors: dict[str, Connector] = config.connectors
+        self.accounts: dict[str, Account] = {a.name: a for a in config.accounts}
         self.routines: dict[str, Routine] = {}
         # (lower(owner/repo), "kind" or "kind.action") -> routines with a github trigger on it
         self._github: dict[tuple[str, str], list[Routine]] = {}
         # (lower(owner/repo), kind) -> the filter fields routines watching it for that kind name
         self._watched: dict[tuple[str, str], set[str]] = {}
-        for spec in config["routines"]:
-            routine = build_routine(spec, self.accounts[spec["account"]].timezone)
+        for routine in config.routines:
             self.routines[routine.key] = routine
             wanted = {event for trig in routine.github for event in trig.events}
             for repo in routine.repositories:
@@ -58,7 +57,7 @@ class Catalog:
 
     @classmethod
     def empty(cls) -> "Catalog":
-        return cls({"accounts": {}, "connectors": {}, "routines": []}, 0)
+        return cls(RoutineFile(), 0)
 
     def route(self, kind: str, action: str | None, repo: str, payload: dict[str, Any],
               record: dict[str, Any] | None = None) -> list[Routine]:
@@ -84,7 +83,7 @@ class Catalog:
         candidates = list(self._github.get((repo, kind), ()))
         if action:
             for routine in self._github.get((repo, f"{kind}.{action}"), ()):
-                if routine not in candidates:
+                if not any(routine is c for c in candidates):
                     candidates.append(routine)
         if not candidates:
             return []
@@ -120,37 +119,39 @@ def _command(fields: Fields) -> str | None:
     return found[0] if found else None
 
 
-def save(conn: redis.Redis, config: dict[str, Any]) -> int:
-    """Store a validated configuration whole (one MULTI) and return its new version."""
+def save(conn: redis.Redis, config: RoutineFile) -> int:
+    """Store a validated configuration whole (one MULTI, as JSON in the file's shape with
+    its defaults filled in) and return its new version."""
     pipe = conn.pipeline(transaction=True)
-    pipe.set(keys.ROUTINES, orjson.dumps(config))
+    pipe.set(keys.ROUTINES, orjson.dumps(config.to_file()))
     pipe.incr(keys.ROUTINES_VERSION)
     return int(pipe.execute()[1])
 
 
-def as_file(config: dict[str, Any]) -> dict[str, Any]:
-    """A stored configuration back in the routine file's shape (to change and apply again)."""
-    return {"accounts": list(config["accounts"].values()), "connectors": config["connectors"],
-            "routines": [dict(r) for r in config["routines"]]}
+def as_file(config: RoutineFile) -> dict[str, Any]:
+    """A configuration as a routine file's mapping (to change and apply again)."""
+    return config.to_file()
 
 
-def apply(conn: redis.Redis, data: dict[str, Any], now: float | None) -> tuple[Catalog, dict[str, list[str]]]:
+def apply(conn: redis.Redis, data: dict[str, Any], now: float | None) -> tuple[Catalog, dict[str, Any]]:
     """Validate a routine file and store it all-or-nothing. Raises ApplyError; nothing is stored then.
 
-    `now` None skips the future-time check of `at` schedules (re-applying a stored one). Returns the new catalog and which routine keys were added, changed and removed.
+    `now` None skips the future-time check of `at` schedules (re-applying a stored one). Returns the new catalog and which routine keys were added, changed and removed (and, under
+    `accounts`, which account names).
     """
     config = parse_config(data, now)
     before = load(conn)
     version = save(conn, config)
     after = Catalog(config, version)
-    old = {k: r.spec for k, r in before.routines.items()}
-    new = {k: r.spec for k, r in after.routines.items()}
-    diff = {
-        "added": sorted(set(new) - set(old)),
-        "changed": sorted(k for k in set(new) & set(old) if new[k] != old[k]),
-        "removed": sorted(set(old) - set(new)),
-    }
+    diff = _diff({k: r.to_file() for k, r in before.routines.items()}, {k: r.to_file() for k, r in after.routines.items()})
+    diff["accounts"] = _diff({k: a.to_file() for k, a in before.accounts.items()},
+                             {k: a.to_file() for k, a in after.accounts.items()})
     return after, diff
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return {"added": sorted(set(new) - set(old)), "changed": sorted(k for k in set(new) & set(old) if new[k] != old[k]),
+            "removed": sorted(set(old) - set(new))}
 
 
 def load(conn: redis.Redis) -> Catalog:
@@ -160,7 +161,7 @@ def load(conn: redis.Redis) -> Catalog:
     raw, version = pipe.execute()
     if raw is None:
         return Catalog.empty()
-    return Catalog(orjson.loads(raw), int(version or 0))
+    return Catalog(parse_stored(raw), int(version or 0))
 
 
 class CatalogCache:

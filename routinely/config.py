@@ -57,6 +57,12 @@ class Settings:
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
     max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
     log_max_mb: float = 16.0  # ROUTINELY_LOG_MAX_MB: one session's log in Redis (then cut, routinely.session_log)
+    recover_minutes: float = 10.0  # ROUTINELY_RECOVER_MINUTES: between the scheduler's recovery passes (routinely.recovery)
+    recover_max: int = 100  # ROUTINELY_RECOVER_MAX: redeliveries one recovery pass may ask GitHub for
+    # the secret store's key (ROUTINELY_SECRETS_KEY, else DATA_DIR/secrets_key) and the one it replaces
+    secrets_key: bytes | None = field(default=None, repr=False)
+    secrets_key_previous: bytes | None = field(default=None, repr=False)
+    services_allow_hosts: tuple[str, ...] = ()  # ROUTINELY_SERVICES_ALLOW_HOSTS: host:port a service door may dial though private
     clock: Callable[[], float] = time.time
 
     @property
@@ -103,6 +109,11 @@ class Settings:
         if not (depth.isascii() and depth.isdigit()) or not 1 <= int(depth) <= 100:
             raise ConfigError(f"ROUTINELY_MAX_CHAIN_DEPTH takes a whole number from 1 to 100, got {depth!r}")
         log_max_mb = _seconds("ROUTINELY_LOG_MAX_MB", get("ROUTINELY_LOG_MAX_MB"), cls.log_max_mb, 0.1, 4096, "megabytes")
+        recover_minutes = _seconds("ROUTINELY_RECOVER_MINUTES", get("ROUTINELY_RECOVER_MINUTES"), cls.recover_minutes,
+                                   1, 1440, "minutes")
+        recover_max = get("ROUTINELY_RECOVER_MAX") or str(cls.recover_max)
+        if not (recover_max.isascii() and recover_max.isdigit()) or not 1 <= int(recover_max) <= 10_000:
+            raise ConfigError(f"ROUTINELY_RECOVER_MAX takes a whole number from 1 to 10000, got {recover_max!r}")
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         grace = _seconds("ROUTINELY_SHUTDOWN_GRACE_SECONDS", get("ROUTINELY_SHUTDOWN_GRACE_SECONDS"), cls.shutdown_grace, 0, 86_400)
         vendor_urls = {}
@@ -121,6 +132,9 @@ class Settings:
         cgroups = (get("ROUTINELY_CGROUPS") or "auto").lower()
         if cgroups not in ("auto", "v2", "v1", "off"):
             raise ConfigError(f"ROUTINELY_CGROUPS takes auto, v2, v1 or off (rlimits only), got {cgroups!r}")
+        secrets_key = _secrets_key("ROUTINELY_SECRETS_KEY", get("ROUTINELY_SECRETS_KEY"), data_dir / SECRETS_KEY_FILE)
+        secrets_key_previous = _secrets_key("ROUTINELY_SECRETS_KEY_PREVIOUS", get("ROUTINELY_SECRETS_KEY_PREVIOUS"), None)
+        services_allow_hosts = _host_ports("ROUTINELY_SERVICES_ALLOW_HOSTS", get("ROUTINELY_SERVICES_ALLOW_HOSTS"))
         admin_token = get("ROUTINELY_ADMIN_TOKEN")
         if admin_token is not None and len(admin_token) < MIN_ADMIN_TOKEN_CHARS:
             # never echo it: say only how long it is
@@ -159,7 +173,61 @@ class Settings:
             scheduler_lease_seconds=lease,
             max_chain_depth=int(depth),
             log_max_mb=log_max_mb,
+            recover_minutes=recover_minutes,
+            recover_max=int(recover_max),
+            secrets_key=secrets_key,
+            secrets_key_previous=secrets_key_previous,
+            services_allow_hosts=services_allow_hosts,
         )
+
+
+SECRETS_KEY_FILE = "secrets_key"  # in the data dir, beside admin_token: made by `routinely up` (0600)
+SECRETS_KEY_BYTES = 32
+
+
+def decode_secrets_key(text: str) -> bytes | None:
+    """32 bytes from base64 (standard or URL-safe, padding optional), or None."""
+    import base64
+    import binascii
+
+    text = text.strip()
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == SECRETS_KEY_BYTES else None
+
+
+def _secrets_key(name: str, value: str | None, file: Path | None) -> bytes | None:
+    """The key from the variable, else from the key file when there is one. Never echoes it."""
+    where = name
+    if value is None and file is not None:
+        try:
+            value, where = file.read_text().strip() or None, str(file)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise ConfigError(f"the secrets key file {file} cannot be read: {exc.strerror}") from None
+    if value is None:
+        return None
+    key = decode_secrets_key(value)
+    if key is None:
+        raise ConfigError(f"{where} must be {SECRETS_KEY_BYTES} random bytes in base64: make one with "
+                          "`python3 -c 'import base64, os; print(base64.b64encode(os.urandom(32)).decode())'`")
+    return key
+
+
+def _host_ports(name: str, raw: str | None) -> tuple[str, ...]:
+    """`host:port` entries, comma-separated, lower-cased (IPv6 in brackets: `[::1]:8080`)."""
+    found = []
+    for entry in (e.strip().lower() for e in (raw or "").split(",")):
+        if not entry:
+            continue
+        host, _, port = entry.rpartition(":")
+        if not host or not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(f"{name} lists host:port entries, comma-separated, got {entry!r}")
+        found.append(f"{host}:{int(port)}")
+    return tuple(found)
 
 
 def _sandbox(mode: str | None, paths: str | None) -> tuple[bool, tuple[str, ...]]:

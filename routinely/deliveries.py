@@ -1,12 +1,15 @@
-"""Decode: a verified GitHub delivery into a Firing (event name, repository, installation changes)."""
+"""Decode: a verified GitHub delivery into a Firing (event name, repository, installation changes);
+and keep the payload of one that matched but started nothing, for a replay (routinely.replay)."""
 from __future__ import annotations
 
 import re
 from typing import Any
 
+import redis
+
 from filters import COMMAND_EVENTS, EVENT_KINDS, parse_command
-from routinely import keys
-from routinely.start import Firing
+from routinely import admission, keys
+from routinely.start import Firing, Outcome
 
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 _SET_ACTIONS = {"created", "new_permissions_accepted", "unsuspend"}
@@ -59,3 +62,21 @@ def installation_changes(event: str, action: str | None, payload: dict[str, Any]
             ["del", n] for n in names("repositories_removed")
         ]
     return []
+
+
+def keep_payload(conn: redis.Redis, firing: Firing, outcome: Outcome) -> bool:
+    """Keep the body of a delivery that matched routines but made no session (dropped by
+    admission, or skipped as paused) at keys.payload(event id) for keys.EVENT_TTL, so it can be replayed
+    once the cause is gone; a delivery that made a session kept it inside the start step.
+    One SET after the start step, only on such deliveries; False when Redis failed (the
+    event stands, recorded: only its replay is lost)."""
+    # an admission drop or a pause passes; a firing refused by `role` or `chain_depth` (a
+    # stranger's event, a runaway chain) would be refused again, and its body is not kept
+    replayable = outcome.skipped or any(d["reason"] in admission.REASONS for d in outcome.dropped)
+    if not firing.payload or outcome.duplicate or outcome.sessions or not replayable:
+        return False
+    try:
+        conn.set(keys.payload(outcome.event_id), firing.payload, ex=keys.EVENT_TTL)
+    except redis.RedisError:
+        return False
+    return True

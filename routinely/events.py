@@ -5,6 +5,8 @@ A record is one JSON object at keys.event(id), written by routinely/start.lua: i
 received_at, trigger, delivery/event/repository/routine when the firing had them,
 filter_fields (what the routines watching the repository read), duplicate, sessions,
 dropped, skipped. Records written before it was JSON are hashes; they read the same.
+A replay's record says which event it replays (`replay_of`, from its trigger). Deliveries
+refused at the door have no event record: routinely.refusals keeps the last of them.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ _JSON_FIELDS = (b"trigger", b"sessions", b"dropped", b"skipped", b"filter_fields
 
 
 def to_public(record: Record) -> dict[str, Any]:
-    return {
+    out = {
         "id": record.get("id"),
         "kind": record.get("kind"),
         "delivery": record.get("delivery"),
@@ -38,6 +40,13 @@ def to_public(record: Record) -> dict[str, Any]:
         "skipped": record.get("skipped") or [],
         "duplicate": record.get("duplicate") is True,
     }
+    trigger = record.get("trigger")
+    if isinstance(trigger, dict) and trigger.get("replay_of"):  # a replay (routinely.replay): the event it replays
+        out["replay_of"] = trigger["replay_of"]
+        out["forced"] = trigger.get("forced") is True
+    if record.get("recovered") is True:  # recorded from a redelivery recovery asked for (routinely.recovery)
+        out["recovered"] = True
+    return out
 
 
 def _from_hash(raw: dict[bytes, bytes]) -> Record:
@@ -61,7 +70,17 @@ def records(conn: redis.Redis, event_ids: list[bytes]) -> list[Record]:
     for name in names:
         pipe.get(name)
     got = pipe.execute(raise_on_error=False)
-    return [r for r in (_decoded(conn, name, value) for name, value in zip(names, got)) if r]
+    return _recovered(conn, [r for r in (_decoded(conn, name, value) for name, value in zip(names, got)) if r])
+
+
+def _recovered(conn: redis.Redis, recs: list[Record]) -> list[Record]:
+    """Flag `recovered` the deliveries recorded after recovery asked GitHub for them (one round trip)."""
+    asked = [r for r in recs if r.get("delivery") and r.get("duplicate") is not True]
+    if asked:
+        for r, hit in zip(asked, conn.mget([keys.recovery_asked(str(r["delivery"])) for r in asked])):
+            if hit is not None:
+                r["recovered"] = True
+    return recs
 
 
 def listing(conn: redis.Redis, limit: int = 100) -> list[dict[str, Any]]:
@@ -73,9 +92,10 @@ def get_raw(conn: redis.Redis, event_id: str) -> Record | None:
     """One event's record as stored, or None."""
     key = keys.event(event_id)
     try:
-        return _decoded(conn, key, conn.get(key))
+        record = _decoded(conn, key, conn.get(key))
     except redis.ResponseError as exc:
-        return _decoded(conn, key, exc)
+        record = _decoded(conn, key, exc)
+    return _recovered(conn, [record])[0] if record else None
 
 
 def get(conn: redis.Redis, event_id: str) -> dict[str, Any] | None:

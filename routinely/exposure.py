@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from filters import Filter
 from routinely.routine_file import GithubTrigger, Routine
 
 # what people with no role on a public repository can do, per event kind
@@ -42,7 +43,7 @@ def outsider_events(trigger: GithubTrigger) -> list[str]:
     return open_events
 
 
-def _gates(f, kind: str) -> bool:
+def _gates(f: Filter, kind: str) -> bool:
     if kind not in f.kinds or f.spec.get("negate"):
         return False
     op, value = f.spec.get("op"), f.spec.get("value")
@@ -51,15 +52,21 @@ def _gates(f, kind: str) -> bool:
     return kind == "pull_request" and op == "equals" and (f.field, value) in _ROLE_NEEDED
 
 
-def warnings(routines: Iterable[Routine]) -> list[str]:
-    """One line per open trigger, naming the routine and the trigger as apply errors do."""
+def warnings(routines: Iterable[Routine], github_app: bool = True) -> list[str]:
+    """One line per open trigger, naming the routine and the trigger as apply errors do; and,
+    without a GitHub App (`github_app` False), one per trigger with `roles`, which then
+    drops every firing (a sender's role is asked of GitHub)."""
     lines = []
     for routine in routines:
-        github = iter(routine.github)
-        for index, spec in enumerate(routine.spec["triggers"], start=1):
-            if "github" not in spec:
+        for index, trigger in enumerate(routine.triggers, start=1):
+            if trigger.github is None:
                 continue
-            events = outsider_events(next(github))
+            if trigger.github.compiled.roles and not github_app:
+                lines.append(
+                    f"routine {routine.name!r} (account {routine.account}), trigger {index} (github): roles need a "
+                    "GitHub App to ask a sender's role (GITHUB_APP_ID, GITHUB_PRIVATE_KEY); without one every "
+                    "firing is dropped (role)")
+            events = outsider_events(trigger.github.compiled)
             if events:
                 lines.append(
                     f"routine {routine.name!r} (account {routine.account}), trigger {index} (github): anyone who can "

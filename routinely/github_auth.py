@@ -1,4 +1,5 @@
-"""Installation tokens: minted with the App's JWT (githubkit), cached until shortly before expiry.
+"""Installation tokens: minted with the App's JWT (githubkit), cached until shortly before expiry;
+and `app_client`, the App acting as itself (its JWT) on its own endpoints (`/app/...`).
 
 Tokens live only in this worker's memory (workers run jobs in-process for that reason):
 never in Redis, a log, the agent's environment or a checkout's git config.
@@ -16,6 +17,17 @@ from routinely import keys
 from routinely.config import Settings
 
 REFRESH_BEFORE_SECONDS = 300  # a clone or push must never start with a token about to expire
+APP_TIMEOUT_SECONDS = 30.0
+
+
+def app_client(settings: Settings, cache: MemCacheStrategy | None = None) -> GitHub:
+    """A githubkit client authenticated as the App (a JWT from GITHUB_APP_ID and the private
+    key), for the App's own endpoints such as `GET /app/hook/deliveries`; use it as a context
+    manager. `cache` keeps its JWTs (default: one of its own, never githubkit's process-wide one)."""
+    auth = AppAuthStrategy(settings.github_app_id, settings.github_private_key)
+    return GitHub(auth, base_url=settings.github_api_url, cache_strategy=cache or MemCacheStrategy(),
+                  timeout=APP_TIMEOUT_SECONDS, http_cache=False,  # a listing must be fresh
+                  auto_retry=False)  # a pass that failed is tried again by the next one
 
 
 class TokenError(Exception):

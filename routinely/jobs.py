@@ -103,6 +103,21 @@ def settle(conn: redis.Redis, job_id: str, succeeded: bool, reason: str = "") ->
         pipe.execute()
 
 
+def requeue(conn: redis.Redis, job_id: str) -> bool:
+    """Put the job of a session that went back to queued (its worker shut down before it did
+    anything outside) at the front of its queue again, out of "started": the next worker runs
+    it. False when the job is gone (canceled meanwhile: nothing to run)."""
+    try:
+        job = Job.fetch(job_id, connection=conn, serializer=SERIALIZER)
+    except NoSuchJobError:
+        return False
+    with conn.pipeline() as pipe:
+        job.started_job_registry.remove_executions(job, pipeline=pipe)
+        pipe.execute()
+    Queue(job.origin, connection=conn, serializer=SERIALIZER).enqueue_job(job, at_front=True)
+    return True
+
+
 def queue(conn: redis.Redis, queue_name: str) -> Queue:
     return Queue(queue_name, connection=conn, serializer=SERIALIZER)
 

@@ -44,7 +44,8 @@ EVENTS = P + "events"  # zset event id -> received ms (µs as the fraction, so c
 
 
 def payload(event_id: str) -> str:
-    """string: raw webhook body a session runs with; only when a session was made; TTL EVENT_TTL."""
+    """string: raw webhook body a session runs with; when a session was made (the start step) or
+    the delivery was dropped by admission or skipped, for a replay (routinely.deliveries.keep_payload); TTL EVENT_TTL."""
     return f"{P}payload:{event_id}"
 
 
@@ -159,6 +160,17 @@ def chain(repo: str, subject: str) -> str:
     return f"{P}chain:{repo.lower()}:{subject}"
 
 
+# -- recovery of missed deliveries (issue #29; routinely.recovery, run by the leading scheduler)
+RECOVERY = P + "recovery"  # hash: `origin_ms` (recovery never looks before it: set once, from the oldest recorded event or the first pass), `checked_ms` (every delivery GitHub made before it is settled), `last_pass_at`, `last_asked`, and counters `passes`, `asked`, `ask_failed`; no TTL (a fixed set of fields)
+
+
+def recovery_asked(guid: str) -> str:
+    """string "GITHUB_DELIVERY_ID ASKED_MS": recovery asked GitHub to redeliver this delivery
+    (X-GitHub-Delivery guid); SET NX before asking, so no guid is asked for twice, and read
+    with the event record to flag it `recovered`; TTL EVENT_TTL (as long as that event)."""
+    return f"{P}recovery:asked:{guid}"
+
+
 LAST_SCHEDULED_RUN = P + "last-scheduled-run"  # hash routine key -> ISO time of its latest scheduled run that made a session; the scheduler's; fields of removed routines dropped each pass
 
 
@@ -192,3 +204,29 @@ def sign_in_failures(address: str) -> str:
     """int: failed sign-ins (form, link, Bearer) from one client address (an IPv6 /64); INCR by
     app/auth.py; TTL SIGN_IN_WINDOW from the first failure."""
     return f"{P}console:failures:{address}"
+
+
+# -- refusals at the door, idempotent fires (issue #29)
+REFUSALS_KEPT = 1000  # the last refused deliveries kept (routinely.refusals)
+REFUSALS = P + "refusals"  # stream of refused webhook deliveries (time in the entry id; delivery, event, reason, status, detail, address — never the body); XADD MAXLEN = REFUSALS_KEPT by the webhook door, one command per refusal; no TTL: capped by count
+IDEMPOTENCY_TTL = DAY  # an Idempotency-Key answers its first call's session for 24 h
+IDEMPOTENCY_PENDING_TTL = 60  # a claim whose firing never settled (a process died) frees the key after this
+
+
+def idempotency(trigger_id: str, scope_digest: str) -> str:
+    """string "P <body sha256>" while the first call fires, then "D <body sha256> <session id>";
+    SET NX by POST …/fire with Idempotency-Key (routinely.idempotency), by the digest of token and
+    key (neither kept in clear); TTL IDEMPOTENCY_PENDING_TTL, then IDEMPOTENCY_TTL."""
+    return f"{P}idem:{trigger_id}:{scope_digest}"
+
+
+# -- stored secrets (issue #30; routinely.secret_store: `routinely secret`, the admin API, the worker)
+def secret(scope: str, name: str) -> str:
+    """hash `value` (AEAD: version, key id, nonce, ciphertext; never plaintext), `created_at`,
+    `updated_at`, `last_used_at` (epoch s): one stored secret, by its scope (`routine:ACCOUNT/NAME`
+    or `account:ACCOUNT`) and name; written by set/rotate, `last_used_at` by the worker; no TTL
+    (configuration: removed by `secret rm`)."""
+    return f"{P}secret:{scope}:{name}"
+
+
+SECRETS = P + "secrets"  # set of "SCOPE NAME" for every stored secret (the listing); kept in step with `secret` by set/rm; no TTL

@@ -14,7 +14,7 @@ from filters.explain import condition
 from routinely import admission, control, keys, when
 from routinely.catalog import Catalog
 from routinely.config import Settings
-from routinely.routine_file import Routine
+from routinely.routine_file import Routine, Trigger
 from routinely.schedule_runs import field, next_runs
 from routinely.when import iso
 
@@ -54,15 +54,14 @@ def schedule_words(spec: dict[str, Any]) -> str:
     return f"{'every day' if preset == 'daily' else 'weekdays'} at {spec['time']} ({tz})"
 
 
-def trigger_words(trigger: dict[str, Any]) -> str:
+def trigger_words(trigger: Trigger) -> str:
     """One trigger in words: `GitHub pull_request.opened when base_branch equals "main"`."""
-    kind, body = next(iter(trigger.items()))
-    if kind == "api":
+    if trigger.api is not None:
         return "API (POST …/fire with a token)"
-    if kind == "schedule":
-        return "schedule: " + schedule_words(body)
-    text = "GitHub " + " or ".join(body["events"])
-    conditions = [condition(f) for f in body.get("filters") or []]
+    if trigger.schedule is not None:
+        return "schedule: " + schedule_words(trigger.schedule.compiled.spec)
+    text = "GitHub " + " or ".join(trigger.github.events)
+    conditions = [condition(f) for f in trigger.github.filters]
     if conditions:
         text += " when " + " and ".join(conditions)
     return text
@@ -122,12 +121,12 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
             "name": routine.name,
             "account": routine.account,
             "repositories": routine.repositories,
-            "triggers": [next(iter(t)) for t in routine.spec["triggers"]],
-            "summary": [trigger_words(t) for t in routine.spec["triggers"]],
+            "triggers": [t.kind for t in routine.triggers],
+            "summary": [trigger_words(t) for t in routine.triggers],
             "schedules": items,
             "next_run_at": min(times) if times else None,
             "paused": routine.paused,
-            "rate_limit": routine.rate_limit,
+            "rate_limit": routine.rate_limit.to_file(),
             "last_session": last,
             "runs_today": int(today or 0),
             "daily_cap": account.daily_cap,
@@ -164,6 +163,6 @@ def _last_sessions(conn: redis.Redis, recent: list[list[bytes]]) -> list[dict[st
 def detail(conn: redis.Redis, cat: Catalog, settings: Settings, routine: Routine) -> dict[str, Any]:
     """One routine's row plus its definition as applied and its API triggers (ids only)."""
     row = listing(conn, cat, settings, [routine])[0]
-    row["definition"] = routine.spec
+    row["definition"] = routine.to_file()
     row["tokens"] = control.tokens(conn, routine)
     return row

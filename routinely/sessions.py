@@ -220,6 +220,42 @@ def transition(conn: redis.Redis, session_id: str, allowed: Iterable[str], **fie
     return None if result == -1 else bool(result)
 
 
+SHUT_DOWN = "worker shut down"
+# what a session queued again leaves behind of its stopped run (the next run sets them anew)
+REQUEUED = {"started_at": None, "host": None, "pid": None, "sandbox_pid": None, "sandbox_uid": None,
+            "sandbox_cgroup": None}
+
+
+def done_outside(conn: redis.Redis, session_id: str, forwarded: Iterable[str] = ()) -> list[str]:
+    """What a session did that others can see, one phrase each: its github connector's writes
+    that reached GitHub (every recorded action but those its policy refused: one GitHub
+    answered with an error may still have happened) and the refs its push door forwarded
+    (`forwarded`: the runner's, as "REF to OWNER/REPO")."""
+    done = []
+    for a in actions.of_session(conn, session_id)[0]:
+        if a.get("status") == "refused":
+            continue
+        target = f"{a.get('repo')}" + (f"#{a['number']}" if a.get("number") else "")
+        done.append(f"github {a.get('tool')} {target}" + ("" if a.get("status") == "ok" else f" ({a.get('status')})"))
+    return done + [f"pushed {ref}" for ref in forwarded]
+
+
+def after_shutdown(conn: redis.Redis, session_id: str, forwarded: Iterable[str] = ()) -> tuple[str, str]:
+    """The outcome of a running session its worker's shutdown stopped: (status, line for its log).
+
+    Queued again ("queued": its runner writes it with REQUEUED, the worker puts its job back)
+    when it did nothing outside (`done_outside`), so another worker runs it from the start;
+    failed with reason SHUT_DOWN and the list of what it did otherwise — running it again
+    would do that twice. A session canceled meanwhile stays canceled."""
+    if conn.exists(keys.session_cancel(session_id)):
+        return "canceled", "routinely: canceled while running"
+    done = done_outside(conn, session_id, forwarded)
+    if not done:
+        return "queued", ("routinely: worker shut down before this session did anything outside (no github write, "
+                          "no push forwarded); it is queued again for the next worker")
+    return "failed", f"{SHUT_DOWN}; done outside: {', '.join(done)}"
+
+
 def cancel(conn: redis.Redis, session_id: str, now_iso: str) -> str:
     """Cancel a queued or running session; returns the outcome in one word.
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import redis
 from redis.exceptions import NoScriptError
 
-from routinely import jobs, keys, sessions, start_plan
+from routinely import admission, jobs, keys, sessions, start_plan
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.routine_file import Routine
@@ -178,5 +178,5 @@ def fire_one(settings: Settings, conn: redis.Redis, ref: str, firing: Firing,
         raise FireRefused(f"routine {ref!r} is paused: `routinely resume {ref}` first", 400)
     if outcome.dropped:
         d = outcome.dropped[0]
-        raise FireRefused(f"dropped ({d['reason']}): try again in {d['retry_after']} s", 429, d["retry_after"])
+        raise FireRefused(admission.drop_message(d["reason"], d["retry_after"]), 429, d["retry_after"])
     return sessions.get(conn, settings, outcome.sessions[0]["id"])

@@ -177,7 +177,7 @@ def build(firing: Any, catalog: Catalog, matched: list[Routine], now: float,
             routine_key=routine.key,
             account=routine.account,
             checks=admission.checks(routine, catalog.accounts[routine.account], now),
-            job_timeout=int(routine.spec["timeout_minutes"] * 60) + JOB_MARGIN_SECONDS,
+            job_timeout=int(routine.timeout_minutes * 60) + JOB_MARGIN_SECONDS,
             job_description=f"{routine.key} {firing.kind}",
             # the per-process "trimmed lately" mark stays by name (routinely.start keeps it so): a
             # name two accounts share delays one of their trims by at most a second

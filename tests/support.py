@@ -116,9 +116,13 @@ def delivery_headers(event: str, body: bytes, secret: str = SECRET, delivery: st
 
 
 def redis_snapshot(conn: redis.Redis) -> dict[bytes, Any]:
-    """Every key with its type and content, to prove a refused request changed nothing."""
+    """Every key with its type and content, to prove a refused request changed nothing —
+    but the door's bounded record of refused deliveries (keys.REFUSALS), the one thing a
+    refusal keeps by design (tests/test_refusals.py checks it)."""
     out = {}
     for key in conn.scan_iter(count=1000):
+        if key == b"rly:refusals":
+            continue
         kind = conn.type(key)
         if kind == b"string":
             out[key] = conn.get(key)

@@ -166,12 +166,12 @@ def test_bad_agent_and_budget_fields_reject_the_file_and_store_nothing(conn, fie
 
 def test_agent_budget_and_idle_are_normalized(conn):
     _apply(conn, agent={"preset": "codex", "model": "gpt-5"}, budget={"max_cost_usd": 5}, idle_timeout_minutes=3)
-    spec = catalog.load(conn).routines["alice/r"].spec
-    assert spec["agent"] == {"preset": "codex", "model": "gpt-5"}
-    assert spec["budget"] == {"max_cost_usd": 5, "max_tokens": None} and spec["idle_timeout_minutes"] == 3
+    routine = catalog.load(conn).routines["alice/r"]
+    assert routine.agent.to_file() == {"preset": "codex", "model": "gpt-5"}
+    assert routine.budget.to_file() == {"max_cost_usd": 5, "max_tokens": None} and routine.idle_timeout_minutes == 3
     _apply(conn)
-    spec = catalog.load(conn).routines["alice/r"].spec
-    assert spec["agent"] is None and spec["idle_timeout_minutes"] == 10
+    routine = catalog.load(conn).routines["alice/r"]
+    assert routine.agent is None and routine.idle_timeout_minutes == 10
     before = redis_snapshot(conn)
     with pytest.raises(ApplyError, match="daily_budget_usd takes a number"):
         catalog.apply(conn, {"accounts": [{"name": "alice", "daily_budget_usd": -1}], "routines": []}, time.time())

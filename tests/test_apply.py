@@ -18,12 +18,18 @@ NOW = 1_790_000_000.0  # 2026-09-21
 
 def test_the_contract_example_applies_with_defaults_filled(conn):
     cat, diff = catalog.apply(conn, copy.deepcopy(EXAMPLE), NOW)
-    assert diff == {"added": ["alice/pr-review"], "changed": [], "removed": []}
+    assert diff == {"added": ["alice/pr-review"], "changed": [], "removed": [],
+                    "accounts": {"added": ["alice"], "changed": [], "removed": []}}
+    raised = copy.deepcopy(EXAMPLE)
+    raised["accounts"][0]["plan"] = "enterprise"  # a changed account is reported, its routines untouched
+    _, again = catalog.apply(conn, raised, NOW)
+    assert again == {"added": [], "changed": [], "removed": [], "accounts": {"added": [], "changed": ["alice"], "removed": []}}
+    cat, _ = catalog.apply(conn, copy.deepcopy(EXAMPLE), NOW)
     routine = cat.routines["alice/pr-review"]
     assert routine.api and len(routine.github) == 2 and len(routine.schedules) == 2
     assert routine.github[1].command == "fix" and routine.github[1].roles == {"admin", "maintain", "write"}
-    assert routine.spec["branch_prefix"] == "claude/"
-    assert catalog.load(conn).routines["alice/pr-review"].spec == routine.spec
+    assert routine.branch_prefix == "claude/"
+    assert catalog.load(conn).routines["alice/pr-review"].to_file() == routine.to_file()
     assert cat.accounts["alice"].daily_cap == 15
 
 
@@ -33,8 +39,8 @@ def test_defaults_when_a_file_sets_no_limits(conn):
         "routines": [{"name": "r", "account": "bob", "prompt": "p", "triggers": [{"api": {}}]}],
     }
     cat, _ = catalog.apply(conn, data, NOW)
-    assert cat.routines["bob/r"].rate_limit == {"events": 30, "per_seconds": 3600}
-    assert cat.accounts["bob"].rate_limit == {"events": 100, "per_seconds": 3600}
+    assert cat.routines["bob/r"].rate_limit.to_file() == {"events": 30, "per_seconds": 3600}
+    assert cat.accounts["bob"].rate_limit.to_file() == {"events": 100, "per_seconds": 3600}
     assert cat.accounts["bob"].plan == "pro" and cat.accounts["bob"].daily_cap == 5
 
 
@@ -135,7 +141,9 @@ def test_cli_apply_and_list(conn, redis_server, tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "cli", *a], env=env, capture_output=True, text=True)  # noqa: E731
     result = run("apply", str(good))
     assert result.returncode == 0, result.stderr
-    assert "1 routine(s)" in result.stdout
+    assert "1 routine(s)" in result.stdout and "; account alice added" in result.stdout
+    # no GitHub App here: the trigger with roles would drop every firing, and apply says so
+    assert "trigger 5 (github): roles need a GitHub App to ask a sender's role" in result.stderr, result.stderr
     listed = run("list", "--json")
     assert '"name": "pr-review"' in listed.stdout
     bad = tmp_path / "bad.yml"

@@ -93,4 +93,5 @@ def test_command_and_roles_are_stored_normalized():
     trig = cat.routines["a/r0"].github[0]
     assert trig.command == "fix" and trig.roles == {"write", "admin"}
     assert trig.events == ("issue_comment.created", "pull_request_review_comment.created")
-    assert cat.routines["a/r0"].spec["triggers"][0]["github"]["roles"] == ["write", "admin"]
+    assert cat.routines["a/r0"].triggers[0].github.roles == ("write", "admin")
+    assert cat.routines["a/r0"].to_file()["triggers"][0]["github"]["roles"] == ["write", "admin"]

@@ -17,7 +17,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from routinely import actions, keys, session_log
 from routinely.github_auth import InstallationTokens
-from routinely.routine_file import ApplyError, github_policy
+from routinely.routine_file import ApplyError, GithubPolicy, Routine, parse_config
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
 from tests.test_isolation import needs_sandbox as needs_netns
@@ -39,9 +39,9 @@ def app_settings(settings, private_key, fake):
     return settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake.url)
 
 
-def spec(**github) -> dict:
-    return {"repositories": ["octo/api", "octo/sdk"], "branch_prefix": "claude/",
-            "allow_unrestricted_branch_pushes": False, "github": github_policy(github or None)}
+def spec(**github) -> Routine:
+    return Routine.model_validate({"name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api", "octo/sdk"],
+                                   "triggers": [{"api": {}}], **({"github": github} if github else {})})
 
 
 class Session:
@@ -58,7 +58,7 @@ class Session:
             self.lines.append(line)
             session_log.append(conn, sid, line)
 
-        self.connector = Connector(sid, Policy.from_spec(spec(**github)), self.sock, conn, settings,
+        self.connector = Connector(sid, Policy.of(spec(**github)), self.sock, conn, settings,
                                    InstallationTokens(settings), lambda repo, branch: (repo, branch) in self.pushed, log).start()
 
     async def _calls(self, calls, token):
@@ -265,33 +265,34 @@ def test_path_traversal_is_refused(conn, app_settings, installed, fake):
 
 
 def test_the_policy_block_is_validated_when_applied():
-    assert github_policy(None) == {"writes": WRITES, "max_writes": 20, "draft_prs": True, "allow_approve": False}
-    for bad, words in [({"writes": ["merge_pull_request"]}, "not write tools"), ({"max_writes": -1}, "github.max_writes"),
-                       ({"draft_prs": "yes"}, "github.draft_prs"), ({"approve": True}, "unknown key"), ([], "github takes")]:
+    assert GithubPolicy().to_file() == {"writes": WRITES, "max_writes": 20, "draft_prs": True, "allow_approve": False}
+    for bad, words in [({"writes": ["merge_pull_request"]}, "routine 'r' \\(account a\\): github.writes: .* not write tools"),
+                       ({"max_writes": -1}, "github.max_writes"), ({"draft_prs": "yes"}, "github.draft_prs"),
+                       ({"approve": True}, "routine 'r' \\(account a\\), github: unknown key"), ([], "github takes")]:
         with pytest.raises(ApplyError, match=words):
-            github_policy(bad, "routine 'r'")
+            parse_config({"accounts": [{"name": "a"}], "routines": [
+                {"name": "r", "account": "a", "prompt": "p", "triggers": [{"api": {}}], "github": bad}]}, None)
 
 
 def test_the_prompt_paragraph_follows_the_policy():
-    text_ = Policy.from_spec(spec()).prompt(True)
+    text_ = Policy.of(spec()).prompt(True)
     assert "octo/api, octo/sdk" in text_ and "under `claude/`" in text_ and "draft" in text_ and "never APPROVE" in text_
-    narrow = Policy.from_spec(spec(writes=["add_issue_comment"], max_writes=3)).prompt(True)
+    narrow = Policy.of(spec(writes=["add_issue_comment"], max_writes=3)).prompt(True)
     assert "add_issue_comment, at most 3 writes" in narrow and "pull request must" not in narrow
-    assert "may not write" in Policy.from_spec(spec(writes=[])).prompt(True)
-    assert "no GitHub App is configured" in Policy.from_spec(spec()).prompt(False)
+    assert "may not write" in Policy.of(spec(writes=[])).prompt(True)
+    assert "no GitHub App is configured" in Policy.of(spec()).prompt(False)
 
 
 def test_a_routine_file_with_a_github_block_applies_and_its_errors_name_the_routine(conn):
     from routinely import catalog
-    from routinely.routine_file import parse_config
 
     base = {"accounts": [{"name": "a"}], "routines": [{"name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api"],
                                                         "triggers": [{"api": {}}]}]}
-    stored = parse_config(base, None)["routines"][0]
-    assert stored["github"] == github_policy(None)
+    stored = parse_config(base, None).routines[0]
+    assert stored.github_policy == GithubPolicy()
     base["routines"][0]["github"] = {"writes": ["add_issue_comment"], "allow_approve": True}
-    assert parse_config(base, None)["routines"][0]["github"] == {"writes": ["add_issue_comment"], "max_writes": 20,
-                                                                 "draft_prs": True, "allow_approve": True}
+    assert parse_config(base, None).routines[0].to_file()["github"] == {"writes": ["add_issue_comment"], "max_writes": 20,
+                                                                        "draft_prs": True, "allow_approve": True}
     base["routines"][0]["github"] = {"max_writes": 1001}
     with pytest.raises(ApplyError, match=r"routine 'r' \(account a\): github.max_writes takes a whole number from 0 to 1000"):
         catalog.apply(conn, base, None)
@@ -312,7 +313,7 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_setting
     """The client agents really use, in a session with network none: connected with the
     session's token, refused (401) with another."""
     box = Sandbox.open({"network": "none", "allow_hosts": []}, "sess_cc", False, lambda line: None)
-    connector = Connector("sess_cc", Policy.from_spec(spec()), str(box.door_dir / "github.sock"), conn, app_settings,
+    connector = Connector("sess_cc", Policy.of(spec()), str(box.door_dir / "github.sock"), conn, app_settings,
                           InstallationTokens(app_settings), lambda repo, branch: False, lambda line: None).start()
     try:
         port = box.add_door("github", connector.socket_path)
@@ -347,7 +348,7 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_setting
 def test_a_connector_that_cannot_listen_says_so_in_one_line(conn, app_settings, tmp_path):
     from workers.connector import ConnectorError
 
-    connector = Connector("sess_x", Policy.from_spec(spec()), str(tmp_path / "no-such-dir" / "github.sock"), conn, app_settings,
+    connector = Connector("sess_x", Policy.of(spec()), str(tmp_path / "no-such-dir" / "github.sock"), conn, app_settings,
                           InstallationTokens(app_settings), lambda repo, branch: False, lambda line: None)
     with pytest.raises(ConnectorError, match="could not listen on"):
         connector.start()

@@ -74,10 +74,11 @@ def opened_delivery(client) -> str:
 def test_a_review_routine_fired_by_a_delivery_reviews_comments_and_shows_its_actions(conn, world, fake, tmp_path):
     apply(conn, tmp_path, env={"PLAN": "all", "TOKEN_FILE": str(tmp_path / "token"), "OUTSIDE_URL": fake.url + "/zen"})
     sid = opened_delivery(world["client"])
-    run_worker(world["env"])
+    done = run_worker(world["env"])
 
     s = world["client"].get(f"/api/sessions/{sid}").get_json()
     assert s["status"] == "succeeded", s
+    assert "StreamableHTTP session manager" not in done.stderr  # the SDK's per-session chatter stays off the worker's output
     report = json.loads((tmp_path / "pr-review.json").read_text())
     assert len(report["tools"]) == 13 and "create_pull_request_review" in report["tools"]
     outcome = [(c["tool"], c["error"]) for c in report["calls"]]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -9,6 +10,7 @@ import time
 import pytest
 
 from routinely import api_tokens, catalog, keys
+from routinely.routine_file import parse_config
 from tests import openapi_check
 from tests.support import redis_snapshot
 
@@ -129,9 +131,9 @@ def test_a_paused_routine_answers_400_and_records_nothing_but_a_counter(client, 
 def test_a_routine_paused_by_another_process_is_seen_at_once(client, conn):
     (trigger, token), _ = setup(conn)
     assert post(client, trigger, token).status_code == 200  # this process has the catalog cached now
-    config = catalog.load(conn).config
-    config["routines"][0]["paused"] = True
-    catalog.save(conn, config)  # another process pauses it
+    data = catalog.as_file(catalog.load(conn).config)
+    data["routines"][0]["paused"] = True
+    catalog.save(conn, parse_config(data, None))  # another process pauses it
     before = conn.zcard(keys.EVENTS)
     assert post(client, trigger, token).status_code == 400
     assert conn.zcard(keys.EVENTS) == before
@@ -186,3 +188,16 @@ def test_tokens_need_an_api_trigger(conn, redis_server, tmp_path):
     env = {"REDIS_URL": redis_server.url, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     out = subprocess.run([sys.executable, "-m", "cli", "token", "create", "gh"], env=env, capture_output=True, text=True)
     assert out.returncode == 1 and "has no api trigger" in out.stderr
+
+
+def test_a_fire_past_the_daily_cap_says_what_raises_it_and_when_it_opens(client, conn):
+    spec = {"name": "alerts", "account": "ops", "prompt": "p", "triggers": [{"api": {}}]}
+    catalog.apply(conn, {"accounts": [{"name": "ops", "plan": "pro", "timezone": "UTC"}], "routines": [spec]}, time.time())
+    trigger, token = api_tokens.create(conn, catalog.load(conn).find("alerts"))
+    for _ in range(5):
+        assert post(client, trigger, token).status_code == 200
+    resp = post(client, trigger, token)
+    message = resp.get_json()["error"]["message"]
+    assert resp.status_code == 429 and 0 < int(resp.headers["Retry-After"]) <= 86_400
+    assert message.startswith("dropped (daily_cap): the account's runs for today are used; raise `plan:`"), message
+    assert "`extra_usage: true`" in message and re.search(r"opens again in (\d+ h( \d+ min)?|\d+ min( \d+ s)?|\d+ s)$", message)

@@ -85,13 +85,14 @@ def test_a_duplicate_delivery_starts_nothing(client, conn):
     assert [conn.exists(keys.payload(e["id"])) for e in events] == [0, 1]  # the copy keeps no body
 
 
-def test_a_delivery_whose_every_routine_is_dropped_keeps_no_body(client, conn):
+def test_a_delivery_whose_every_routine_is_dropped_keeps_its_body_for_a_replay(client, conn):
     apply(conn, {"name": "r", "rate_limit": {"events": 1, "per_seconds": 3600}, "triggers": [gh(["pull_request"])]})
     post(client, "pull_request", fixture("pull_request.opened.json"))
     resp, _ = post(client, "pull_request", fixture("pull_request.opened.json"))
     assert resp.get_json()["dropped"][0]["reason"] == "routine_rate_limit"
     events = client.get("/api/events").get_json()
-    assert [conn.exists(keys.payload(e["id"])) for e in events] == [0, 1]
+    assert [conn.exists(keys.payload(e["id"])) for e in events] == [1, 1]
+    assert 0 < conn.ttl(keys.payload(events[0]["id"])) <= keys.EVENT_TTL  # kept for the retention window, no longer
 
 
 def test_a_redis_that_forgot_the_start_script_gets_it_again(client, conn):

@@ -1,8 +1,10 @@
 """When a running session should be stopped although its agent has not exited: canceled,
 stalled (no model request and no log line for idle_timeout_minutes), or past its budget
-(the gateway refused a request and the agent did not end within a grace period)."""
+(the gateway refused a request and the agent did not end within a grace period); and which
+stop a signal to the worker asks for (StopSignals: the shutdown grace, or now)."""
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Callable
@@ -40,3 +42,31 @@ class Liveness:
         at = (datetime.now(timezone.utc) - timedelta(seconds=ago)).strftime("%H:%M:%S UTC")
         return (f"routinely: stalled: no model request and no log line since {at} ({ago / 60:.1f} min; "
                 f"idle_timeout_minutes {self.idle_seconds / 60:g}); the session was stopped")
+
+
+ECHO_SECONDS = 1.5  # a repeated SIGTERM this soon after the first is the same stop, not a person's second
+
+
+class StopSignals:
+    """What a stop signal to a worker (or to `routinely up`) asks for — docs/operations.md, "Stopping".
+
+    `kind` answers "stop" for the first SIGTERM or SIGINT (no new jobs; running sessions get
+    the shutdown grace), "now" for a person's second (SIGINT again — a terminal sends one per
+    Ctrl-C —, SIGTERM again ECHO_SECONDS or more after the first, or SIGQUIT at any time), and
+    "echo" for the same stop told again (SIGTERM again within ECHO_SECONDS, as a supervisor and
+    its service manager both send it; or the other of SIGTERM and SIGINT, as a terminal's
+    Ctrl-C and a supervisor's SIGTERM for it do, whenever it comes)."""
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.at = 0.0
+
+    def kind(self, signum: int, now: float) -> str:
+        if self.first is None:
+            self.first, self.at = signum, now
+            return "now" if signum == signal.SIGQUIT else "stop"
+        if signum == signal.SIGQUIT or (signum == self.first == signal.SIGINT):
+            return "now"
+        if signum == self.first and now - self.at >= ECHO_SECONDS:
+            return "now"
+        return "echo"

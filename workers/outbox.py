@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 import redis
 
-from routinely import keys, session_log, sessions
+from routinely import keys, session_log, sessions, transcript
 from routinely.config import Settings
+from routinely.redact import NOTHING, Redactor
 from workers.outage import BACKOFF_MAX, BACKOFF_START, Outage
 
 HEARTBEAT_EVERY = 2.0  # seconds; the reaper's timeout (workers.reaper) is several of these
@@ -31,6 +32,7 @@ class Outbox:
                  log_max_bytes: int = Settings.log_max_mb * 1024 * 1024) -> None:
         self.conn, self.id, self.outage, self.clock = conn, session_id, outage, clock
         self.cap = session_log.Cap(int(log_max_bytes))
+        self.redact: Redactor = NOTHING  # the session's secrets and tokens, once known: never stored as they are
         self._lines: list[str] = []  # cleaned (as stored)
         self._pending_bytes = 0
         self._dropped = 0
@@ -46,7 +48,7 @@ class Outbox:
     def log(self, *lines: str) -> None:
         with self._buf:
             for line in lines:
-                self._hold(self.cap.admit(line))
+                self._hold(self.cap.admit(self.redact(line)))
         self._soon()
 
     def _hold(self, lines: list[str], front: bool = False) -> None:
@@ -77,6 +79,11 @@ class Outbox:
         # held up by a connect that times out
         if not self.outage.down:
             self.flush()
+
+    def transcript(self, entries: list[dict[str, Any]]) -> None:
+        """Transcript entries of the session, redacted like its log, buffered in order."""
+        entries = self.redact.deep(entries)
+        self.add(lambda pipe: transcript.append(pipe, self.id, entries))
 
     def add(self, op: Callable[[Any], None]) -> None:
         """Another write of the session's (`op(pipeline)` adds its commands), buffered in order."""

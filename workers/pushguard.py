@@ -10,7 +10,10 @@ session's — and with a git environment the worker fixes: no system or global c
 relay's config written by the worker alone, hooks from a folder of the worker's, objects
 checked (`receive.fsckObjects`), the pack size capped. The pre-receive hook refuses refs
 outside `branch_prefix` (and tags unless `allow_tag_pushes`) at push time, with a line the
-agent sees; the post-receive hook asks the worker to forward.
+agent sees; then it hands the updates to the worker, which reads what the push adds and
+refuses a ref whose commits carry a secret of the session or a token of a known shape
+(workers/pushscan.py), naming the file and line. The post-receive hook asks the worker to
+forward.
 
 Forwarding runs from the relay with a fixed environment too (only the remote's protocol
 allowed, a credential the agent never sees), and a last sync when the session ends. Nothing
@@ -20,6 +23,7 @@ never fetched into it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import socketserver
@@ -28,9 +32,10 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from workers import git
+from workers.pushscan import ZERO, Scanner, ScanRefused, refusal
 from workers.process import child_setup  # before exec: the session's cgroup, then the uid
 
 MAX_CONNECTIONS = 4  # a session's git connections at once; one push or fetch needs one
@@ -43,7 +48,10 @@ DEFAULT_MAX_INPUT = 1024 * 1024 * 1024  # receive.maxInputSize when the session 
 # worker sets, and the ref names git hands it (git refuses control characters and spaces in them)
 PRE_RECEIVE = """#!/bin/sh
 status=0
+updates=""
 while read old new ref; do
+  updates="$updates$old $new $ref
+"
   case "$ref" in
     refs/heads/*)
       [ "$ROUTINELY_UNRESTRICTED" = 1 ] && continue
@@ -57,8 +65,31 @@ while read old new ref; do
   esac
   status=1
 done
-exit $status
+[ $status = 0 ] || exit $status
+printf '%s' "$updates" | "$ROUTINELY_PYTHON" -IS "$ROUTINELY_HOOKS/scan"
 """
+
+# the worker reads what the push adds (workers/pushscan.py); no answer refuses the push
+SCAN = """import os, socket, sys
+updates = sys.stdin.read()
+s = socket.socket(socket.AF_UNIX)
+try:
+    s.settimeout(300)
+    s.connect(os.environ["ROUTINELY_SYNC_SOCKET"])
+    s.sendall(("scan " + os.environ["ROUTINELY_RELAY"] + " " + os.environ.get("GIT_QUARANTINE_PATH", "-") + "\\n"
+               + updates + "\\n").encode())
+    reply = b""
+    while chunk := s.recv(65536):
+        reply += chunk
+except OSError:
+    print("routinely: the push door could not read this push for secrets; it is refused, push again")
+    sys.exit(1)
+verdict, _, lines = reply.decode(errors="replace").partition("\\n")
+sys.stdout.write(lines)
+sys.exit(0 if verdict == "ok" else 1)
+"""
+SCAN_UPDATES_MAX = 1000  # ref updates in one push the worker reads
+_OBJECT = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 POST_RECEIVE = """#!{python} -IS
 import os, socket, sys
@@ -164,15 +195,19 @@ class PushGuard:
 
     def __init__(self, root: Path, prefix: str, unrestricted: bool, log: Callable[[str], None], sock: str,
                  allow_tags: bool = False, join: tuple[str, ...] = (), rlimits: tuple[tuple[int, int], ...] = (),
-                 max_input_bytes: int | None = None, on_forward: Callable[[str, str], None] | None = None) -> None:
+                 max_input_bytes: int | None = None, on_forward: Callable[[str, str], None] | None = None,
+                 secrets: Mapping[str, str] | None = None) -> None:
         """`root`: a folder for the relays that only the worker can enter; `sock`: where to
         serve the door (the session's door folder); `join`/`rlimits`: the session's cgroup
-        (its procs files) or its rlimits, which every git process of the door takes on."""
+        (its procs files) or its rlimits, which every git process of the door takes on;
+        `secrets`: name -> value of what the session could see, refused in what it pushes
+        (the runner may add to `self.secrets` later: the session's tokens)."""
         self.root, self.prefix, self.unrestricted, self.allow_tags, self.log = root, prefix, unrestricted, allow_tags, log
         self.join, self.rlimits = join, rlimits
         self.max_input_bytes = max_input_bytes or DEFAULT_MAX_INPUT
         self.on_forward = on_forward  # (repo, ref) after a ref reached the real remote: routinely.chain
         self.relays: dict[str, Relay] = {}
+        self.secrets: dict[str, str] = dict(secrets or {})
         self._tokens: dict[str, Callable[[], str | None]] = {}
         self._lock = threading.Lock()
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
@@ -184,7 +219,9 @@ class PushGuard:
         self._hooks = root / ".hooks"
         self._hooks.mkdir(mode=0o700, exist_ok=True)
         python = shutil.which("python3", path="/usr/bin:/bin") or "/usr/bin/python3"
+        self._python = python
         (self._hooks / "pre-receive").write_text(PRE_RECEIVE)
+        (self._hooks / "scan").write_text(SCAN)
         (self._hooks / "post-receive").write_text(POST_RECEIVE.format(python=python))
         for hook in self._hooks.iterdir():
             hook.chmod(0o700)
@@ -198,9 +235,16 @@ class PushGuard:
 
         class SyncHandler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                line = self.rfile.readline(256).decode(errors="replace").split()
+                raw = self.rfile.readline(4096).decode(errors="replace").rstrip("\n")
+                line = raw.split(" ", 2)  # scan RELAY QUARANTINE: the last may hold a space (the data dir's)
                 if len(line) == 2 and line[0] == "sync" and line[1] in guard.relays:
                     self.wfile.write("".join(m + "\n" for m in guard.sync(guard.relays[line[1]])).encode())
+                elif len(line) == 3 and line[0] == "scan" and line[1] in guard.relays:
+                    updates = []
+                    while len(updates) <= SCAN_UPDATES_MAX and (entry := self.rfile.readline(512).split()):
+                        updates.append(tuple(part.decode(errors="replace") for part in entry))
+                    verdict = guard.scan(guard.relays[line[1]], line[2], updates)
+                    self.wfile.write(("ok\n" if not verdict else "refused\n" + "".join(m + "\n" for m in verdict)).encode())
 
         self._sync = socketserver.ThreadingUnixStreamServer(self._sync_sock, SyncHandler)
         self._sync.daemon_threads = True
@@ -316,9 +360,41 @@ class PushGuard:
                  ("receive.advertisePushOptions", "false"), ("receive.autogc", "false"), ("gc.auto", "0"),
                  ("uploadpack.allowFilter", "false"), ("core.fsmonitor", "false")]
         return {**git.base_env(home=str(self._home)), "GIT_CONFIG_GLOBAL": os.devnull, **git.config_env(pairs),
+                "ROUTINELY_PYTHON": self._python, "ROUTINELY_HOOKS": str(self._hooks),
                 "ROUTINELY_PREFIX": self.prefix, "ROUTINELY_UNRESTRICTED": str(int(self.unrestricted)),
                 "ROUTINELY_TAGS": str(int(self.allow_tags)), "ROUTINELY_SYNC_SOCKET": self._sync_sock,
                 "ROUTINELY_RELAY": relay.name}
+
+    # -- reading a push
+    def scan(self, relay: Relay, quarantine: str, updates: list[tuple[str, ...]]) -> list[str]:
+        """The lines refusing this push (none: it may land), for the pre-receive hook. `quarantine`:
+        where receive-pack holds the pushed objects, inside the relay (anything else refuses)."""
+        if len(updates) > SCAN_UPDATES_MAX:
+            return [f"routinely: push refused: at most {SCAN_UPDATES_MAX} refs a push"]
+        if any(len(u) != 3 or not all(_OBJECT.fullmatch(sha) for sha in u[:2]) for u in updates):
+            return ["routinely: push refused: the push door could not read its ref updates"]
+        env = git.worker_env()
+        objects = (relay.path / "objects").resolve()
+        if quarantine != "-":
+            held = Path(quarantine).resolve()
+            if held.parent != objects or not held.name.startswith("tmp_objdir-incoming-") or not held.is_dir():
+                return ["routinely: push refused: the push door could not find what it holds"]
+            env.update(GIT_OBJECT_DIRECTORY=str(held), GIT_ALTERNATE_OBJECT_DIRECTORIES=str(objects))
+        scanner = Scanner(self.secrets)
+        lines = []
+        for old, new, ref in updates:
+            if new == ZERO:
+                continue
+            try:
+                findings = scanner.push(relay.path, env, [(old, new, ref)])
+            except ScanRefused as exc:
+                lines.append(f"routinely: push to {ref} refused: {exc}")
+                continue
+            if findings:
+                lines.append(refusal(ref, findings))
+        for line in lines:
+            self.log(line)
+        return lines
 
     # -- forwarding
     def sync(self, relay: Relay) -> list[str]:

@@ -31,7 +31,7 @@ from workers.gateway.session import open_gateway
 from workers.liveness import Liveness
 from routinely.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.prices import PriceError
-from routinely.routine_file import Network
+from routinely.routine_file import Network, Routine
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, kill_user
 from workers.sandbox.bounds import limits_for
@@ -78,6 +78,7 @@ class SessionRun:
         self.outbox = Outbox(rt.conn, session_id, rt.outage, rt.settings.clock,  # rides through Redis outages
                              rt.settings.log_max_bytes)
         self.stopped_by_shutdown = False
+        self.forwarded: list[str] = []  # "REF to OWNER/REPO" its push door forwarded: done outside (issue #29)
 
     # -- log and state
     def log(self, *lines: str) -> None:
@@ -120,8 +121,14 @@ class SessionRun:
             self._cleanup()
         except Exception as exc:  # the outcome stands: the reaper's host cleanup takes what is left
             self.log(f"routinely: cleaning up after the session failed: {type(exc).__name__}: {exc}")
+        if status == "failed" and self.stopped_by_shutdown:  # queued again, or failed with what it did outside
+            status, reason = self._patiently(lambda: sessions.after_shutdown(self.conn, self.id, self.forwarded))
+            code = None
         if reason:  # the service's line, never one an agent could have printed
             self.log(reason if reason.startswith("routinely:") else f"routinely: {reason}")
+        if status == "queued":  # the worker puts its job back on the queue (workers.worker)
+            self.outbox.finish(status, **sessions.REQUEUED)
+            return status
         self.outbox.finish(status, finished_at=iso(self.settings.clock()), exit_code=code,
                            reason=reason if status != "succeeded" else None)
         return status
@@ -151,14 +158,13 @@ class SessionRun:
         routine = cat.routines.get(raw[b"routine_key"].decode())
         if routine is None:
             return "failed", None, "routinely: the routine was removed before this session started"
-        spec = routine.spec
         self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
-        deadline = time.monotonic() + spec["timeout_minutes"] * 60
+        deadline = time.monotonic() + routine.timeout_minutes * 60
         began = time.monotonic()
         try:
-            self.sandbox = Sandbox.open(spec["environment"], self.id, self.settings.session_users, self.log,
+            self.sandbox = Sandbox.open(routine.environment, self.id, self.settings.session_users, self.log,
                                         self.settings.sandbox, self.settings.sandbox_paths,
-                                        limits_for(spec["environment"], self.settings.session_limits),
+                                        limits_for(routine.environment, self.settings.session_limits),
                                         self.settings.cgroups)
             self.outbox.update(sandbox="on" if self.sandbox.enabled else "off")
         except SandboxError as exc:
@@ -170,38 +176,40 @@ class SessionRun:
             return "failed", None, f"routinely: {exc}"
         depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
         bounds = self.sandbox.bounds
-        self.guard = PushGuard(workspace.relays, spec["branch_prefix"], spec["allow_unrestricted_branch_pushes"],
+        self.guard = PushGuard(workspace.relays, routine.branch_prefix, routine.allow_unrestricted_branch_pushes,
                                lambda line: self.log(line), sock=str(self.sandbox.door_dir / "push.sock"),
-                               allow_tags=spec.get("allow_tag_pushes", False),
+                               allow_tags=routine.allow_tag_pushes,
                                join=bounds.join if bounds else (), rlimits=bounds.rlimits if bounds else (),
                                max_input_bytes=bounds.limits.disk_mb * 1024 * 1024 if bounds else None,
-                               on_forward=lambda repo, ref: self._patiently(lambda: chain.record(self.conn, repo, ref, self.id, depth)))
+                               on_forward=lambda repo, ref: (self.forwarded.append(f"{ref} to {repo}"),
+                                                             self._patiently(lambda: chain.record(self.conn, repo, ref, self.id, depth))))
         push_port = self.sandbox.add_door("push", self.guard.sock)
         try:
-            self._checkout(workspace, self.guard, routine.key, spec, lambda repo: self.guard.url(repo, push_port), deadline)
+            self._checkout(workspace, self.guard, routine, lambda repo: self.guard.url(repo, push_port), deadline)
         except Failed as exc:
             return "failed", None, str(exc)
         self._share(workspace)
         payload = self._payload(raw)
-        self.liveness.idle_seconds = spec.get("idle_timeout_minutes", DEFAULT_IDLE_MINUTES) * 60
+        self.liveness.idle_seconds = routine.idle_timeout_minutes * 60
         try:
             self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
                                                      routine.account, cat.accounts[routine.account].timezone,
-                                                     spec.get("budget"), self.log)
+                                                     routine.budget.model_dump(), self.log)
         except PriceError as exc:
             return "failed", None, f"routinely: {exc}"
         self.liveness.gateway = self.gateway
         try:
-            github, paragraph = self._github_connector(spec)
+            github, paragraph = self._github_connector(routine)
         except ConnectorError as exc:
             return "failed", None, str(exc)
-        env = self._agent_env(workspace, routine.name, trigger, payload, spec)  # after the doors: NO_PROXY lists them
-        text = prompt.build(spec["prompt"], trigger, orjson.loads(payload) if payload else None, paragraph)
+        env = self._agent_env(workspace, routine, trigger, payload)  # after the doors: NO_PROXY lists them
+        text = prompt.build(routine.prompt, trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
         env.update(gateway_env)  # in a session the vendors' names point at its gateway
-        mcp = workspace.write_mcp(cat.connectors, spec["connectors"], os.environ, builtin={"github": github})
+        connectors = {name: server.entry() for name, server in cat.connectors.items()}
+        mcp = workspace.write_mcp(connectors, routine.connectors, os.environ, builtin={"github": github})
         try:
-            launch = agents.prepare(spec.get("agent"), self.settings.agent, workspace,
+            launch = agents.prepare(routine.agent, self.settings.agent, workspace,
                                     json.loads(mcp.read_text())["mcpServers"], env, as_root=self._agent_is_root())
         except agents.AgentError as exc:
             return "failed", None, str(exc)
@@ -254,9 +262,9 @@ class SessionRun:
             self.api_error = self.api_error or reading.api_error
         return on_lines
 
-    def _github_connector(self, spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    def _github_connector(self, routine: Routine) -> tuple[dict[str, Any], str]:
         """Serve the session's github connector as a door; its .mcp.json entry and prompt paragraph."""
-        policy = Policy.from_spec(spec)
+        policy = Policy.of(routine)
         self.connector = Connector(self.id, policy, str(self.sandbox.door_dir / "github.sock"), self.conn, self.settings,
                                    self.rt.tokens, self.guard.pushed_branch, self.log)
         self.connector.start()
@@ -328,14 +336,15 @@ class SessionRun:
             return code, "\n".join(lines)
         return run
 
-    def _checkout(self, ws: Workspace, guard: PushGuard, routine_key: str, spec: dict[str, Any],
+    def _checkout(self, ws: Workspace, guard: PushGuard, routine: Routine,
                   origin: Callable[[str], str], deadline: float) -> None:
         """Mirrors, relays, then checkouts or a cached setup (workers/warm)."""
         token_for = lambda repo: lambda: self._patiently(lambda: self.rt.tokens.for_repository(self.conn, repo))  # noqa: E731
-        self.warm = WarmStart(self.settings, self.id, routine_key, spec["environment"], ws, guard, token_for, self.log,
+        # the warm start keys its cache on the environment as stored (the file's shape, JSON types)
+        self.warm = WarmStart(self.settings, self.id, routine.key, routine.environment.to_file(), ws, guard, token_for, self.log,
                               origin, self._sandboxed(ws, deadline))
         try:
-            self.warm.prepare(spec["repositories"])
+            self.warm.prepare(routine.repositories)
         except (TokenError, PushError) as exc:
             raise Failed(f"routinely: {exc}") from None
         if self.warm.notes:
@@ -345,8 +354,7 @@ class SessionRun:
         event_id = raw.get(b"event_id")
         return self._patiently(lambda: self.conn.get(keys.payload(event_id.decode()))) if event_id else None
 
-    def _agent_env(self, ws: Workspace, routine_name: str, trigger: dict[str, Any], payload: bytes | None,
-                   spec: dict[str, Any]) -> dict[str, str]:
+    def _agent_env(self, ws: Workspace, routine: Routine, trigger: dict[str, Any], payload: bytes | None) -> dict[str, str]:
         """Only what the contract lists: basics, the routine's env, ROUTINELY_*, and the
         service variables named in ROUTINELY_AGENT_ENV — nothing else of the worker's."""
         env = {
@@ -357,7 +365,7 @@ class SessionRun:
             "TMPDIR": str(ws.root / ".tmp"),
         }
         env.update(self.sandbox.extra_env)  # the routine's env may override (e.g. ALL_PROXY: "" for SOCKS-less clients)
-        env.update(spec["environment"]["env"])
+        env.update(routine.environment.env)
         withheld = [name for name in self.settings.agent_env if name in WITHHELD]
         if withheld:
             self.log(f"routinely: withheld from the session: {', '.join(withheld)} (model credentials and base URLs "
@@ -367,7 +375,7 @@ class SessionRun:
                 env[name] = os.environ[name]
         env.update({
             "ROUTINELY_SESSION_ID": self.id,
-            "ROUTINELY_ROUTINE": routine_name,
+            "ROUTINELY_ROUTINE": routine.name,
             "ROUTINELY_TRIGGER": trigger.get("kind", ""),
             "ROUTINELY_PROMPT_FILE": str(ws.root / ".routinely" / "prompt.md"),
             "ROUTINELY_REPOS": " ".join(str(p) for p in ws.repos),

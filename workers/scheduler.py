@@ -21,6 +21,7 @@ import redis
 
 from routinely import catalog, keys, schedule_runs
 from routinely.config import ConfigError, Settings
+from routinely.recovery import Recoverer
 from routinely.routine_file import Routine
 from routinely.schedules import Schedule
 from routinely.start import Firing, Starter
@@ -133,6 +134,7 @@ def run(settings: Settings) -> None:
     conn = connect(settings)
     outage = Outage("scheduler", settings.redis_url)
     scheduler = Scheduler(conn, settings)
+    recovering = Recoverer(conn, settings) if settings.github_app else None  # missed deliveries (routinely.recovery)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -141,6 +143,8 @@ def run(settings: Settings) -> None:
         try:
             if scheduler.lead():
                 scheduler.tick()
+                if recovering:
+                    recovering.due()  # a pass in a thread of its own, at start and every ROUTINELY_RECOVER_MINUTES
             if time.monotonic() - last_reap > REAP_EVERY_SECONDS and outage.connected_for() >= HEARTBEAT_TIMEOUT_SECONDS:
                 reap(conn, settings.clock(), settings.data_dir)
                 last_reap = time.monotonic()
@@ -150,6 +154,8 @@ def run(settings: Settings) -> None:
             outage.failed(exc)
             outage.wait(conn, stop=stop.is_set, starting=not reached)
         stop.wait(1)
+    if recovering:
+        recovering.stop()
     try:
         scheduler.release()
     except redis.RedisError:

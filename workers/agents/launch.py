@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from routinely.routine_file import Agent
 from workers.agents.presets import PRESETS, Preset
 from workers.workspace import Workspace
 
@@ -25,18 +26,20 @@ class Launch:
     label: str = ""  # what the log says it started
 
 
-def choose(routine_agent: Mapping[str, Any] | None, default: str) -> tuple[Preset | None, str | None, str | None]:
-    """(preset, model, command): the routine's `agent` when it has one, else ROUTINELY_AGENT."""
-    if routine_agent:
-        if routine_agent.get("command"):
-            return None, None, routine_agent["command"]
-        return PRESETS[routine_agent["preset"]], routine_agent.get("model"), None
+def choose(routine_agent: Agent | Mapping[str, Any] | None, default: str) -> tuple[Preset | None, str | None, str | None]:
+    """(preset, model, command): the routine's `agent` when it has one (a mapping in the
+    file's shape is validated into an Agent), else ROUTINELY_AGENT."""
+    if routine_agent is not None:
+        routine_agent = Agent.model_validate(routine_agent)
+        if routine_agent.command:
+            return None, None, routine_agent.command
+        return PRESETS[routine_agent.preset], routine_agent.model, None
     if default in PRESETS:
         return PRESETS[default], None, None
     return None, None, default
 
 
-def prepare(routine_agent: Mapping[str, Any] | None, default: str, ws: Workspace, connectors: Mapping[str, Any],
+def prepare(routine_agent: Agent | Mapping[str, Any] | None, default: str, ws: Workspace, connectors: Mapping[str, Any],
             gateway_env: Mapping[str, str], as_root: bool) -> Launch:
     """The agent's Launch, its config files written into the session's HOME. Raises AgentError."""
     preset, model, command = choose(routine_agent, default)

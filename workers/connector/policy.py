@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from routinely.routine_file import GITHUB_WRITES, github_policy
+from routinely.routine_file import GITHUB_WRITES, Routine
 
 
 @dataclass(frozen=True)
@@ -23,17 +23,17 @@ class Policy:
     allow_approve: bool
 
     @classmethod
-    def from_spec(cls, spec: dict[str, Any]) -> "Policy":
-        # routines stored before `github:` existed get its defaults
-        github = spec.get("github") or github_policy(None)
+    def of(cls, routine: Routine) -> "Policy":
+        """The routine's `github:` block with what it reads of the rest (repositories, branch_prefix)."""
+        github = routine.github_policy
         return cls(
-            repositories=tuple(spec["repositories"]),
-            branch_prefix=spec["branch_prefix"],
-            unrestricted=bool(spec["allow_unrestricted_branch_pushes"]),
-            writes=tuple(github["writes"]),
-            max_writes=github["max_writes"],
-            draft_prs=github["draft_prs"],
-            allow_approve=github["allow_approve"],
+            repositories=tuple(routine.repositories),
+            branch_prefix=routine.branch_prefix,
+            unrestricted=routine.allow_unrestricted_branch_pushes,
+            writes=tuple(github.writes),
+            max_writes=github.max_writes,
+            draft_prs=github.draft_prs,
+            allow_approve=github.allow_approve,
         )
 
     def repository(self, owner: str, repo: str) -> str | None:

@@ -7,6 +7,7 @@ from typing import Callable
 import redis
 
 from routinely import actions, chain, keys
+from routinely.redact import NOTHING, Redactor
 from routinely.when import iso
 from workers.connector.tools import Call
 
@@ -15,6 +16,7 @@ class Recorder:
     def __init__(self, conn: redis.Redis, session_id: str, log: Callable[[str], None], clock: Callable[[], float]) -> None:
         self.conn, self.session_id, self.log, self.clock = conn, session_id, log, clock
         self._depth: int | None = None
+        self.redact: Redactor = NOTHING  # set by the runner: an action is stored redacted, like the log
 
     def __call__(self, call: Call, status: str, detail: str = "", number: int | None = None, url: str | None = None,
                  repo: str | None = None) -> None:
@@ -26,8 +28,8 @@ class Recorder:
         detail = detail.removeprefix("routinely: ")
         self.log(f"routinely: github {call.tool} {target}: {status}" + (f": {detail}" if detail else ""))
         if call.write:
-            actions.record(self.conn, self.session_id, {"tool": call.tool, "repo": repo, "number": number, "url": url,
-                                                        "status": status, "at": iso(self.clock())})
+            actions.record(self.conn, self.session_id, self.redact.deep({
+                "tool": call.tool, "repo": repo, "number": number, "url": url, "status": status, "at": iso(self.clock())}))
             if status == "ok" and number:  # the webhook this write causes starts sessions one deeper (routinely.chain)
                 chain.record(self.conn, repo, number, self.session_id, self.depth())
         elif status == "ok":

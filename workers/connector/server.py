@@ -71,7 +71,9 @@ class Connector:
         self.loop: asyncio.AbstractEventLoop | None = None  # the connector's own, once it serves
         self._write_lock: asyncio.Lock | None = None
         self.record = Recorder(conn, session_id, log, settings.clock)
-        mcp = MCPServer("github", instructions=policy.prompt(settings.github_app))
+        # WARNING: the SDK configures logging from this, and at INFO every session would print its
+        # session manager starting and stopping on the worker's output
+        mcp = MCPServer("github", instructions=policy.prompt(settings.github_app), log_level="WARNING")
         register(mcp, policy, self.run)
         app = mcp.streamable_http_app(json_response=True, transport_security=_LOCAL)
         self.connections = ConnectionCap("github connector", MAX_CONNECTIONS, log)

@@ -1,6 +1,7 @@
 """What a door's open connections may cost: at most `limit` at once per session.
 
-Shared by the doors served on an asyncio loop (the model gateway, the github connector).
+Shared by the doors served on an asyncio loop (the model gateway, the github connector, the
+credential doors; `CountedUnixSite` serves an aiohttp runner on a socket behind the cap).
 The count moves in `connection_made`/`connection_lost`, which the loop calls one at a time,
 so a burst of connections cannot slip past it. A connection past the cap is answered 503
 and closed at once; the first such refusal is one line in the session log, the rest are
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Callable
+
+from aiohttp import web
 
 
 def refusal(message: str) -> bytes:
@@ -78,3 +81,17 @@ class Counted(asyncio.Protocol):
     def resume_writing(self) -> None:
         if self.inner is not None:
             self.inner.resume_writing()
+
+
+class CountedUnixSite(web.UnixSite):
+    """An aiohttp runner's unix socket, every connection counted against the session's cap."""
+
+    def __init__(self, runner: web.BaseRunner, path: str, cap: ConnectionCap) -> None:
+        super().__init__(runner, path)
+        self.cap = cap
+
+    async def start(self) -> None:
+        await super(web.UnixSite, self).start()  # BaseSite: registers the site; the listening is ours
+        server = self._runner.server
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            lambda: Counted(self.cap, server), self._path, backlog=self._backlog)

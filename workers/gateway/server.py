@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from routinely.config import Settings
-from workers.gateway.door import ConnectionCap, Counted
+from workers.gateway.door import ConnectionCap, CountedUnixSite
 from workers.gateway.jsonpick import Picker, splice
 from workers.gateway.meter import Meter
 from workers.gateway.route import PROBES, Refused, Route, route, shown
@@ -97,20 +97,6 @@ class _Held:
                 waiter.set_result(None)
 
 
-class _Door(web.UnixSite):
-    """The runner's unix socket, every connection counted against the session's cap."""
-
-    def __init__(self, runner: web.BaseRunner, path: str, cap: ConnectionCap) -> None:
-        super().__init__(runner, path)
-        self.cap = cap
-
-    async def start(self) -> None:
-        await super(web.UnixSite, self).start()  # BaseSite: registers the site; the listening is ours
-        server = self._runner.server
-        self._server = await asyncio.get_running_loop().create_unix_server(
-            lambda: Counted(self.cap, server), self._path, backlog=self._backlog)
-
-
 class Gateway:
     """Serve one session's gateway on `socket_path` until close()."""
 
@@ -168,7 +154,7 @@ class Gateway:
         self._client = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600))
-        await _Door(self._runner, self.socket_path, self.connections).start()
+        await CountedUnixSite(self._runner, self.socket_path, self.connections).start()
 
     def close(self) -> None:
         if not self._thread.is_alive():

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from routinely import disk
+from routinely.routine_file import Environment
 from workers.sandbox.cgroup import Cgroup, Enforcer, Limits, Usage, rlimits
 
 MB = 1024 * 1024
@@ -40,9 +41,10 @@ def enforcer(mode: str = "auto") -> Enforcer:
     return Enforcer.detect(mode)
 
 
-def limits_for(environment: Mapping[str, Any], defaults: Mapping[str, Any]) -> Limits:
-    """The routine's environment.limits over the service's (ROUTINELY_SESSION_LIMITS) over the built-in defaults."""
-    return Limits(**{**defaults, **(environment.get("limits") or {})})
+def limits_for(environment: Environment | Mapping[str, Any], defaults: Mapping[str, Any]) -> Limits:
+    """The routine's environment.limits over the service's (ROUTINELY_SESSION_LIMITS) over the
+    built-in defaults. A mapping in the file's shape is validated into an Environment."""
+    return Limits(**{**defaults, **Environment.model_validate(environment).limits.given()})
 
 
 def disk_notice(problem: str) -> str:

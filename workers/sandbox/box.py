@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from routinely.routine_file import Network
+from routinely.routine_file import Environment, Network
 from workers.sandbox import bwrap, host
 from workers.sandbox.bounds import Bounds, Volume, enforcer
 from workers.sandbox.cgroup import Limits
@@ -181,18 +181,20 @@ class Sandbox:
     _uid_lease: UidLease | None = None
 
     @classmethod
-    def open(cls, environment: dict, session_id: str, session_users: bool, log: Callable[[str], None],
+    def open(cls, environment: Environment | dict, session_id: str, session_users: bool, log: Callable[[str], None],
              enabled: bool = True, paths: tuple[str, ...] = (), limits: Limits = Limits(),
              cgroups: str = "auto") -> "Sandbox":
         """Raises SandboxError when the sandbox cannot be built here (fail closed).
 
+        `environment` is the routine's (a mapping in the file's shape is validated into one);
         `enabled` is ROUTINELY_SANDBOX; `paths` is ROUTINELY_SANDBOX_PATHS; `limits` bound the
         whole session (setup and agent share them), enforced as `cgroups` (ROUTINELY_CGROUPS) says."""
+        environment = Environment.model_validate(environment)
         if session_users and os.geteuid() != 0:
             raise SandboxError("routinely: session users need the worker to run as root; set ROUTINELY_SESSION_USERS=off to run sessions as the worker's user")
         lease = reserve_uid(session_id) if session_users else None
-        box = cls(network=environment["network"], enabled=enabled, uid=lease.uid if lease else None,
-                  allow_hosts=list(environment.get("allow_hosts") or []), _uid_lease=lease)
+        box = cls(network=environment.network, enabled=enabled, uid=lease.uid if lease else None,
+                  allow_hosts=list(environment.allow_hosts), _uid_lease=lease)
         try:
             box.bounds = Bounds.open(f"session-{session_id}", limits, enforcer(cgroups))
         except OSError as exc:
