@@ -12,7 +12,6 @@ from app.responses import SecurityHeaders, error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
-from routinely.roles import Roles
 from routinely.start import Starter
 from routinely.store import connect
 
@@ -25,7 +24,6 @@ class State:
     settings: Settings
     conn: redis.Redis
     starter: Starter
-    roles: Roles  # who may fire (routinely.gate): asks GitHub only for triggers with roles
 
     def catalog(self) -> Catalog:
         """The applied configuration, compiled once per stored version (pages and API)."""
@@ -38,7 +36,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     conn = connect(settings)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY
-    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()), Roles(settings))
+    app.extensions["routinely"] = State(settings, conn, Starter(conn, settings, CatalogCache()))
 
     from app import api, auth, fire, metrics, pages
 

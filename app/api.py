@@ -13,6 +13,7 @@ from app.auth import require_admin
 from app.responses import error, json_response
 from routinely import control, events, refusals, replay, routines_view, session_log, sessions, usage
 from routinely import secret_store
+from routinely import api_tokens
 from routinely.when import iso
 
 bp = Blueprint("api", __name__)
@@ -121,7 +122,7 @@ def replay_event(event_id: str):
     if routine is not None and not isinstance(routine, str) or not isinstance(force, bool):
         return error(400, "routine must be a string and force a boolean")
     try:
-        done = replay.replay(state.settings, state.conn, event_id, routine, force, state.starter, state.roles)
+        done = replay.replay(state.settings, state.conn, event_id, routine, force, state.starter)
     except replay.ReplayRefused as exc:
         return error(exc.status, str(exc))
     return json_response(done, 201 if done["sessions"] else 200)
@@ -188,7 +189,7 @@ def _set_paused(account: str, name: str, paused: bool) -> Response:
 def list_tokens(account: str, name: str):
     conn = _state().conn
     try:
-        return json_response(control.tokens(conn, control.find(conn, _ref(account, name))))
+        return json_response(api_tokens.with_dates(conn, control.tokens(conn, control.find(conn, _ref(account, name)))))
     except control.Refused as exc:
         return _refused(exc)
 

@@ -81,6 +81,11 @@ def fire(trigger_id: str):
         return [routine] if routine is not None and routine.api else []
 
     outcome = state.starter.fire(Firing(kind="api", text=text, routine=routine_key), route)
+    if outcome.sessions or outcome.dropped:  # the token fired (a refusal before the start step records nothing)
+        try:
+            api_tokens.used(conn, trigger_id, settings.clock())
+        except redis.RedisError:
+            pass  # the firing is durable already: a missed "last used" must not turn it into a 500
     if outcome.skipped:
         return api_error(400, "invalid_request_error", "the routine is paused")
     if outcome.dropped:

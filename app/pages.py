@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import yaml
 from flask import Blueprint, Response, current_app, redirect, render_template, request
 from markupsafe import Markup, escape
 
 from app import auth
 from app.responses import csp_nonce
 from routinely import control, events, refusals, replay, routines_view, sessions, transcript, usage, when
+from routinely import session_context
+from routinely.catalog import dump_yaml
 from routinely.when import iso
 
 bp = Blueprint("pages", __name__)
@@ -108,7 +109,8 @@ def _routine(account: str, name: str, new_token: dict[str, str] | None = None, s
     row = routines_view.detail(state.conn, cat, state.settings, routine)
     page = _page_number()
     listed, more = sessions.page(state.conn, state.settings, routine.key, None, None, (page - 1) * PAGE_SIZE, PAGE_SIZE)
-    definition = yaml.safe_dump(row["definition"], sort_keys=False, allow_unicode=True)
+    session_context.add_context(state.conn, listed, state.settings.clock())  # duration, PR/issue, API text
+    definition = dump_yaml(row["definition"])  # a multi-line prompt as a `|` block
     return render_template("routine.html", r=row, definition=definition, sessions=listed, page=page, more=more,
                            new_token=new_token), status
 
@@ -173,6 +175,7 @@ def sessions_page():
         rows, more = sessions.page(state.conn, state.settings, routine, status, kind, (page - 1) * PAGE_SIZE, PAGE_SIZE)
     except control.Refused as exc:
         return _problem(exc.status, str(exc))
+    session_context.add_context(state.conn, rows, state.settings.clock())  # duration, PR/issue, API text
     names = sorted(state.catalog().routines)  # ACCOUNT/NAME: the per-routine index's own key
     return render_template("sessions.html", rows=rows, more=more, page=page, names=names,
                            f={"routine": routine or "", "status": status or "", "kind": kind or ""},
@@ -185,6 +188,8 @@ def session_page(session_id: str):
     found = sessions.get(state.conn, state.settings, session_id)
     if found is None:
         return render_template("missing.html", session_id=session_id), 404
+    session_context.add_context(state.conn, [found], state.settings.clock())
+    found["prompt"] = session_context.prompt_of(state.conn, state.catalog(), session_id, found)
     return render_template("session.html", s=found, final=found["status"] in sessions.FINAL,
                            steps=transcript.steps(transcript.read(state.conn, session_id)))
 
@@ -226,7 +231,7 @@ def replay_page(event_id: str):
     state = _state()
     try:
         done = replay.replay(state.settings, state.conn, event_id, request.form.get("routine") or None,
-                             request.form.get("force") == "1", state.starter, state.roles)
+                             request.form.get("force") == "1", state.starter)
     except replay.ReplayRefused as exc:
         return _problem(exc.status, str(exc))
     if done["sessions"]:

@@ -137,8 +137,9 @@ class WebhookDoor:
         if kind in EVENT_KINDS and repository:
             def route(catalog):
                 firing.filter_fields = {}
-                # who may fire (roles, chain depth) is decided in routinely.gate, after the match
-                return gate.route(catalog, self.state.conn, self.state.settings, self.state.roles,
+                # who may fire (roles, chain depth) is decided in routinely.gate, after the match; it
+                # never asks GitHub: a role not cached is checked by the worker (workers/role_check.py)
+                return gate.route(catalog, self.state.conn, self.state.settings,
                                   kind, action or None, repository, payload, firing.filter_fields)
         else:
             def route(catalog):

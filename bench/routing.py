@@ -24,7 +24,6 @@ import redis  # noqa: E402
 from routinely import gate, keys  # noqa: E402
 from routinely.catalog import Catalog  # noqa: E402
 from routinely.config import Settings  # noqa: E402
-from routinely.roles import Roles  # noqa: E402
 from routinely.routine_file import parse_config  # noqa: E402
 from tests.support import RedisServer, fixture  # noqa: E402
 
@@ -47,8 +46,8 @@ def main() -> None:
     server = RedisServer()
     try:
         conn = redis.Redis.from_url(server.url)
-        settings = Settings(redis_url=server.url, data_dir=Path("/tmp/routinely-bench"))
-        roles = Roles(settings)
+        settings = Settings(redis_url=server.url, data_dir=Path("/tmp/routinely-bench"),
+                            github_app_id="1", github_private_key="unused: the role is cached")
         config = parse_config({"accounts": [{"name": "a"}], "routines": [
             {"name": "review", "account": "a", "prompt": "p", "repositories": [REPO],
              "triggers": [{"github": {"events": ["pull_request.opened"],
@@ -68,14 +67,14 @@ def main() -> None:
 
         timed("pull_request.opened, catalog match only", n, lambda: cat.matches("pull_request", "opened", REPO, pr))
         timed("pull_request.opened, gate.route (person: no Redis)", n,
-              lambda: gate.route(cat, conn, settings, roles, "pull_request", "opened", REPO, pr))
+              lambda: gate.route(cat, conn, settings, "pull_request", "opened", REPO, pr))
         timed("issue_comment /fix with roles, catalog match only", n,
               lambda: cat.matches("issue_comment", "created", REPO, fix))
         timed("issue_comment /fix with roles, gate.route (cached role: 1 GET)", n,
-              lambda: gate.route(cat, conn, settings, roles, "issue_comment", "created", REPO, fix))
+              lambda: gate.route(cat, conn, settings, "issue_comment", "created", REPO, fix))
         timed("issue_comment by the App's bot, gate.route (1 MGET)", n,
-              lambda: gate.route(cat, conn, settings, roles, "issue_comment", "created", REPO, bot))
-        assert gate.route(cat, conn, settings, roles, "issue_comment", "created", REPO, fix).routines
+              lambda: gate.route(cat, conn, settings, "issue_comment", "created", REPO, bot))
+        assert gate.route(cat, conn, settings, "issue_comment", "created", REPO, fix).routines
     finally:
         server.stop()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table
-from routinely import api_tokens, catalog, control
+from routinely import api_tokens, catalog, control, when
 from routinely.config import Settings
 
 
@@ -12,14 +12,17 @@ def cmd_token(args, settings: Settings) -> None:
     conn = redis_for(settings)
     cat = catalog.load(conn)
     if args.action == "list":
-        rows = control.tokens(conn, control.find(conn, args.ref) if args.ref else None)
+        rows = api_tokens.with_dates(conn, control.tokens(conn, control.find(conn, args.ref) if args.ref else None))
         if args.json:
             print_json(rows)
         elif not rows:
             print("no API tokens: `routinely token create ROUTINE`")
         else:
-            table(["TRIGGER", "ACCOUNT", "NAME", "STATE"],
-                   [[r["trigger_id"], r["account"], r["name"], "live" if r["live"] else "revoked"] for r in rows])
+            now = settings.clock()
+            table(["TRIGGER", "ACCOUNT", "NAME", "STATE", "CREATED", "LAST USED"],
+                  [[r["trigger_id"], r["account"], r["name"], "live" if r["live"] else "revoked",
+                    _when(r["created_at"], now), _when(r["last_used_at"], now) if r["last_used_at"] else "never"]
+                   for r in rows])
         return
     if not args.ref:
         raise CliError(f"usage: routinely token {args.action} ROUTINE")
@@ -39,6 +42,10 @@ def cmd_token(args, settings: Settings) -> None:
                 print(f"revoked {len(revoked)} trigger(s): {', '.join(revoked)}")
     except (LookupError, ValueError) as exc:
         raise CliError(str(exc).strip('"')) from None
+
+
+def _when(value: str | None, now: float) -> str:
+    return when.local_and_relative(when.parse_iso(value), now) if value else "-"
 
 
 def register(sub: argparse._SubParsersAction) -> None:

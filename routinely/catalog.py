@@ -11,10 +11,12 @@ from typing import Any
 
 import orjson
 import redis
+import yaml
 
 from filters import Fields, matches_all, parse_command, wants_event
-from routinely import keys
-from routinely.routine_file import Account, Connector, GithubTrigger, Routine, RoutineFile, parse_config, parse_stored
+from routinely import keys, secret_store
+from routinely.routine_file import (Account, ApplyError, Connector, GithubTrigger, Routine, RoutineFile, parse_config,
+                                    parse_stored)
 
 
 RECORDED_CHARS = 1024
@@ -133,6 +135,24 @@ def as_file(config: RoutineFile) -> dict[str, Any]:
     return config.to_file()
 
 
+class _FileDumper(yaml.SafeDumper):
+    """safe_dump, but a multi-line string (a prompt) is a `|` block as a person writes it."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    # PyYAML itself falls back to quoting when a block cannot hold the text exactly (trailing
+    # spaces on a line, tabs, control characters): the value always reads back the same
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+
+_FileDumper.add_representer(str, _str)
+
+
+def dump_yaml(data: Any) -> str:
+    """A routine file's mapping (or a part of one) as YAML text, keys in the file's order."""
+    return yaml.dump(data, Dumper=_FileDumper, sort_keys=False, allow_unicode=True)
+
+
 def apply(conn: redis.Redis, data: dict[str, Any], now: float | None) -> tuple[Catalog, dict[str, Any]]:
     """Validate a routine file and store it all-or-nothing. Raises ApplyError; nothing is stored then.
 
@@ -140,6 +160,12 @@ def apply(conn: redis.Redis, data: dict[str, Any], now: float | None) -> tuple[C
     `accounts`, which account names).
     """
     config = parse_config(data, now)
+    for routine in config.routines:
+        unstored = secret_store.missing(conn, routine.secrets, routine.key, routine.account)
+        if unstored:
+            raise ApplyError(f"routine {routine.name!r} (account {routine.account}): secrets {', '.join(unstored)} are not "
+                             f"stored: `routinely secret set {unstored[0]} --routine {routine.key}` (or --account "
+                             f"{routine.account}) first")
     before = load(conn)
     version = save(conn, config)
     after = Catalog(config, version)

@@ -46,6 +46,8 @@ def to_public(record: Record) -> dict[str, Any]:
         out["forced"] = trigger.get("forced") is True
     if record.get("recovered") is True:  # recorded from a redelivery recovery asked for (routinely.recovery)
         out["recovered"] = True
+    if record.get("superseded"):  # sessions of a concurrency group this firing replaced or canceled (start.lua)
+        out["superseded"] = record["superseded"]
     return out
 
 

@@ -41,30 +41,33 @@ class InstallationTokens:
         self._lock = threading.Lock()
         self._jwt_cache = MemCacheStrategy()
 
-    def for_repository(self, conn, repo: str) -> str | None:
+    def for_repository(self, conn, repo: str, timeout: float = APP_TIMEOUT_SECONDS) -> str | None:
         """A token for `owner/repo`, or None when no GitHub App is configured."""
         if not self.settings.github_app:
             return None
         installation = conn.hget(keys.INSTALLATIONS, repo.lower())
         if installation is None:
             raise TokenError(f"no installation of the GitHub App covers {repo}: install the App on it")
-        return self.for_installation(int(installation))
+        return self.for_installation(int(installation), timeout)
 
-    def for_installation(self, installation_id: int) -> str:
+    def for_installation(self, installation_id: int, timeout: float = APP_TIMEOUT_SECONDS) -> str:
+        """A token for the installation, minted within `timeout` s when none is cached. Raises TokenError."""
         with self._lock:
             cached = self._cache.get(installation_id)
             if cached and cached[1] - REFRESH_BEFORE_SECONDS > time.time():
                 return cached[0]
-            token, expires = self._mint(installation_id)
+            token, expires = self._mint(installation_id, timeout)
             self._cache[installation_id] = (token, expires)
             return token
 
-    def _mint(self, installation_id: int) -> tuple[str, float]:
+    def _mint(self, installation_id: int, timeout: float) -> tuple[str, float]:
         auth = AppAuthStrategy(self.settings.github_app_id, self.settings.github_private_key)
         try:
             # a cache of this instance's own: githubkit's default keeps JWTs per App id for the
             # whole process, so a rotated key (or a second App with that id) got a stale JWT
-            with GitHub(auth, base_url=self.settings.github_api_url, cache_strategy=self._jwt_cache) as gh:
+            # the HTTP cache off: with it githubkit does not hold the timeout (a mint is never cached anyway)
+            with GitHub(auth, base_url=self.settings.github_api_url, cache_strategy=self._jwt_cache,
+                        timeout=timeout, http_cache=False) as gh:
                 data = gh.rest.apps.create_installation_access_token(installation_id).parsed_data
         except Exception as exc:  # githubkit raises RequestFailed / transport errors
             status = getattr(getattr(exc, "response", None), "status_code", None)

@@ -16,6 +16,8 @@ share one node's keyspace, not one cluster slot; a queue of our own would go beh
 """
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from datetime import datetime, timezone
@@ -25,6 +27,7 @@ from rq import Queue, SimpleWorker, get_current_job
 from rq.exceptions import NoSuchJobError, StopRequested  # noqa: F401 (StopRequested: workers.worker)
 from rq.job import Job, JobStatus
 from rq.job_lifecycle import record_job_failure
+from rq.registry import ScheduledJobRegistry
 from rq.serializers import JSONSerializer
 
 from routinely.wire import Segment
@@ -43,6 +46,53 @@ def queue_key(name: str) -> str:
 
 def job_key(job_id: str) -> str:
     return Job.key_for(job_id)
+
+
+# A session of a concurrency group (routine_file.concurrency) may be held back: "scheduled"
+# until its debounce is over (in RQ's own ScheduledJobRegistry, by the time it may start), or
+# "deferred" behind the group's running session (in no RQ list: routinely.start.release
+# places it). The start script writes these statuses; RQ reads them as its own.
+SCHEDULED, DEFERRED = JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value
+
+
+def scheduled_key(queue_name: str) -> str:
+    """RQ's registry of the queue's scheduled jobs: zset job id -> epoch s it may start."""
+    return ScheduledJobRegistry.key_template.format(queue_name)
+
+
+_PROMOTE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[3]) == 0 then return 0 end
+redis.call('HSET', KEYS[3], 'status', 'queued', 'enqueued_at', ARGV[2])
+redis.call('RPUSH', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+def promote_due(conn: redis.Redis, queue_name: str, now: float | None = None) -> float | None:
+    """Move the queue's scheduled jobs whose time has come onto the queue (each once, however
+    many workers ask); return the seconds until the next one is due, or None. RQ's own
+    scheduler would do it too, but Routinely's workers run without it (workers.worker):
+    `worker()` asks this before every wait for a job, and waits no longer than that."""
+    now = time.time() if now is None else now
+    registry, queue_ = scheduled_key(queue_name), queue_key(queue_name)
+    for raw in conn.zrangebyscore(registry, "-inf", now):
+        job_id = raw.decode()
+        conn.eval(_PROMOTE, 3, registry, queue_, job_key(job_id), job_id, stamp(now))
+    nxt = conn.zrange(registry, 0, 0, withscores=True)
+    return max(0.0, nxt[0][1] - now) if nxt else None
+
+
+class _ReadyQueue(Queue):
+    """The queue as Routinely's workers read it: scheduled jobs that are due move in first, and a
+    worker waiting for a job wakes when the next one is due."""
+
+    @classmethod
+    def dequeue_any(cls, queues, timeout, connection, *args, **kwargs):  # type: ignore[override]
+        queues = list(queues)
+        waits = [w for w in (promote_due(connection, q.name) for q in queues) if w is not None]
+        if timeout is not None and waits:
+            timeout = max(1, min(timeout, math.ceil(min(waits))))
+        return super().dequeue_any(queues, timeout, connection, *args, **kwargs)
 
 
 def stamp(now: float) -> str:
@@ -83,8 +133,8 @@ class JobTemplate:
 def worker(conn: redis.Redis, queue_name: str, cls: type[SimpleWorker] = SimpleWorker, **kwargs) -> SimpleWorker:
     """An RQ worker (`cls`: SimpleWorker or a subclass, as workers.worker's) on Routinely's
     queue that reads jobs as JSON only."""
-    queue = Queue(queue_name, connection=conn, serializer=SERIALIZER)
-    return cls([queue], connection=conn, serializer=SERIALIZER, **kwargs)
+    queue = _ReadyQueue(queue_name, connection=conn, serializer=SERIALIZER)
+    return cls([queue], connection=conn, serializer=SERIALIZER, queue_class=_ReadyQueue, **kwargs)
 
 
 def settle(conn: redis.Redis, job_id: str, succeeded: bool, reason: str = "") -> None:

@@ -77,7 +77,8 @@ def session_transcript(session_id: str) -> str:
 
 def usage_day(scope: str, ident: str, local_date: str) -> str:
     """hash requests/tokens/cost_usd/unpriced_requests of one calendar day (the account's timezone), scope
-    "account" (name) or "routine" (key); HINCRBY by the model gateway (routinely.model_usage); TTL 40 days."""
+    "account" (name), "routine" (key) or "account-models" (name; fields `MODEL|requests`, `MODEL|input_tokens`, …);
+    HINCRBY by the model gateway (routinely.model_usage); TTL 40 days."""
     return f"{P}usage:{scope}:{ident}:{local_date}"
 
 
@@ -113,6 +114,7 @@ def trigger_tokens(trigger_id: str) -> str:
 
 
 API_TRIGGERS = P + "api-triggers"  # hash trigger id -> routine key; written by `token create`, removed by revoke
+API_TRIGGERS_LAST_USED = P + "api-triggers:last-used"  # hash trigger id -> ISO time its last firing reached the start step
 
 
 def counter(name: str) -> str:
@@ -150,7 +152,8 @@ CHAIN_TTL = DAY  # the webhook of a session's write arrives in seconds; redelive
 
 
 def role(repo: str, login: str) -> str:
-    """string: the actor's repository role (GitHub's role_name, or "none"); written by the roles check at ingest; TTL ROLE_TTL."""
+    """string: the actor's repository role (GitHub's role_name, or "none"); written by the worker's role check
+    (workers/role_check.py), read also at ingest (routinely.gate); TTL ROLE_TTL."""
     return f"{P}role:{repo.lower()}:{login.lower()}"
 
 
@@ -230,3 +233,18 @@ def secret(scope: str, name: str) -> str:
 
 
 SECRETS = P + "secrets"  # set of "SCOPE NAME" for every stored secret (the listing); kept in step with `secret` by set/rm; no TTL
+
+
+# -- concurrency groups (issue #29; routine_file.concurrency, the start script, routinely.start.release)
+GROUP_TTL = 2 * DAY  # past any session's timeout (24 h) and debounce (1 h); refreshed on every write
+
+
+def concurrency_group(routine_key: str, group: str) -> str:
+    """hash `active` (the session of the group admitted to RQ: held by its debounce, queued or
+    running), `waiting` (the newest session held back until `active` ends, in no RQ list) and
+    `queue` (their RQ queue's name), of one routine's rendered group (a group longer than 200
+    characters by its digest); written by the start script, released by routinely.start.release
+    when `active` ends; TTL GROUP_TTL."""
+    if len(group) > 200:
+        group = "sha256:" + digest(group)
+    return f"{P}group:{routine_key}:{group}"

@@ -3,7 +3,8 @@ routine and per account that /api/usage, the usage page and daily budgets read.
 
 The session's record is the `usage` field of its hash (JSON, rewritten after every metered
 response); each response also adds to two daily hashes (the account's calendar day in its
-timezone): `keys.usage_day("account", NAME, DAY)` and `keys.usage_day("routine", KEY, DAY)`.
+timezone): `keys.usage_day("account", NAME, DAY)` and `keys.usage_day("routine", KEY, DAY)`, and to
+the account's day split by model, `keys.usage_day(MODELS_SCOPE, NAME, DAY)` (`daily_by_model`).
 """
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from routinely import keys, when
 
 TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 DAYS_KEPT = 40
+# `keys.usage_day(MODELS_SCOPE, ACCOUNT, DAY)`: the account's day split by model, fields "MODEL|requests",
+# "MODEL|<token kind>", "MODEL|cost_usd", "MODEL|unpriced_requests"; same writer and TTL as the others
+MODELS_SCOPE = "account-models"
+UNKNOWN_MODEL = "unknown"  # a response that named no model
 
 
 def empty() -> dict[str, Any]:
@@ -45,6 +50,18 @@ def record(conn: redis.Redis, session_id: str, routine_key: str, account: str, t
         else:
             pipe.hincrbyfloat(key, "cost_usd", delta_cost)
         pipe.expire(key, DAYS_KEPT * keys.DAY)
+    # the account's day split by model: one hash, fields "MODEL|requests", "MODEL|input_tokens", …
+    by_model = keys.usage_day(MODELS_SCOPE, account, day)
+    name_of = model or UNKNOWN_MODEL
+    pipe.hincrby(by_model, f"{name_of}|requests", 1)
+    for name in TOKENS:
+        if delta.get(name):
+            pipe.hincrby(by_model, f"{name_of}|{name}", int(delta[name]))
+    if delta_cost is None:
+        pipe.hincrby(by_model, f"{name_of}|unpriced_requests", 1)
+    else:
+        pipe.hincrbyfloat(by_model, f"{name_of}|cost_usd", delta_cost)
+    pipe.expire(by_model, DAYS_KEPT * keys.DAY)
     label = f"{routine_key}|{model or 'unknown'}"
     for name in TOKENS:
         if delta.get(name):
@@ -117,3 +134,18 @@ def add(total: dict[str, Any], model: str | None, delta: dict[str, Any], cost: f
     out["cost_usd"] = None if cost is None or out["cost_usd"] is None else round(out["cost_usd"] + cost, 9)
     return out
 
+
+
+def totals_of(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """One daily hash (`usage_day("account"|"routine", …)`) as numbers: requests, each token kind,
+    cost_usd (of the priced requests) and unpriced_requests."""
+    return _totals(raw)
+
+
+def split_by_model(raw: dict[bytes, bytes]) -> dict[str, dict[str, Any]]:
+    """One `usage_day(MODELS_SCOPE, …)` hash as {model: totals} (the shape `totals_of` gives)."""
+    fields: dict[str, dict[bytes, bytes]] = {}
+    for field, value in raw.items():
+        model, _, name = field.decode().rpartition("|")  # a model name may hold "|"; a field name never does
+        fields.setdefault(model, {})[name.encode()] = value
+    return {model: _totals(f) for model, f in fields.items()}

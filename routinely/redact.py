@@ -9,11 +9,13 @@ value in it costs that one scan.
 
 What it does not catch, said where it matters (docs/secrets.md): values shorter than
 MIN_CHARS (too many false hits, and too short to be worth stealing whole), a value printed
-transformed (base64, URL-encoded, split across two lines, reversed), and a value cut across
-the log's line limit (a line longer than 16,000 bytes is stored in pieces).
+transformed (base64, URL-encoded, split across two lines where it had none, reversed), and a
+value cut across the log's line limit (a line longer than 16,000 bytes is stored in pieces).
+A multi-line value (a key) is caught line by line, and a JSON-escaped one as such.
 """
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Mapping
 
@@ -22,6 +24,20 @@ MIN_CHARS = 8
 
 def shown(name: str) -> str:
     return f"[secret {name}]"
+
+
+_ARMOR = re.compile(r"-----(BEGIN|END) [A-Z0-9 ]+-----")  # a PEM's armor lines: the same in every key
+
+
+def _forms(value: str) -> list[str]:
+    """The ways a value reaches a stored line as it is: whole, JSON-escaped (a transcript's cut
+    tool input), and — for a multi-line value (a PEM or SSH key), whose lines the log stores
+    one by one — each of its lines of MIN_CHARS or more but the armor."""
+    forms = [value, json.dumps(value)[1:-1]]
+    if "\n" in value:
+        forms += [line.strip("\r") for line in value.split("\n")
+                  if len(line.strip("\r")) >= MIN_CHARS and not _ARMOR.fullmatch(line.strip())]
+    return list(dict.fromkeys(forms))
 
 
 class Redactor:
@@ -41,7 +57,8 @@ class Redactor:
                 self.values.setdefault(name, value)
         self._names = {}
         for name, value in self.values.items():
-            self._names.setdefault(value, name)
+            for form in _forms(value):
+                self._names.setdefault(form, name)
         ordered = sorted(self._names, key=len, reverse=True)
         self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 

@@ -30,7 +30,6 @@ from routinely import events, gate, keys
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.deliveries import decode, keep_payload
-from routinely.roles import Roles
 from routinely.routine_file import Routine
 from routinely.start import Firing, Outcome, Routed, Starter
 
@@ -124,7 +123,7 @@ def _only(routine: str | None, routines: list[Routine]) -> list[Routine]:
 
 
 def replay(settings: Settings, conn: redis.Redis, ref: str, routine: str | None = None, force: bool = False,
-           starter: Starter | None = None, roles: Roles | None = None) -> dict[str, Any]:
+           starter: Starter | None = None) -> dict[str, Any]:
     """Route event `ref` (an event or delivery id) again; `routine` (a name or ACCOUNT/NAME)
     keeps only that routine. Returns {event, replay_of, forced, sessions, dropped, skipped}:
     durable when it returns, a recorded event like any firing's. Raises ReplayRefused (404:
@@ -137,7 +136,7 @@ def replay(settings: Settings, conn: redis.Redis, ref: str, routine: str | None 
     trigger = raw.get("trigger") or {}
     starter = starter or Starter(conn, settings)
     if raw.get("kind") == "github":
-        firing, route, accounts = _github(settings, conn, raw, routine, roles or Roles(settings), starter, force)
+        firing, route, accounts = _github(settings, conn, raw, routine, starter, force)
     else:
         firing, route, accounts = _named(raw, trigger, routine, starter, conn, force)
     if force:
@@ -153,10 +152,10 @@ def replay(settings: Settings, conn: redis.Redis, ref: str, routine: str | None 
 def _force(routed: Routed | list[Routine]) -> Routed:
     if not isinstance(routed, Routed):
         routed = Routed(routed)
-    return Routed([_lifted(r) for r in routed.routines], routed.refused, routed.chain_depth)
+    return Routed([_lifted(r) for r in routed.routines], routed.refused, routed.chain_depth, routed.role_checks)
 
 
-def _github(settings: Settings, conn: redis.Redis, raw: dict[str, Any], routine: str | None, roles: Roles,
+def _github(settings: Settings, conn: redis.Redis, raw: dict[str, Any], routine: str | None,
             starter: Starter, force: bool):
     name, delivery, repo = raw.get("event") or "", raw.get("delivery") or "", raw.get("repository")
     kind, _, action = name.partition(".")
@@ -176,10 +175,10 @@ def _github(settings: Settings, conn: redis.Redis, raw: dict[str, Any], routine:
 
     def route(cat: Catalog) -> Routed:
         firing.filter_fields = {}
-        routed = gate.route(cat, conn, settings, roles, kind, action or None, repo, payload, firing.filter_fields)
+        routed = gate.route(cat, conn, settings, kind, action or None, repo, payload, firing.filter_fields)
         return Routed(_only(routine, routed.routines),
                       [r for r in routed.refused if routine is None or routine in (r.routine.key, r.routine.name)],
-                      routed.chain_depth)
+                      routed.chain_depth, routed.role_checks)
 
     return firing, route, {r.account for r in matched}
 

@@ -11,7 +11,7 @@ from typing import Any
 import redis
 
 from filters.explain import condition
-from routinely import admission, control, keys, when
+from routinely import admission, api_tokens, control, keys, when
 from routinely.catalog import Catalog
 from routinely.config import Settings
 from routinely.routine_file import Routine, Trigger
@@ -164,5 +164,5 @@ def detail(conn: redis.Redis, cat: Catalog, settings: Settings, routine: Routine
     """One routine's row plus its definition as applied and its API triggers (ids only)."""
     row = listing(conn, cat, settings, [routine])[0]
     row["definition"] = routine.to_file()
-    row["tokens"] = control.tokens(conn, routine)
+    row["tokens"] = api_tokens.with_dates(conn, control.tokens(conn, routine))
     return row

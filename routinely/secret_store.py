@@ -291,6 +291,16 @@ class SecretStore:
         return values
 
 
+def missing(conn: redis.Redis, names: Iterable[str], routine_key: str, account: str) -> list[str]:
+    """The names neither the routine's scope nor its account's holds (no key needed: `apply`
+    refuses a routine that names one)."""
+    names = list(dict.fromkeys(names))
+    if not names:
+        return []
+    stored = {m.decode() for m in conn.smembers(keys.SECRETS)}
+    return [n for n in names if f"{Scope.routine(routine_key)} {n}" not in stored and f"{Scope.account(account)} {n}" not in stored]
+
+
 def for_session(settings: Settings, conn: redis.Redis, names: Iterable[str], routine_key: str,
                 account: str) -> dict[str, str]:
     """The worker's one call at a session's start: the values of the routine's `secrets`

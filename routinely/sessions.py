@@ -48,6 +48,12 @@ def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
     sandbox = _text(raw, "sandbox")
     if sandbox:
         out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
+    held = _text(raw, "secrets_in_env")
+    if held:
+        out["secrets_in_env"] = held.split(",")  # secrets_as_env: its processes held these values as variables
+    for name in ("group", "start_at", "superseded_by"):  # its concurrency group, its debounce, who replaced it
+        if value := _text(raw, name):
+            out[name] = value
     return out
 
 
@@ -267,6 +273,9 @@ def cancel(conn: redis.Redis, session_id: str, now_iso: str) -> str:
         return "unknown"
     if done:
         jobs.cancel(conn, session_id)  # the job id is the session id
+        from routinely import start  # start reads sessions: imported here, not at the top
+
+        start.release(conn, session_id)  # its concurrency group goes to the session waiting behind it
         return "canceled"
     raw = get_raw(conn, session_id) or {}
     if raw.get(b"status") == b"running":

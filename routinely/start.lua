@@ -13,8 +13,15 @@
 -- to parse, and a name is the same on every call. The event record is one JSON string
 -- (Python writes all of it but the outcome, which is appended here): a hash of a dozen
 -- fields costs Redis ~5x more to write.
--- Returns {0} stale, {1} duplicate, or {2, #admitted, (id, metered)..., (routine, reason,
--- retry_after)...}.
+-- Concurrency groups (routinely/routine_file/concurrency.py): an admitted session of a group
+-- takes the group when no session holds it; replaces the group's session that has not started
+-- (queued, or held by its debounce) and the one waiting; and waits (its job "deferred", in no
+-- RQ list) behind a running one, which `cancel_in_progress` flags for cancel as
+-- routinely.sessions.cancel does. Each session replaced or canceled so is a drop `superseded`.
+-- The group's sessions are read before the script, so their keys are declared; a group that
+-- changed since is a conflict ({3}): nothing is written, routinely.start reads it again.
+-- Returns {0} stale, {1} duplicate, {3} a group changed, or {2, #admitted, (id, metered)...,
+-- (routine, reason, retry_after)...}.
 local score, now_ms, now_iso = ARGV[A_score], math.floor(tonumber(ARGV[A_score])), ARGV[A_now_iso]
 local event_id, event_key, event_ttl, session_ttl = ARGV[A_event_id], KEYS[K_event], ARGV[A_event_ttl], ARGV[A_session_ttl]
 local n_sess, n_refused, n_inst = tonumber(ARGV[A_sessions]), tonumber(ARGV[A_refused]), tonumber(ARGV[A_installation_ops])
@@ -22,9 +29,9 @@ local chain_depth, trigger = ARGV[A_chain_depth], ARGV[A_trigger]
 local job_from = N_FIXED_ARGS + 1  -- the job template's fields
 local inst_from = job_from + tonumber(ARGV[A_job_fields])
 
-local function record_event(duplicate, sessions, dropped, skipped)
+local function record_event(duplicate, sessions, dropped, skipped, superseded)
   redis.call('SET', event_key, ARGV[A_event_json] .. ',"duplicate":' .. duplicate .. ',"sessions":' .. sessions ..
-    ',"dropped":' .. dropped .. ',"skipped":' .. skipped .. '}', 'EX', event_ttl)
+    ',"dropped":' .. dropped .. ',"skipped":' .. skipped .. (superseded or '') .. '}', 'EX', event_ttl)
   redis.call('ZADD', KEYS[K_events_index], score, event_id)
   if ARGV[A_events_trim] ~= '' then redis.call('ZREMRANGEBYSCORE', KEYS[K_events_index], '-inf', ARGV[A_events_trim]) end
 end
@@ -45,6 +52,22 @@ if (redis.call('GET', KEYS[K_version]) or '0') ~= ARGV[A_version] then
   return {0}
 end
 
+-- every concurrency group as it was read, or nothing is written
+do
+  local a = inst_from + AI_N * n_inst
+  for i = 1, n_sess do
+    local k = N_FIXED_KEYS + 1 + (i - 1) * KS_N
+    if ARGV[a + AS_group] ~= '' then
+      local g = redis.call('HMGET', KEYS[k + KS_group], 'active', 'waiting')
+      if (g[1] or '') ~= ARGV[a + AS_active] or (g[2] or '') ~= ARGV[a + AS_waiting] then
+        drop_payload()
+        return {3}
+      end
+    end
+    a = a + AS_N
+  end
+end
+
 if ARGV[A_claim_ttl] ~= '0' and not redis.call('SET', KEYS[K_claim], event_id, 'NX', 'EX', ARGV[A_claim_ttl]) then
   record_event('true', '[]', '[]', '[]')  -- a redelivery: its own event, starts nothing
   drop_payload()
@@ -56,7 +79,48 @@ local function count(key, ttl)
   if redis.call('INCR', key) == 1 then redis.call('EXPIRE', key, ttl) end
 end
 
-local admitted, dropped, out_dropped, ids = {}, {}, {}, {}
+-- a session of the group that has not started gives way: canceled as routinely.sessions.cancel
+-- cancels a queued one (its record, then its job off every RQ list and gone), recorded
+local superseded = {}
+local function supersede(session, job, id, by, routine, drops_key)
+  redis.call('HSET', session, 'status', 'canceled', 'finished_at', now_iso, 'reason', 'superseded by session ' .. by,
+    'superseded_by', by)
+  redis.call('LREM', KEYS[K_queue], 0, id)
+  redis.call('ZREM', KEYS[K_scheduled], id)
+  redis.call('DEL', job)
+  record_drop(drops_key, 'superseded', now_ms)
+  table.insert(superseded, {routine = routine, session = id, by = by})
+end
+
+-- where an admitted session of a group goes: 'queue', 'scheduled' (its debounce) or 'deferred'
+local function take_group(k, a, sid, routine)
+  local group, active, waiting = KEYS[k + KS_group], ARGV[a + AS_active], ARGV[a + AS_waiting]
+  if waiting ~= '' and redis.call('HGET', KEYS[k + KS_waiting_session], 'status') == 'queued' then
+    supersede(KEYS[k + KS_waiting_session], KEYS[k + KS_waiting_job], waiting, sid, routine, KEYS[k + KS_drops])
+  end
+  local status = active ~= '' and redis.call('HGET', KEYS[k + KS_active_session], 'status')
+  if status == 'queued' then
+    supersede(KEYS[k + KS_active_session], KEYS[k + KS_active_job], active, sid, routine, KEYS[k + KS_drops])
+  elseif status == 'running' and ARGV[a + AS_cancel_in_progress] == '1'
+      and redis.call('HSETNX', KEYS[k + KS_active_session], 'superseded_by', sid) == 1 then  -- once a session
+    redis.call('SET', KEYS[k + KS_active_cancel], '1', 'EX', CANCEL_TTL)  -- its runner stops it within a second
+    record_drop(KEYS[k + KS_drops], 'superseded', now_ms)
+    table.insert(superseded, {routine = routine, session = active, by = sid})
+  end
+  local place
+  if status == 'running' then  -- it runs until it ends (canceled or not): this one waits behind it
+    redis.call('HSET', group, 'waiting', sid)
+    place = JOB_DEFERRED
+  else  -- nobody holds the group (or a finished session the release missed): this one does
+    redis.call('HSET', group, 'active', sid)
+    redis.call('HDEL', group, 'waiting')
+    place = ARGV[a + AS_start_at] ~= '0' and JOB_SCHEDULED or 'queue'
+  end
+  redis.call('EXPIRE', group, GROUP_TTL)
+  return place
+end
+
+local admitted, dropped, out_dropped, ids, queued = {}, {}, {}, {}, {}
 local a = inst_from + AI_N * n_inst
 for i = 1, n_sess do
   local k = N_FIXED_KEYS + 1 + (i - 1) * KS_N
@@ -89,6 +153,7 @@ for i = 1, n_sess do
     redis.call('HSET', session, 'id', sid, 'routine', routine, 'routine_key', ARGV[a + AS_routine_key],
       'account', ARGV[a + AS_account], 'trigger', trigger, 'event_id', event_id, 'status', 'queued',
       'created_at', now_iso, 'chain_depth', chain_depth, 'metered', metered)
+    if ARGV[a + AS_role_check] ~= '' then redis.call('HSET', session, 'role_check', ARGV[a + AS_role_check]) end
     redis.call('EXPIRE', session, session_ttl)
     redis.call('ZADD', index, score, sid)  -- the routine's own index (its key: account and name)
     redis.call('EXPIRE', index, session_ttl)  -- a removed routine's index goes with its last session
@@ -96,6 +161,18 @@ for i = 1, n_sess do
     redis.call('HSET', KEYS[k + KS_job], 'data', ARGV[A_job_data], 'created_at', ARGV[A_job_stamp],
       'enqueued_at', ARGV[A_job_stamp], 'timeout', ARGV[a + AS_job_timeout], 'description', ARGV[a + AS_job_description],
       unpack(ARGV, job_from, inst_from - 1))
+    local place = 'queue'
+    if ARGV[a + AS_group] ~= '' then
+      place = take_group(k, a, sid, routine)
+      redis.call('HSET', session, 'group', ARGV[a + AS_group], 'group_key', KEYS[k + KS_group])
+      if ARGV[a + AS_start_at] ~= '0' then redis.call('HSET', session, 'start_at', ARGV[a + AS_start_at_iso]) end
+    end
+    if place == 'queue' then
+      table.insert(queued, sid)
+    else
+      redis.call('HSET', KEYS[k + KS_job], 'status', place)  -- RQ's own word for a job held back
+      if place == JOB_SCHEDULED then redis.call('ZADD', KEYS[K_scheduled], ARGV[a + AS_start_at], sid) end
+    end
     table.insert(ids, sid)
     table.insert(admitted, sid)
     table.insert(admitted, metered)
@@ -126,13 +203,13 @@ if #ids > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[K_sessions_index], '-inf', ARGV[A_sessions_trim])
     redis.call('SADD', KEYS[K_queues], KEYS[K_queue])  -- RQ's queue listing (rq info): once is enough
   end
-  redis.call('RPUSH', KEYS[K_queue], unpack(ids))
+  if #queued > 0 then redis.call('RPUSH', KEYS[K_queue], unpack(queued)) end
 else
   drop_payload()
 end
 
 record_event('false', #ids > 0 and cjson.encode(ids) or '[]', #dropped > 0 and cjson.encode(dropped) or '[]',
-  ARGV[A_skipped])
+  ARGV[A_skipped], #superseded > 0 and (',"superseded":' .. cjson.encode(superseded)) or nil)
 
 for i = inst_from, inst_from + AI_N * (n_inst - 1), AI_N do
   if ARGV[i + AI_op] == 'set' then

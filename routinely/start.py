@@ -9,6 +9,7 @@ fails, it raises redis.RedisError and nothing was half-written.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -19,7 +20,7 @@ from routinely import admission, jobs, keys, sessions, start_plan
 from routinely.catalog import Catalog, CatalogCache
 from routinely.config import Settings
 from routinely.routine_file import Routine
-from routinely.when import iso
+from routinely.when import iso, parse_iso
 from routinely.wire import Wire, pack
 
 __all__ = ["Firing", "FireRefused", "Outcome", "Routed", "Starter", "fire_one", "iso"]
@@ -28,6 +29,9 @@ SCRIPT = start_plan.SCRIPT  # start.lua behind its layout, by name
 # how often a process trims the listing indexes to their windows (keys.EVENTS_KEPT, SESSIONS_KEPT):
 # not on every firing — three ZREMRANGEBYSCOREs a firing cost more than the rest of an index write
 TRIM_SECONDS = 1.0
+# a plan whose concurrency group changed between its read and the script is read again; each
+# round some firing of the group gets through, so only that many firings at once could exhaust it
+GROUP_ROUNDS = 100
 
 
 @dataclass
@@ -72,11 +76,13 @@ class Outcome:
 @dataclass
 class Routed:
     """What routing decided beyond "these routines match" (routinely.gate): firings refused
-    before admission (`role`, `chain_depth`), recorded as drops, and the sessions' chain depth."""
+    before admission (`role`, `chain_depth`), recorded as drops, the sessions' chain depth, and
+    the role each routine's session must check before it runs (routinely.roles.RoleCheck, by key)."""
 
     routines: list[Routine]
     refused: list[start_plan.Refused] = field(default_factory=list)
     chain_depth: int = 1
+    role_checks: dict[str, Any] = field(default_factory=dict)
 
 
 Router = Callable[[Catalog], "list[Routine] | Routed"]
@@ -102,7 +108,8 @@ class Starter:
             now = self.settings.clock()
             due = lambda index: now - self._trimmed.get(index, float("-inf")) >= TRIM_SECONDS  # noqa: E731
             plan = start_plan.build(firing, catalog, routed.routines, now,
-                                    refused=routed.refused, chain_depth=routed.chain_depth, trim=due)
+                                    refused=routed.refused, chain_depth=routed.chain_depth, trim=due,
+                                    role_checks=routed.role_checks)
             result = self._apply(plan)
             if result is not None:
                 # an index is trimmed only where the script wrote to it: the sessions indexes by admitted sessions
@@ -116,9 +123,16 @@ class Starter:
         raise redis.RedisError("the routine configuration keeps changing; try again")
 
     def _apply(self, plan: start_plan.StartPlan) -> Outcome | None:
-        """Run start.lua on the plan: None when the plan was stale."""
-        kv, argv = start_plan.encode(plan, self._job, self.settings.queue_name)
-        reply = self._execute(kv, argv, plan)
+        """Run start.lua on the plan: None when the plan was stale. The plan's concurrency
+        groups are read first (the script declares their sessions' keys); a group that changed
+        before the script ran is read again."""
+        for _ in range(GROUP_ROUNDS):
+            kv, argv = start_plan.encode(plan, self._job, self.settings.queue_name, read_groups(self.conn, plan))
+            reply = self._execute(kv, argv, plan)
+            if reply[0] != 3:
+                break
+        else:
+            raise redis.RedisError("a concurrency group keeps changing under this firing; try again")
         if reply[0] == 0:
             return None
         if reply[0] == 1:
@@ -148,6 +162,76 @@ class Starter:
         if plan.keeps_payload:
             self.conn.delete(keys.payload(plan.event_id))  # SET without its script: nothing may point at it
         raise redis.RedisError("Redis keeps forgetting the start script; try again")
+
+
+def read_groups(conn: redis.Redis, plan: start_plan.StartPlan) -> dict[str, start_plan.GroupState]:
+    """The sessions of each concurrency group the plan's sessions join, as they are now (one
+    round trip, and none for a plan without groups)."""
+    wanted = list(dict.fromkeys(s.group.key for s in plan.sessions if s.group))
+    if not wanted:
+        return {}
+    pipe = conn.pipeline(transaction=False)
+    for key in wanted:
+        pipe.hmget(key, "active", "waiting")
+    return {key: start_plan.GroupState(*((v or b"").decode() for v in got)) for key, got in zip(wanted, pipe.execute())}
+
+
+_RELEASE = """
+local g = redis.call('HMGET', KEYS[1], 'active', 'waiting')
+if (g[1] or '') ~= ARGV[2] or (g[2] or '') ~= ARGV[3] then return -1 end
+local status = redis.call('HGET', KEYS[2], 'status')
+if status ~= 'succeeded' and status ~= 'failed' and status ~= 'timed_out' and status ~= 'canceled' then return 0 end
+local ended, waiting = ARGV[1], ARGV[3]
+if ended == waiting then redis.call('HDEL', KEYS[1], 'waiting') return 0 end
+if ended ~= ARGV[2] then return 0 end
+if waiting ~= '' and redis.call('HGET', KEYS[3], 'status') == 'queued' and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('HSET', KEYS[1], 'active', waiting)
+  redis.call('HDEL', KEYS[1], 'waiting')
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  if ARGV[4] ~= '0' then
+    redis.call('HSET', KEYS[4], 'status', 'scheduled')
+    redis.call('ZADD', KEYS[6], ARGV[4], waiting)
+  else
+    redis.call('HSET', KEYS[4], 'status', 'queued', 'enqueued_at', ARGV[5])
+    redis.call('RPUSH', KEYS[5], waiting)
+  end
+  return 1
+end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+
+
+def release(conn: redis.Redis, session_id: str, now: float | None = None) -> None:
+    """Hand a session's concurrency group on once the session has ended (any final status,
+    canceled before it started included): the session waiting behind it takes the group and
+    goes onto its queue (into RQ's scheduled jobs while its debounce lasts); with none waiting
+    the group is freed. A session in no group, not yet ended, or no longer holding its group
+    changes nothing; calling it twice is harmless. Callers: workers.outbox (a run's end),
+    routinely.sessions.cancel. Raises redis.RedisError."""
+    now = time.time() if now is None else now
+    group = conn.hget(keys.session(session_id), "group_key")
+    if not group:
+        return
+    for _ in range(GROUP_ROUNDS):
+        active, waiting = ((v or b"").decode() for v in conn.hmget(group, "active", "waiting"))
+        if session_id not in (active, waiting):
+            return
+        queue_name, start_at = None, 0.0
+        if waiting:
+            origin = conn.hget(jobs.job_key(waiting), "origin")
+            queue_name = origin.decode() if origin else None
+            when = conn.hget(keys.session(waiting), "start_at")
+            start_at = parse_iso(when.decode()) if when else 0.0
+        unused = group.decode()
+        done = conn.eval(_RELEASE, 6, group, keys.session(session_id), keys.session(waiting) if waiting else unused,
+                         jobs.job_key(waiting) if waiting else unused,
+                         jobs.queue_key(queue_name) if queue_name else unused,
+                         jobs.scheduled_key(queue_name) if queue_name else unused,
+                         session_id, active, waiting, f"{start_at:.3f}" if start_at > now else 0, jobs.stamp(now),
+                         keys.GROUP_TTL)
+        if done != -1:
+            return
 
 
 class FireRefused(Exception):

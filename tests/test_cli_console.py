@@ -63,9 +63,11 @@ def test_pause_resume_tokens_and_listings_name_routines_alike(cli, conn):
     assert nope.stderr.count("\n") == 1 and "no routine named 'nope'" in nope.stderr
 
     made = json.loads(cli("token", "create", "r", "--json").stdout)
-    assert cli("token", "list").stdout.splitlines()[0].split() == ["TRIGGER", "ACCOUNT", "NAME", "STATE"]
-    assert json.loads(cli("token", "list", "r", "--json").stdout) == [
+    assert cli("token", "list").stdout.splitlines()[0].split() == ["TRIGGER", "ACCOUNT", "NAME", "STATE", "CREATED", "LAST", "USED"]
+    listed = json.loads(cli("token", "list", "r", "--json").stdout)
+    assert [{k: row[k] for k in ("trigger_id", "name", "account", "live")} for row in listed] == [
         {"trigger_id": made["trigger_id"], "name": "r", "account": "alice", "live": True}]
+    assert listed[0]["created_at"] and listed[0]["last_used_at"] is None  # never fired
     cli("token", "revoke", made["trigger_id"])
     assert "revoked" in cli("token", "list").stdout and made["token"] not in cli("token", "list").stdout
 

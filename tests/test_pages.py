@@ -8,8 +8,8 @@ import re
 import pytest
 
 from app import create_app
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely import when
+from routinely.start import Firing, fire_one
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture, redis_snapshot
 from tests.test_receiver import apply, gh
 
@@ -181,7 +181,9 @@ def test_the_management_api(client, conn, settings):
     assert fired.status_code == 200
     assert client.get("/api/events").get_json()[0]["routine"] == "alice/r"  # an api firing names its routine too
     listed = client.get("/api/routines/alice/r/tokens").get_json()
-    assert listed == [{"trigger_id": made["trigger_id"], "name": "r", "account": "alice", "live": True}]
+    assert [{k: row[k] for k in ("trigger_id", "name", "account", "live")} for row in listed] == [
+        {"trigger_id": made["trigger_id"], "name": "r", "account": "alice", "live": True}]
+    assert when.parse_iso(listed[0]["created_at"]) <= when.parse_iso(listed[0]["last_used_at"])  # it fired just now
     assert client.delete(f"/api/routines/alice/r/tokens/{made['trigger_id']}").get_json() == {"revoked": [made["trigger_id"]]}
     assert client.get("/api/routines/alice/r/tokens").get_json()[0]["live"] is False
     assert client.post("/api/routines/alice/r/pause").get_json() == {"name": "r", "account": "alice", "paused": True}

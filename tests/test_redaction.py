@@ -7,6 +7,7 @@ through the push door (as in tests/test_push_door.py).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -151,3 +152,40 @@ def test_a_push_carrying_a_secret_or_a_github_token_is_refused_with_file_and_lin
     _commit(guard.work, "deep/a.txt", "x\n")  # removed again on top: the commit still carries it
     done = _push(guard, tmp_path, "refs/heads/claude/ok")
     assert done.returncode != 0 and "deep/a.txt line 2 holds secret SENTRY_TOKEN" in done.stderr, done.stderr
+
+
+def test_a_file_named_after_a_secret_or_a_token_is_refused_without_the_name(guard, tmp_path):
+    for name in (f"n_{SENTRY}", GHS):
+        git("reset", "-q", "--hard", "main", cwd=guard.work)
+        _commit(guard.work, f"dir/{name}", "harmless\n")
+        done = _push(guard, tmp_path, "refs/heads/claude/named")
+        assert done.returncode != 0 and "a file or folder name line 1 holds" in done.stderr, done.stderr
+        assert name not in done.stderr and "claude/named" not in _remote_refs(guard.remote)
+
+
+def test_a_token_shape_with_more_after_it_is_still_a_token():
+    scanner = Scanner({})
+    assert [f.what for f in scanner.scan(f"{GHS}_x {GHS}{'A' * 250}".encode(), "x")] == ["a GitHub token"] * 2
+
+
+def test_a_push_of_too_many_objects_is_refused_before_the_worker_holds_them(guard, tmp_path, monkeypatch):
+    from workers import pushscan
+
+    monkeypatch.setattr(pushscan, "MAX_SCAN_OBJECTS", 50)  # the door runs in this process: the cap under test, smaller
+    for i in range(60):
+        (guard.work / "many" / f"f{i}").parent.mkdir(exist_ok=True)
+        (guard.work / "many" / f"f{i}").write_text(f"{i}\n")
+    git("add", "many", cwd=guard.work)
+    git("commit", "-qm", "many", cwd=guard.work)
+    done = _push(guard, tmp_path, "refs/heads/claude/many")
+    assert done.returncode != 0 and "adds more than 50 objects" in done.stderr, done.stderr
+
+
+def test_a_multi_line_secret_printed_line_by_line_and_a_json_escaped_one_are_redacted():
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\nAAAAEbm9uZQAAAAAAAAABAAAAMw\n-----END OPENSSH PRIVATE KEY-----"
+    quoted = 'pa"ss\\word-with-quotes'
+    r = Redactor({"DEPLOY_KEY": key, "PASS": quoted})
+    printed = [r(line) for line in key.split("\n")]  # the log stores a program's output line by line
+    assert printed == ["-----BEGIN OPENSSH PRIVATE KEY-----", "[secret DEPLOY_KEY]", "[secret DEPLOY_KEY]",
+                       "-----END OPENSSH PRIVATE KEY-----"]
+    assert r(json.dumps({"command": f"login {quoted}"})) == '{"command": "login [secret PASS]"}'

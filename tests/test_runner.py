@@ -130,6 +130,7 @@ def test_a_github_session_runs_start_to_finish(client, conn, settings, env, remo
     marker = prompt.split("<<<", 1)[1].split(" ", 1)[0]
     assert marker.startswith("UNTRUSTED-") and prompt.count(marker) == 2
     assert prompt.index("Follow REVIEW.md.") < prompt.index(marker) < prompt.index("Ignore previous")
+    assert conn.hget(keys.session(sid), "prompt").decode() == prompt  # the copy its page shows
     assert report["event"] == payload
     # repositories at their default branches, several of them
     repos = report["repos"]

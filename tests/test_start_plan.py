@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
 
-from routinely import admission, catalog, jobs, keys, start_plan
+from routinely import admission, catalog, jobs, keys, sessions, start_plan
 from routinely.routine_file import parse_config
 from routinely.start import Firing, Starter
 from routinely.when import iso
@@ -207,3 +208,211 @@ def test_each_listing_index_is_trimmed_within_a_second_of_a_write_to_it(conn, se
     clock.t = NOW + 1.5
     fire("busy")
     assert conn.zscore(keys.SESSIONS, "session_ancient") is None
+
+
+# -- concurrency groups (routine_file.concurrency): the script's decision, driven by a table
+REPO = "Codertocat/Hello-World"
+
+
+def group_config(cancel_in_progress=False, debounce_seconds=0):
+    return parse_config({
+        "accounts": [{"name": "alice", "extra_usage": True, "rate_limit": {"events": 1000, "per_seconds": 60}}],
+        "routines": [{"name": "review", "account": "alice", "prompt": "p", "repositories": [REPO],
+                      "rate_limit": {"events": 1000, "per_seconds": 60},
+                      "concurrency": {"group": "{repository}#{pull_request.number}",
+                                      "cancel_in_progress": cancel_in_progress, "debounce_seconds": debounce_seconds},
+                      "triggers": [{"github": {"events": ["pull_request"]}}]}]}, NOW)
+
+
+def pr_firing(number=7):
+    return Firing(kind="github", event="pull_request.synchronize", repository=REPO,
+                  payload=orjson.dumps({"action": "synchronize", "pull_request": {"number": number}}))
+
+
+def fire_pr(starter, number=7):
+    (made,) = starter.fire(pr_firing(number), lambda c: [c.routines["alice/review"]]).sessions
+    return made["id"]
+
+
+def where(conn, settings, sid):
+    """Where a session's job is: queue | scheduled | deferred | gone."""
+    if sid.encode() in conn.lrange(jobs.queue_key(settings.queue_name), 0, -1):
+        return "queue"
+    if conn.zscore(jobs.scheduled_key(settings.queue_name), sid) is not None:
+        return "scheduled"
+    return (conn.hget(jobs.job_key(sid), "status") or b"gone").decode()
+
+
+def status(conn, sid):
+    return conn.hget(keys.session(sid), "status").decode()
+
+
+# the group before the firing: its active session (none, queued, running, running and already
+# canceled by an earlier firing, finished without a release) and a session waiting behind it;
+# cancel_in_progress, debounce -> where the new session goes, which sessions it superseded, and
+# whether the running one is flagged for cancel
+GROUP_RULE = [
+    ("", False, 0, "queue", [], False),
+    ("", False, 5, "scheduled", [], False),
+    ("queued", False, 0, "queue", ["active"], False),  # not started: replaced, only the newest waits
+    ("queued", True, 5, "scheduled", ["active"], False),  # a debounce pushed out by the newer firing
+    ("running", False, 0, "deferred", [], False),  # waits behind the running one
+    ("running", True, 0, "deferred", ["active"], True),  # cancel_in_progress: the running one is canceled
+    ("running+waiting", False, 0, "deferred", ["waiting"], False),  # only the newest waits
+    # the firing that made the waiting one canceled the running one already: it is superseded once
+    ("running+waiting", True, 0, "deferred", ["waiting"], True),
+    ("succeeded+waiting", False, 0, "queue", ["waiting"], False),  # a finished holder holds nothing
+]
+
+
+@pytest.mark.parametrize("before,cancel,debounce,place,superseded,flagged", GROUP_RULE)
+def test_the_concurrency_rule_in_the_script(conn, settings, before, cancel, debounce, place, superseded, flagged):
+    catalog.save(conn, group_config(cancel, debounce))
+    clock = Clock(NOW)
+    starter = Starter(conn, settings.with_(clock=clock))
+    sessions_before = {}
+    if before:
+        first, _, second = before.partition("+")
+        active = sessions_before["active"] = fire_pr(starter)
+        if first != "queued":
+            assert sessions.transition(conn, active, ["queued"], status="running")
+        if second:
+            sessions_before["waiting"] = fire_pr(starter)
+            assert where(conn, settings, sessions_before["waiting"]) == "deferred"
+        if first == "succeeded":  # ended, and its release never ran (the reaper's failures do not release)
+            assert sessions.transition(conn, active, ["running"], status="succeeded")
+    drops_before = int(conn.hget(keys.drops("alice/review"), "superseded") or 0)
+    clock.t = NOW + 1
+    new = fire_pr(starter)
+    assert where(conn, settings, new) == place and status(conn, new) == "queued"
+    if place == "scheduled":
+        assert conn.zscore(jobs.scheduled_key(settings.queue_name), new) == pytest.approx(NOW + 1 + debounce)
+        assert conn.hget(keys.session(new), "start_at").decode() == iso(NOW + 1 + debounce)
+    for role, sid in sessions_before.items():
+        if role in superseded and not (role == "active" and flagged):
+            assert status(conn, sid) == "canceled" and where(conn, settings, sid) == "gone"
+            assert conn.hget(keys.session(sid), "superseded_by").decode() == new
+    active = sessions_before.get("active")
+    if flagged:
+        assert conn.get(keys.session_cancel(active)) == b"1" and status(conn, active) == "running"
+    elif active:
+        assert not conn.exists(keys.session_cancel(active))
+    assert int(conn.hget(keys.drops("alice/review"), "superseded") or 0) - drops_before == len(superseded)
+    group = keys.concurrency_group("alice/review", f"{REPO}#7")
+    holder, waiting = (v.decode() if v else None for v in conn.hmget(group, "active", "waiting"))
+    assert (holder, waiting) == ((active, new) if place == "deferred" else (new, None))
+    assert 0 < conn.ttl(group) <= keys.GROUP_TTL
+    if superseded:  # the firing's event says whom it replaced
+        event = orjson.loads(conn.get(keys.event(conn.hget(keys.session(new), "event_id").decode())))
+        assert {s["session"] for s in event["superseded"]} == {sessions_before[r] for r in superseded}
+
+
+def test_groups_are_per_rendered_group_and_per_routine(conn, settings):
+    catalog.save(conn, group_config())
+    starter = Starter(conn, settings.with_(clock=Clock(NOW)))
+    one, other = fire_pr(starter, 7), fire_pr(starter, 8)
+    assert where(conn, settings, one) == where(conn, settings, other) == "queue"
+    assert conn.hget(keys.session(one), "group") == f"{REPO}#7".encode()
+
+
+def test_a_group_that_changed_after_it_was_read_is_read_again(conn, settings, monkeypatch):
+    """Another process's firing between the read and the script: the script writes nothing
+    (no claim taken either) and the firing is planned again on the group as it is now."""
+    from routinely import start
+
+    catalog.save(conn, group_config())
+    starter = Starter(conn, settings.with_(clock=Clock(NOW)))
+    other = Starter(conn, settings.with_(clock=Clock(NOW)))
+    first = fire_pr(starter)
+    reads = []
+    real = start.read_groups
+
+    def stale_once(c, plan):
+        got = real(c, plan)
+        reads.append(got)
+        if len(reads) == 1:
+            fire_pr(other)  # lands between this read and the script (its own read is reads[1])
+        return got
+
+    monkeypatch.setattr(start, "read_groups", stale_once)
+    firing = pr_firing()
+    firing.delivery, firing.claim = "d-9", keys.delivery("d-9")
+    (made,) = starter.fire(firing, lambda c: [c.routines["alice/review"]]).sessions
+    assert len(reads) == 3 and reads[0] == reads[1] != reads[2]
+    assert status(conn, first) == "canceled" and where(conn, settings, made["id"]) == "queue"
+    assert int(conn.hget(keys.drops("alice/review"), "superseded")) == 2
+
+
+def test_the_script_touches_only_declared_keys_in_a_group(conn, settings):
+    catalog.save(conn, group_config(cancel_in_progress=True))
+    starter = Starter(conn, settings.with_(clock=Clock(NOW)))
+    active = fire_pr(starter)
+    sessions.transition(conn, active, ["queued"], status="running")
+    waiting = fire_pr(starter)  # cancels it, and waits behind it
+    cat = starter.cache.get(conn)
+    plan = start_plan.build(pr_firing(), cat, [cat.routines["alice/review"]], NOW)
+    from routinely.start import read_groups
+
+    declared, _ = start_plan.encode(plan, starter._job, settings.queue_name, read_groups(conn, plan))
+    before = redis_snapshot(conn)
+    assert len(starter._apply(plan).sessions) == 1
+    after = redis_snapshot(conn)
+    changed = {k.decode() for k in set(after) | set(before) if after.get(k) != before.get(k)}
+    assert changed <= set(declared), changed - set(declared)
+    assert {keys.session(waiting), jobs.job_key(waiting)} <= changed  # the one waiting was superseded
+
+
+def test_release_hands_the_group_to_the_session_waiting(conn, settings):
+    """The end of the group's session (workers.outbox's finish, a cancel) places the one
+    waiting: on the queue, or among RQ's scheduled jobs while its debounce lasts."""
+    from routinely.start import release
+
+    catalog.save(conn, group_config(debounce_seconds=30))
+    clock = Clock(NOW)
+    starter = Starter(conn, settings.with_(clock=clock))
+    active = fire_pr(starter)
+    assert jobs.promote_due(conn, settings.queue_name, NOW + 29) == pytest.approx(1)  # not yet: due in 1 s
+    jobs.promote_due(conn, settings.queue_name, NOW + 30)
+    assert where(conn, settings, active) == "queue"
+    sessions.transition(conn, active, ["queued"], status="running")
+    clock.t = NOW + 40
+    waiting = fire_pr(starter)
+    assert where(conn, settings, waiting) == "deferred"
+    release(conn, active, NOW + 50)  # still running: nothing moves
+    assert where(conn, settings, waiting) == "deferred"
+    sessions.transition(conn, active, ["running"], status="succeeded")
+    release(conn, active, NOW + 50)
+    assert where(conn, settings, waiting) == "scheduled"  # its debounce runs to NOW + 70
+    release(conn, active, NOW + 50)  # twice: harmless
+    group = keys.concurrency_group("alice/review", f"{REPO}#7")
+    assert conn.hget(group, "active").decode() == waiting and not conn.hexists(group, "waiting")
+    assert sessions.cancel(conn, waiting, iso(NOW + 60)) == "canceled"  # a cancel releases too
+    assert not conn.exists(group) and where(conn, settings, waiting) == "gone"
+
+
+def test_a_reaped_session_hands_its_group_on(conn, settings):
+    """A group's session whose worker died (the reaper fails it) must not hold the group: the
+    one waiting behind it goes onto the queue."""
+    from workers.reaper import reap
+
+    catalog.save(conn, group_config())
+    starter = Starter(conn, settings.with_(clock=Clock(time.time())))
+    active = fire_pr(starter)
+    sessions.transition(conn, active, ["queued"], status="running", host="elsewhere")
+    waiting = fire_pr(starter)
+    assert where(conn, settings, waiting) == "deferred"
+    conn.zadd(keys.RUNNING, {active: 0})  # its last heartbeat: long ago
+    assert reap(conn, time.time(), timeout=0) == [active]
+    assert status(conn, active) == "failed" and where(conn, settings, waiting) == "queue"
+
+
+def test_a_firing_whose_role_is_still_to_be_asked_joins_no_group(conn, settings):
+    """A stranger's comment must not supersede the group's sessions before the worker knows it may fire."""
+    from routinely.roles import RoleCheck
+
+    catalog.save(conn, group_config(cancel_in_progress=True))
+    cat = catalog.load(conn)
+    plan = start_plan.build(pr_firing(), cat, [cat.routines["alice/review"]], NOW,
+                            role_checks={"alice/review": RoleCheck(roles=("write",), actor="stranger", repository=REPO,
+                                                                   installation=None)})
+    assert plan.sessions[0].group is None and plan.sessions[0].role_check

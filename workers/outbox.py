@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import redis
 
-from routinely import keys, session_log, sessions, transcript
+from routinely import keys, session_log, sessions, start, transcript
 from routinely.config import Settings
 from routinely.redact import NOTHING, Redactor
 from workers.outage import BACKOFF_MAX, BACKOFF_START, Outage
@@ -169,6 +169,7 @@ class Outbox:
                     pipe.zrem(keys.RUNNING, self.id)
                     pipe.delete(keys.session_cancel(self.id))
                     pipe.execute()
+                    start.release(self.conn, self.id)  # its concurrency group goes to the session waiting for it
                     self.outage.ok()
                     return
                 except redis.RedisError as exc:

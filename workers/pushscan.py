@@ -20,13 +20,15 @@ from typing import Mapping
 from routinely.redact import MIN_CHARS
 
 MAX_SCAN_BYTES = 64 * 1024 * 1024  # new objects' bytes read per push
+MAX_SCAN_OBJECTS = 100_000  # new objects (trees included) listed per push: what the worker holds of it stays bounded
 MAX_FINDINGS = 5  # named in the refusal; the rest are counted
 ZERO = "0" * 40
 
 # shapes of credentials that have no business in a commit, whatever the session was given
 TOKEN_SHAPES: list[tuple[str, str]] = [
-    ("a GitHub token", r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36,251}(?![A-Za-z0-9_])"),
-    ("a GitHub fine-grained token", r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22,251}"),
+    # a prefix and enough characters: what follows (more characters, a suffix) never hides one
+    ("a GitHub token", r"(?<![A-Za-z0-9_])gh[pousr]_[A-Za-z0-9]{36}"),
+    ("a GitHub fine-grained token", r"(?<![A-Za-z0-9_])github_pat_[A-Za-z0-9_]{22}"),
     ("an Anthropic API key", r"(?<![A-Za-z0-9_-])sk-ant-[A-Za-z0-9_-]{20,}"),
     ("an AWS access key id", r"(?<![A-Z0-9])AKIA[0-9A-Z]{16}(?![0-9A-Z])"),
 ]
@@ -79,15 +81,25 @@ class Scanner:
         for _old, new, _ref in updates:
             if new == ZERO:
                 continue
-            listed = subprocess.run(["git", "rev-list", "--objects", new, "--not", "--all"], cwd=repo, env=env,
-                                    capture_output=True, timeout=300)
-            if listed.returncode != 0:
+            lister = subprocess.Popen(["git", "rev-list", "--objects", new, "--not", "--all"], cwd=repo, env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            try:  # read as it comes, up to the cap: a push of a million tiny objects never sits in the worker whole
+                for raw in lister.stdout:
+                    sha, _, path = raw.decode("utf-8", "replace").rstrip("\n").partition(" ")
+                    objects.setdefault(sha, path)
+                    if len(objects) > MAX_SCAN_OBJECTS:
+                        raise ScanRefused(f"this push adds more than {MAX_SCAN_OBJECTS:,} objects; the push door checks "
+                                          "at most that many a push for secrets: push it in smaller pieces")
+            finally:
+                lister.kill()
+                lister.wait(300)
+            if lister.returncode not in (0, -9):
                 raise ScanRefused("the push door could not list what this push adds")
-            for line in listed.stdout.decode("utf-8", "replace").splitlines():
-                sha, _, path = line.partition(" ")
-                objects.setdefault(sha, path)
         if not objects:
             return []
+        findings: list[Finding] = []
+        for path in {path for path in objects.values() if path}:  # names too: a file may be named after a value
+            findings += self.scan(path.encode(), "a file or folder name")  # never the name itself: it may be the value
         kinds = _batch(repo, env, ["--batch-check=%(objectname) %(objecttype) %(objectsize)"], list(objects))
         wanted, total = [], 0
         for line in kinds.decode().splitlines():
@@ -99,7 +111,6 @@ class Scanner:
             raise ScanRefused(f"this push adds {total / 2**20:.0f} MB of new files; the push door reads at most "
                               f"{MAX_SCAN_BYTES // 2**20} MB a push for secrets: push it in smaller pieces")
         contents = _batch(repo, env, ["--batch"], [sha for sha, _ in wanted])
-        findings: list[Finding] = []
         at = 0
         for sha, kind in wanted:
             head_end = contents.index(b"\n", at)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from routinely import jobs, keys, session_log, sessions
+from routinely import jobs, keys, session_log, sessions, start
 from routinely.when import iso
 from workers import leftovers, sandbox
 from workers.outbox import HEARTBEAT_EVERY
@@ -49,6 +49,7 @@ def reap(conn: redis.Redis, now: float, data_dir: Path | None = None,
             session_log.append(conn, sid, reason)
             reaped.append(sid)
             jobs.settle(conn, sid, False, reason)  # out of RQ's "started"
+            start.release(conn, sid)  # its concurrency group passes to the session waiting behind it
             if not ended:
                 session_log.append(conn, sid, "routinely: processes of this session outlived its worker and could not all be ended")
         conn.zrem(keys.RUNNING, sid)

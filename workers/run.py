@@ -16,14 +16,17 @@ from typing import Any, Callable
 
 import orjson
 
-from routinely import catalog, chain, jobs, keys, model_usage, sessions, transcript
+from routinely import catalog, chain, jobs, keys, model_usage, prompt, secret_store, session_context, sessions
+from routinely.redact import Redactor
 from routinely.config import Settings
 from routinely.github_auth import InstallationTokens, TokenError
 from routinely.when import iso
 from routinely.store import connect
-from workers import agents, process, prompt
+from workers import agents, process, role_check
 from workers.agents.transcript import read_lines
 from workers.connector import Connector, ConnectorError, Policy
+from workers.credentials import CredentialDoors, open_services
+from workers.credentials.session import ServiceError
 from workers.outage import Outage
 from workers.outbox import Outbox, guarded, patiently
 from workers.gateway import WITHHELD, Gateway
@@ -111,6 +114,8 @@ class SessionRun:
         self.warm: WarmStart | None = None
         self.connector: Connector | None = None
         self.gateway: Gateway | None = None
+        self.services: CredentialDoors | None = None
+        self.secrets: dict[str, str] = {}  # the routine's stored secrets, by name: never logged as they are
         self.liveness = Liveness(DEFAULT_IDLE_MINUTES, self.canceled)
         try:
             status, code, reason = self._execute(raw)
@@ -137,6 +142,8 @@ class SessionRun:
         try:
             if self.connector is not None:
                 self.connector.close()  # its token answers 401 from here on
+            if self.services is not None:
+                self.services.close()
             if self.sandbox is not None:
                 self.sandbox.close()  # no process of the session outlives it
                 if self.sandbox.resources() is not None:
@@ -159,6 +166,15 @@ class SessionRun:
         if routine is None:
             return "failed", None, "routinely: the routine was removed before this session started"
         self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
+        refused = role_check.check(self.rt, self.id, raw, routine, cat.accounts.get(routine.account), self.log)
+        if refused is not None:  # before any sandbox or workspace: a stranger's delivery stays cheap
+            return refused
+        try:
+            self.secrets = self._patiently(lambda: secret_store.for_session(self.settings, self.conn, routine.secrets,
+                                                                            routine.key, routine.account))
+        except secret_store.SecretError as exc:
+            return "failed", None, f"routinely: {exc}"
+        self.outbox.redact = Redactor(self.secrets)  # from here on no line, transcript entry or action holds a value
         deadline = time.monotonic() + routine.timeout_minutes * 60
         began = time.monotonic()
         try:
@@ -178,7 +194,7 @@ class SessionRun:
         bounds = self.sandbox.bounds
         self.guard = PushGuard(workspace.relays, routine.branch_prefix, routine.allow_unrestricted_branch_pushes,
                                lambda line: self.log(line), sock=str(self.sandbox.door_dir / "push.sock"),
-                               allow_tags=routine.allow_tag_pushes,
+                               allow_tags=routine.allow_tag_pushes, secrets=self.secrets,
                                join=bounds.join if bounds else (), rlimits=bounds.rlimits if bounds else (),
                                max_input_bytes=bounds.limits.disk_mb * 1024 * 1024 if bounds else None,
                                on_forward=lambda repo, ref: (self.forwarded.append(f"{ref} to {repo}"),
@@ -202,10 +218,24 @@ class SessionRun:
             github, paragraph = self._github_connector(routine)
         except ConnectorError as exc:
             return "failed", None, str(exc)
+        try:  # before the agent's environment: NO_PROXY lists these doors too
+            self.services, service_env = open_services(self.settings, self.sandbox, routine.services, self.secrets,
+                                                       self.log, self.id)
+        except ServiceError as exc:
+            return "failed", None, str(exc)
+        tokens = {"session gateway token": self.gateway.token, "session github token": self.connector.token}
+        self.outbox.redact = self.outbox.redact.with_(tokens)
+        self.connector.record.redact = self.outbox.redact
+        self.guard.secrets.update(tokens)
         env = self._agent_env(workspace, routine, trigger, payload)  # after the doors: NO_PROXY lists them
         text = prompt.build(routine.prompt, trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
+        self.outbox.update(**{session_context.PROMPT_FIELD: session_context.bounded(text)})  # shown on its page
         env.update(gateway_env)  # in a session the vendors' names point at its gateway
+        env.update(service_env)
+        env.update({name: self.secrets[name] for name in routine.secrets_as_env})
+        if routine.secrets_as_env:  # its page says so
+            self.outbox.update(secrets_in_env=",".join(routine.secrets_as_env))
         connectors = {name: server.entry() for name, server in cat.connectors.items()}
         mcp = workspace.write_mcp(connectors, routine.connectors, os.environ, builtin={"github": github})
         try:
@@ -222,10 +252,12 @@ class SessionRun:
         before, setup_began = self.warm.command(), time.monotonic()
         if before:
             self.log(f"routinely: running {before[0]}")
-            result = self._command(["bash", "-c", before[1]], workspace, env, "", deadline)
+            setup_env = {**env, **{name: self.secrets[name] for name in routine.environment.setup_secrets}}  # setup only
+            result = self._command(["bash", "-c", before[1]], workspace, setup_env, "", deadline)
             if result.outcome != "exited" or result.exit_code != 0:
                 return self._ended(result, before[0])
-        self.warm.after_setup(lambda: ids and kill_user(ids[0]), time.monotonic() - setup_began)
+        self.warm.after_setup(lambda: ids and kill_user(ids[0]), time.monotonic() - setup_began,
+                              withheld=routine.environment.setup_secrets)
         self.outbox.update(warm_start=self.warm.summary())
         # -- end warm start
         self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")
@@ -254,7 +286,7 @@ class SessionRun:
             reading = read_lines(launch.transcript, lines)
             # through the outbox, like every write of a running session: Redis may be away
             if reading.entries:
-                self.outbox.add(lambda pipe, entries=reading.entries: transcript.append(pipe, self.id, entries))
+                self.outbox.transcript(reading.entries)
             if reading.log:
                 self.outbox.log(*reading.log)
             if reading.agent_usage is not None:

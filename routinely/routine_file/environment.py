@@ -10,7 +10,7 @@ from pydantic import ValidationInfo, model_validator
 
 from routinely import limits
 from routinely.routine_file.errors import refuse
-from routinely.routine_file.fields import Checked, Model, flag, script
+from routinely.routine_file.fields import Checked, Model, flag, script, secret_names
 
 
 class Network(StrEnum):
@@ -135,6 +135,8 @@ class Environment(Model):
     cache: Annotated[bool, flag("environment.cache")] = True
     cache_key_files: Annotated[list[str] | None, Checked(_key_files)] = None  # None: lock files at the checkouts' roots
     cache_ttl_hours: Annotated[int | float, Checked(_ttl, {"exclusiveMinimum": 0, "maximum": 720})] = 12
+    # in setup's (and maintenance's) environment only: gone before the agent starts; names from `secrets`
+    setup_secrets: Annotated[list[str], secret_names("environment.setup_secrets")] = []
 
     @model_validator(mode="after")
     def _policy(self) -> "Environment":

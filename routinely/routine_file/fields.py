@@ -5,6 +5,8 @@ A field is one declaration: `paused: Annotated[bool, flag("paused")] = False`.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -86,6 +88,21 @@ def flag(name: str) -> Checked:
             raise refuse(f"{name} takes true or false, got {value!r}")
         return value
     return Checked(check)
+
+
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")  # as `routinely secret set NAME` takes it
+
+
+def secret_names(name: str) -> Checked:
+    """A list of distinct secret names (letters, digits and _, not first a digit)."""
+    def check(value: Any) -> list[str]:
+        value = [] if value is None else value
+        if not isinstance(value, list) or not all(isinstance(v, str) and SECRET_NAME.fullmatch(v) for v in value) \
+                or len(set(value)) != len(value):
+            raise refuse(f"{name} must be a list of distinct secret names (letters, digits and _, not first a digit), "
+                         f"e.g. [SENTRY_TOKEN], got {value!r}")
+        return value
+    return Checked(check, {"items": {"type": "string", "pattern": f"^{SECRET_NAME.pattern}$"}, "uniqueItems": True})
 
 
 def whole(name: str, lo: int, hi: int, words: str | None = None) -> Checked:

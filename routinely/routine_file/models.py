@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from routinely import services
 from routinely.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.routine_file.agent import Agent, Budget
+from routinely.routine_file.concurrency import Concurrency
 from routinely.routine_file.environment import Environment
 from routinely.routine_file.errors import ACCOUNT_NAME, ROUTINE_NAME, refuse
-from routinely.routine_file.fields import Checked, Model, flag, null_is, number, whole
+from routinely.routine_file.fields import Checked, Model, flag, null_is, number, secret_names, whole
 from routinely.routine_file.triggers import GithubTrigger, Trigger
 from routinely.schedules import Schedule, ScheduleError, stagger_seconds, zone
 
@@ -172,6 +174,18 @@ def _connector_names(wanted: Any) -> list[str] | None:
     return wanted
 
 
+def _services(raw: Any) -> dict[str, Any]:
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise refuse('services must be a mapping of name to {url, secret, header}, e.g. sentry: {url: "https://sentry.io", '
+                     'secret: SENTRY_TOKEN, header: "Authorization: Bearer {secret}"}')
+    try:
+        services.parse(raw)
+    except ValueError as exc:
+        raise refuse(str(exc)) from None
+    return raw
+
+
 def _branch_prefix(prefix: Any) -> str:
     if not isinstance(prefix, str) or not _BRANCH_PREFIX.match(prefix) or prefix.startswith(("refs/", "/", "-")):
         raise refuse("branch_prefix must be a branch name prefix of letters, digits, '.', '_', '-' and '/' such as "
@@ -214,6 +228,14 @@ class Routine(Model):
     budget: Budget = Budget(max_cost_usd=None, max_tokens=None)
     # no model request and no log line this long: timed_out ("stalled")
     idle_timeout_minutes: Annotated[float | int, number("idle_timeout_minutes", 0.05, 24 * 60)] = DEFAULT_IDLE_MINUTES
+    concurrency: Concurrency | None = None  # one session per group at a time; a github trigger's own wins
+    secrets: Annotated[list[str], secret_names("secrets")] = []  # stored secrets it may use; never values
+    # credential doors: the session gets NAME_URL, a door that adds the secret as a header
+    services: Annotated[dict[str, dict[str, Any]], Checked(_services, {"additionalProperties": {
+        "type": "object", "required": ["url", "secret", "header"], "additionalProperties": False,
+        "properties": {"url": {"type": "string"}, "secret": {"type": "string"}, "header": {"type": "string"},
+                       "paths": {"type": "array", "items": {"type": "string"}}}}})] = {}
+    secrets_as_env: Annotated[list[str], secret_names("secrets_as_env")] = []  # held as variables: the page says so
     triggers: Annotated[list[Trigger], Checked(_triggers)]
 
     @classmethod
@@ -250,6 +272,15 @@ class Routine(Model):
             if trig.github is not None and not self.repositories:
                 raise refuse("a github trigger needs the routine's repositories: it fires only for their events",
                               at=f"trigger {index} (github)")
+        used = {"environment.setup_secrets": self.environment.setup_secrets, "secrets_as_env": self.secrets_as_env,
+                **{f"services.{name}.secret": [decl["secret"]] for name, decl in self.services.items()}}
+        for where, names in used.items():
+            unnamed = [n for n in names if n not in self.secrets]
+            if unnamed:
+                raise refuse(f"{where} uses {', '.join(unnamed)}, which secrets: does not name: add it to secrets")
+        if self.concurrency is not None:  # over the event kinds of the github triggers without a group of their own
+            self.concurrency.check({e.partition(".")[0] for t in self.triggers if t.github and not t.github.concurrency
+                                    for e in t.github.events})
         return self
 
     @cached_property

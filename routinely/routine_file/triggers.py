@@ -15,6 +15,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from filters import COMMAND_EVENTS, EVENT_KINDS, Filter, FilterError, compile_filters
 from filters.command import NAME as COMMAND_NAME
+from routinely.routine_file.concurrency import Concurrency
 from routinely.routine_file.errors import refuse
 from routinely.routine_file.fields import Checked, Model
 from routinely.schedules import DAYS, PRESETS, Schedule, ScheduleError, parse_schedule
@@ -49,6 +50,7 @@ class GithubTrigger:
     filters: tuple[Filter, ...]
     command: str | None = None  # fires only on a comment starting with /command
     roles: frozenset[str] = frozenset()  # empty: anyone; else the actor's repository role must be one
+    concurrency: Concurrency | None = None  # this trigger's group (None: the routine's)
 
 
 def _command(value: Any) -> str | None:
@@ -84,13 +86,14 @@ class GithubEvents(Model):
     """`github:` trigger: fires on these events of the routine's repositories when every
     filter holds (and the comment starts with /command, and the actor has one of roles)."""
 
-    shape = "github takes {events: [...], filters: [...], command: NAME, roles: [...]}"
+    shape = "github takes {events: [...], filters: [...], command: NAME, roles: [...], concurrency: {...}}"
     sparse = True  # command and roles only when set, as written
     command: Annotated[str | None, Checked(_command)] = None
     # default: the comment events, for a command trigger; required otherwise
     events: tuple[str, ...] = Field(None, validate_default=True)  # type: ignore[assignment]
     filters: Annotated[list[dict[str, Any]], Checked(_filters, {"items": _FILTER_SCHEMA})] = []
     roles: Annotated[tuple[Role, ...] | None, Checked(_roles)] = None
+    concurrency: Concurrency | None = None  # wins over the routine's
 
     @field_validator("events", mode="before")
     @classmethod
@@ -117,8 +120,11 @@ class GithubEvents(Model):
             filters = compile_filters(self.filters, {e.partition(".")[0] for e in self.events})
         except FilterError as exc:
             raise refuse(str(exc)) from None
+        if self.concurrency is not None:
+            self.concurrency.check({e.partition(".")[0] for e in self.events})
         # set once here (frozen model; not a field): routing reads it on every delivery
-        self.__dict__["compiled"] = GithubTrigger(tuple(self.events), filters, self.command, frozenset(self.roles or ()))
+        self.__dict__["compiled"] = GithubTrigger(tuple(self.events), filters, self.command, frozenset(self.roles or ()),
+                                                   self.concurrency)
         return self
 
     @cached_property

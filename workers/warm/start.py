@@ -23,7 +23,7 @@ import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection
 
 from routinely.config import Settings
 from workers.warm.cache import DEFAULT_TTL_HOURS, Entry, Hold, SetupCache, age
@@ -105,9 +105,16 @@ class WarmStart:
         return " · ".join(self.notes)
 
     # -- after setup
-    def after_setup(self, stop_leftovers: Callable[[], None], setup_seconds: float | None = None) -> None:
-        """Keep what setup (which exited 0, before any agent) left as the key's snapshot."""
+    def after_setup(self, stop_leftovers: Callable[[], None], setup_seconds: float | None = None,
+                    withheld: Collection[str] = ()) -> None:
+        """Keep what setup (which exited 0, before any agent) left as the key's snapshot; never
+        when setup had `withheld` secrets (setup_secrets): whatever it did with one (a config
+        file, a file name, an encoded or compressed copy) would reach every later session that
+        starts from the snapshot, and no scan finds every form."""
         if not self.enabled or self.hit is not None or self.key is None:
+            return
+        if withheld:
+            self.log(f"routinely: the setup result was not cached: setup had setup_secrets ({', '.join(withheld)})")
             return
         began = time.monotonic()
         self.setup_seconds = setup_seconds
