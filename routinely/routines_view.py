@@ -135,10 +135,24 @@ def listing(conn: redis.Redis, cat: Catalog, settings: Settings,
             "cap_resets": when.local_and_relative(resets, now, account.timezone),
             "timezone": account.timezone,
             "drops": d,
-            # dropping now: the last drop's window has not reopened yet
-            "dropping": bool(d.get("retry_at")) and when.parse_iso(d["retry_at"]) > now,
+            # dropping now: the last drop's window has not reopened yet, and its limit, as configured
+            # now, is still reached (raising a cap or a rate limit shows at once)
+            "dropping": bool(d.get("retry_at")) and when.parse_iso(d["retry_at"]) > now
+            and still_reached(conn, d.get("last_reason"), admission.checks(routine, account, now), int(today or 0)),
         })
     return rows
+
+
+def still_reached(conn: redis.Redis, reason: str | None, checks: admission.Checks, runs_today: int) -> bool:
+    """Whether the limit a drop hit is reached under the current configuration (one read at most)."""
+    if reason == "daily_cap":
+        return not checks.extra_usage and runs_today >= checks.cap.max
+    if reason in ("routine_rate_limit", "account_rate_limit"):
+        window = checks.routine if reason == "routine_rate_limit" else checks.account
+        return int(conn.get(window.key) or 0) >= window.max
+    if reason == "daily_budget":
+        return checks.budget is not None and float(conn.hget(checks.budget.key, checks.budget.field) or 0) >= checks.budget.max
+    return False  # superseded and the like: not a limit that holds firings back
 
 
 def _last_sessions(conn: redis.Redis, recent: list[list[bytes]]) -> list[dict[str, str] | None]:

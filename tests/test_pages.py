@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import html
 import re
+import time
 
 import pytest
 
 from app import create_app
-from routinely import when
+from routinely import catalog, when
 from routinely.start import Firing, fire_one
 from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture, redis_snapshot
 from tests.test_receiver import apply, gh
@@ -127,6 +128,10 @@ def test_a_routine_dropping_now_says_so_until_its_window_reopens(client, conn, s
     assert event["dropped"][0]["reason"] == "routine_rate_limit"
     explained = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
     assert explained["summary"] == "matched, then dropped: routine_rate_limit"
+    # the limit raised: the page follows the configuration at once, not the old drop's window
+    apply(conn, {"name": "r", "triggers": [{"api": {}}], "rate_limit": {"events": 5, "per_seconds": 3600}})
+    assert client.get("/api/routines").get_json()[0]["dropping"] is False
+    assert "dropping now" not in client.get("/").data.decode()
 
 
 def test_steering_from_pages_needs_csrf_and_refusals_store_nothing(settings, conn):
@@ -348,3 +353,18 @@ def test_the_events_page_is_paged(client, conn, settings, monkeypatch):
     assert first.count('<tr data-event=') == 2 and 'href="?page=2">Older' in first
     assert second.count('<tr data-event=') == 1 and 'href="?page=1">Newer' in second and "Older" not in second
     assert sum(sid in first + second for sid in made) == 3
+
+
+def test_raising_the_daily_cap_ends_dropping_now_at_once(client, conn):
+    def configure(plan: str) -> None:
+        catalog.apply(conn, {"accounts": [{"name": "me", "plan": plan}],
+                             "routines": [{"name": "r", "account": "me", "prompt": "p", "triggers": [{"api": {}}]}]}, time.time())
+
+    configure("pro")
+    for _ in range(5):
+        assert client.post("/api/routines/me/r/run").status_code == 201
+    assert client.post("/api/routines/me/r/run").status_code == 429
+    assert client.get("/api/routines").get_json()[0]["dropping"] is True
+    configure("max")  # 15 a day: the sixth run fits now
+    assert client.get("/api/routines").get_json()[0]["dropping"] is False
+    assert client.post("/api/routines/me/r/run").status_code == 201
