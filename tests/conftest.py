@@ -182,3 +182,24 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield b
         b.close()
+
+
+# -- kinds: `pytest -m unit` (no Redis, no processes: seconds), `-m integration` (a throwaway
+# Redis, in-process), `-m system` (real processes: workers, gunicorn, sandboxes, git, a browser)
+_PROCESSES = ('"-m", "cli"', "gunicorn(", "Sandbox.open", "routinely_up", "CHROMIUM", "subprocess.", "open_gateway",
+              "PushGuard(", "TcpBridge", "reachable_folder", "PrivateHost")
+_STORE = {"conn", "redis_server", "own_redis", "client", "app", "settings", "served_app"}
+_kinds: dict[str, str] = {}
+
+
+def _kind(item: pytest.Item) -> str:
+    source = item.module.__file__ if item.module else ""
+    if source not in _kinds:
+        text = Path(source).read_text() if source else ""
+        _kinds[source] = "system" if any(p in text for p in _PROCESSES) else ""
+    return _kinds[source] or ("integration" if _STORE & set(item.fixturenames) else "unit")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(getattr(pytest.mark, _kind(item)))

@@ -14,13 +14,23 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import pytest
 import redis
 
 from app.signature import sign
+from workers.sandbox import host
 
 FIXTURES = Path(__file__).with_name("fixtures")
 SECRET = "test-webhook-secret"
 ADMIN_TOKEN = "test-admin-token-for-the-console-0123456789"  # at least 32 characters (routinely.config)
+
+
+SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")  # runs the probe agents (and the sandbox's launcher)
+_NO_SANDBOX = host.problem(False, os.environ.get("PATH"))  # None: bwrap builds a sandbox here
+needs_sandbox = pytest.mark.skipif(_NO_SANDBOX is not None, reason="this host cannot build the sandbox (bwrap, user namespaces)")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="session users need the worker to run as root")
+needs_root_sandbox = pytest.mark.skipif(_NO_SANDBOX is not None or os.geteuid() != 0,
+                                        reason="needs root and a host that can build the sandbox")
 
 
 def free_port() -> int:

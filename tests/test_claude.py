@@ -20,14 +20,10 @@ from routinely import catalog, model_usage, session_log, sessions, transcript
 from routinely.start import fire_one
 from routinely.start import Firing
 from tests.fake_models import USAGE, FakeMessages
-from tests.support import PrivateHost, Remotes, reachable_folder, redis_snapshot
-from workers.sandbox import host
+from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, redis_snapshot, Remotes
 
 CLAUDE = shutil.which("claude")
 pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the Claude Code CLI is not installed (bash .ci/run installs it)")
-needs_netns = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None,
-                                 reason="this host cannot build the sandbox (bwrap, user namespaces)")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="session users need the worker to run as root")
 
 REAL_KEY = "sk-ant-real-key-only-the-gateway-holds-5b7e"
 MODEL = "claude-test-model"
@@ -162,7 +158,7 @@ def test_claude_as_a_session_user(conn, settings, client, env, fake, world):
     assert [p for p in set(Path("/tmp").iterdir()) - stray if p.stat().st_uid == uid] == []
 
 
-@needs_netns
+@needs_sandbox
 def test_claude_as_root_without_session_users_under_network_none(conn, settings, client, env, fake, world):
     settings = settings.with_(data_dir=world / "data")
     remotes = remote(world)
@@ -212,7 +208,7 @@ class Hello:
             server.server_close()
 
 
-@needs_netns
+@needs_sandbox
 def test_claude_under_allowlist_reaches_its_model_and_only_the_allowed_host(conn, settings, client, env, fake, world):
     settings = settings.with_(data_dir=world / "data")
     remote(world)

@@ -20,7 +20,7 @@ from routinely.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, GithubPolicy, Routine, parse_config
 from tests.fake_github import INSTALLATION_TOKEN, FakeGitHub
 from workers.connector import Connector, Policy
-from tests.test_isolation import needs_sandbox as needs_netns
+from tests.support import needs_sandbox
 from workers.sandbox import Sandbox
 
 WRITES = ["add_issue_comment", "create_pull_request_review", "create_pull_request", "create_issue", "update_issue"]
@@ -307,7 +307,7 @@ def test_a_routine_file_with_a_github_block_applies_and_its_errors_name_the_rout
 CLAUDE = shutil.which("claude")
 
 
-@needs_netns
+@needs_sandbox
 @pytest.mark.skipif(CLAUDE is None, reason="Claude Code is not installed (npm install -g @anthropic-ai/claude-code)")
 def test_claude_codes_own_mcp_client_connects_through_the_door(conn, app_settings, installed, tmp_path):
     """The client agents really use, in a session with network none: connected with the

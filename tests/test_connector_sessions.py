@@ -18,7 +18,7 @@ from routinely.start import Firing
 from tests.fake_github import INSTALLATION_TOKEN
 from tests.support import Remotes, admin, body_of, delivery_headers, fixture
 from tests.test_connector import fake  # noqa: F401 (the fake GitHub fixture)
-from tests.test_isolation import needs_sandbox
+from tests.support import needs_sandbox
 from tests.test_runner import run_worker
 
 AGENT = Path(__file__).with_name("agents") / "github_agent.py"

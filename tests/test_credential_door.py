@@ -7,7 +7,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -20,11 +19,9 @@ from workers.credentials import open_services
 from workers.credentials.server import MAX_CONNECTIONS
 from workers.credentials.session import ServiceError
 from workers.sandbox import Sandbox, host
+from tests.support import SYSTEM_PYTHON, needs_sandbox
 
 VALUE = "sntrys_the-real-secret-value-42"
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
-needs_sandbox = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None or SYSTEM_PYTHON is None,
-                                   reason="needs a host that can build the sandbox, and a system python3")
 
 
 class FakeService:

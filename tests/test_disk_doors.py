@@ -21,7 +21,7 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing
 from tests.support import proc_status, reachable_folder, wait_for
-from tests.test_isolation import SYSTEM_PYTHON, needs_root, needs_sandbox
+from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox
 from workers import process
 from workers.sandbox import Sandbox, SandboxError, box as box_module
 from workers.sandbox.bounds import Volume, disk_use, enforcer, limits_for, overshoot_inodes, overshoot_mb, volume_problem

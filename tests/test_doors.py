@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 
 from workers.sandbox import Sandbox
+from tests.support import SYSTEM_PYTHON, needs_root
 
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="session users need root")
 
 DIAL = """
 import socket, sys

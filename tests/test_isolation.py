@@ -28,15 +28,10 @@ from routinely import catalog, session_log, sessions
 from routinely.start import fire_one
 from routinely.config import Settings
 from routinely.start import Firing
-from tests.support import PrivateHost, reachable_folder
-from workers.sandbox import host
+from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, SYSTEM_PYTHON
 
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
 SENTINEL = "worker-secret-sentinel-91c2"
 
-needs_sandbox = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None,
-                                   reason="this host cannot build the sandbox (bwrap, user namespaces)")
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="session users need the worker to run as root")
 pytestmark = needs_sandbox
 
 

@@ -19,7 +19,8 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing
 from tests.support import reachable_folder
-from tests.test_isolation import SYSTEM_PYTHON, host_processes_with, needs_root, needs_sandbox
+from tests.test_isolation import host_processes_with
+from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox
 from workers.sandbox.bounds import enforcer
 
 pytestmark = needs_sandbox

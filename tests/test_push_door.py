@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,15 +21,11 @@ import pytest
 from routinely import catalog, session_log, sessions
 from routinely.start import fire_one
 from routinely.start import Firing
-from tests.support import Remotes, git, proc_status, reachable_folder
+from tests.support import git, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON
 from workers import pushguard
 from workers.pushguard import MAX_CONNECTIONS, PushGuard
-from workers.sandbox import host
 from workers.sandbox.launch import TcpBridge
 
-SYSTEM_PYTHON = shutil.which("python3", path="/usr/bin:/bin")
-needs_sandbox = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None or os.geteuid() != 0,
-                                   reason="needs root and a host that can build the sandbox")
 
 
 class Listener:
@@ -62,7 +57,7 @@ def refs_of(path: Path) -> dict[str, str]:
     return {ref: sha for sha, ref in (line.split(" ", 1) for line in out.splitlines())}
 
 
-@needs_sandbox
+@needs_root_sandbox
 @pytest.mark.parametrize("network", ["none", "full"])
 def test_the_relay_attacks_reach_nothing_on_the_host(conn, settings, redis_server, tmp_path, network):
     if SYSTEM_PYTHON is None:

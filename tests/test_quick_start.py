@@ -12,13 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import free_port, reachable_folder, wait_for
-from workers.sandbox import host
+from tests.support import free_port, needs_root_sandbox, reachable_folder, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-needs_sandbox = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None or os.geteuid() != 0,
-                                   reason="needs root and a host that can build the sandbox")
 
 
 def section(title: str) -> str:
@@ -51,7 +48,7 @@ def test_the_readme_routine_is_the_one_init_writes(tmp_path):
     assert blocks("A routine", "yaml") == [written.split("\n", 1)[1]]
 
 
-@needs_sandbox
+@needs_root_sandbox
 def test_the_quick_start_works_as_written():
     first, second = blocks("Quick start", "sh")
     port = free_port()

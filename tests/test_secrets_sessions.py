@@ -15,7 +15,8 @@ import pytest
 from routinely import session_log, sessions
 from routinely.start import Firing, fire_one
 from tests.support import Remotes, reachable_folder
-from tests.test_credential_door import SYSTEM_PYTHON, VALUE, FakeService, needs_sandbox
+from tests.test_credential_door import VALUE, FakeService
+from tests.support import SYSTEM_PYTHON, needs_sandbox
 
 SENTRY = VALUE  # what the fake service takes as authorized
 NPM = "npm_setup-only-value-51c2e8d4"

@@ -7,7 +7,6 @@ Real sandboxes with session users, a real RQ worker, real git remotes, real over
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -19,11 +18,8 @@ import pytest
 from routinely import catalog, session_log
 from routinely.start import fire_one
 from routinely.start import Firing
-from tests.support import Remotes, reachable_folder
-from workers.sandbox import host
+from tests.support import needs_root_sandbox, reachable_folder, Remotes
 
-needs_sandbox = pytest.mark.skipif(host.problem(False, os.environ.get("PATH")) is not None or os.geteuid() != 0,
-                                   reason="needs root and a host that can build the sandbox")
 
 # a stand-in for the codex CLI: the preset writes its config into $HOME/.codex before it runs
 CODEX = """#!/bin/sh
@@ -36,7 +32,7 @@ SETUP = ('rm -rf "$HOME/.codex"; ln -s "$TARGET_DIR" "$HOME/.codex"; '
          'for r in $ROUTINELY_REPOS; do printf "%s\\n" "$SECRET_DIR" /proc /var >> "$r/.git/objects/info/alternates"; done')
 
 
-@needs_sandbox
+@needs_root_sandbox
 def test_a_cached_setup_cannot_turn_the_next_start_against_the_host(conn, settings, redis_server, tmp_path):
     target = tmp_path / "root-only"  # what the planted $HOME/.codex link points at
     target.mkdir(mode=0o700)
