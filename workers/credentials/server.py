@@ -21,7 +21,7 @@ from yarl import URL
 
 from routinely.services import Service
 from workers.credentials.dial import AddressRefused, CheckedResolver
-from workers.gateway.door import ConnectionCap, CountedUnixSite
+from workers.gateway.door import ConnectionCap, CountedUnixSite, LoopThread
 from workers.gateway.route import shape_problem, shown
 from workers.gateway.server import KEEPALIVE_SECONDS, MAX_BODY, MAX_FIELD, MAX_HEADERS, MAX_LINE
 from workers.sandbox.addresses import Address
@@ -45,7 +45,7 @@ def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": f"routinely service door: {message}"}, status=status)
 
 
-class CredentialDoors:
+class CredentialDoors(LoopThread):
     """Serve `services` on `sockets` (service name -> unix socket path) until close()."""
 
     def __init__(self, services: Iterable[Service], headers: dict[str, tuple[str, str]], sockets: dict[str, str],
@@ -67,20 +67,6 @@ class CredentialDoors:
         if not self._ready.wait(10) or self._failed is not None:
             raise RuntimeError(f"the service doors did not start: {self._failed}")
         return self
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._setup())
-        except Exception as exc:  # reported by start()
-            self._failed = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
 
     async def _setup(self) -> None:
         self._client = aiohttp.ClientSession(

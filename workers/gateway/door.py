@@ -95,3 +95,29 @@ class CountedUnixSite(web.UnixSite):
         server = self._runner.server
         self._server = await asyncio.get_running_loop().create_unix_server(
             lambda: Counted(self.cap, server), self._path, backlog=self._backlog)
+
+
+class LoopThread:
+    """A door's own asyncio loop, served on a daemon thread (the gateway's, a session's
+    credential doors): `_setup()` runs first and its error is what `start` reports; then the
+    loop serves until it is stopped. Subclasses set `_loop`, `_ready` (an Event) and `_failed`."""
+
+    _loop: asyncio.AbstractEventLoop
+    _failed: BaseException | None
+
+    async def _setup(self) -> None:
+        raise NotImplementedError
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._setup())
+        except Exception as exc:  # reported by start()
+            self._failed = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.close()

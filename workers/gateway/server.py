@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from routinely.config import Settings
-from workers.gateway.door import ConnectionCap, CountedUnixSite
+from workers.gateway.door import ConnectionCap, CountedUnixSite, LoopThread
 from workers.gateway.jsonpick import Picker, splice
 from workers.gateway.meter import Meter
 from workers.gateway.route import PROBES, Refused, Route, route, shown
@@ -97,7 +97,7 @@ class _Held:
                 waiter.set_result(None)
 
 
-class Gateway:
+class Gateway(LoopThread):
     """Serve one session's gateway on `socket_path` until close()."""
 
     def __init__(self, settings: Settings, meter: Meter, socket_path: str, log: Callable[[str], None]) -> None:
@@ -130,20 +130,6 @@ class Gateway:
     @property
     def last_request(self) -> float:
         return self.meter.last_request
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            self._loop.run_until_complete(self._setup())
-        except Exception as exc:  # reported by start()
-            self._failed = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            self._loop.run_forever()
-        finally:
-            self._loop.close()
 
     async def _setup(self) -> None:
         app = web.Application(client_max_size=MAX_BODY)
