@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import redis
 
-from routinely import keys, when
+from routinely import keys, sessions, when
 
 TOKENS = ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens")
 DAYS_KEPT = 40
@@ -38,7 +38,7 @@ def record(conn: redis.Redis, session_id: str, routine_key: str, account: str, t
     """Write the session's whole record and add one response's tokens to today's totals."""
     day, _ = when.calendar_day(timezone, now)
     pipe = conn.pipeline(transaction=True)
-    pipe.hset(keys.session(session_id), "usage", orjson.dumps(session_total))
+    sessions.write(pipe, session_id, usage=orjson.dumps(session_total))
     for scope, ident in (("account", account), ("routine", routine_key)):
         key = keys.usage_day(scope, ident, day)
         pipe.hincrby(key, "requests", 1)

@@ -1,7 +1,9 @@
 """The session store: the one place that reads and changes session records.
 
 Records are created only by the start script (routinely.start); here they are read,
-listed newest first, and moved through their lifecycle.
+listed newest first, and moved through their lifecycle. Every write after that goes through
+`write` (the runner's outbox, the model gateway's meter, the gateway's usage totals) or
+`transition` (status changes), which know the record's fields: WRITABLE below.
 """
 from __future__ import annotations
 
@@ -194,8 +196,32 @@ def fields_since(conn: redis.Redis, since: float, *names: str) -> list[list[byte
             return rows
 
 
+# The record's fields after the start script made it (start.lua writes id, routine, routine_key,
+# account, status, created_at, trigger, event_id, metered, chain_depth, role_check, group,
+# group_key, start_at): one declaration of what the others may write, and which part writes it.
+LIFECYCLE_FIELDS = frozenset({"status", "started_at", "finished_at", "exit_code", "reason", "host", "pid"})  # transition
+RUNNER_FIELDS = frozenset({"sandbox", "sandbox_pid", "sandbox_uid", "sandbox_cgroup", "resources", "warm_start",
+                           "agent_usage", "prompt", "secrets_in_env"})  # workers.run, through its outbox
+GATEWAY_FIELDS = frozenset({"usage"})  # the model gateway's running total (routinely.model_usage)
+WRITABLE = LIFECYCLE_FIELDS | RUNNER_FIELDS | GATEWAY_FIELDS
+
+
+def _encoded(fields: dict[str, Any]) -> dict[str, Any]:
+    """Field values as stored ("" for None); a name the record does not have is refused."""
+    unknown = set(fields) - WRITABLE
+    if unknown:
+        raise KeyError(f"a session record has no field {sorted(unknown)}: declare it in routinely.sessions")
+    return {k: "" if v is None else v if isinstance(v, (str, bytes)) else str(v) for k, v in fields.items()}
+
+
+def write(target: Any, session_id: str, **fields: Any) -> None:
+    """Set fields of a session's record on `target`: a connection, or a pipeline the caller
+    executes (the outbox writes its buffered fields with its log lines in one transaction)."""
+    target.hset(keys.session(session_id), mapping=_encoded(fields))
+
+
 def update(conn: redis.Redis, session_id: str, **fields: Any) -> None:
-    conn.hset(keys.session(session_id), mapping={k: "" if v is None else str(v) for k, v in fields.items()})
+    write(conn, session_id, **fields)
 
 
 _TRANSITION = """
@@ -219,9 +245,9 @@ def transition(conn: redis.Redis, session_id: str, allowed: Iterable[str], **fie
     a worker starting, a reaper and a late finish) cannot overwrite each other.
     """
     allowed = list(allowed)
-    flat: list[str] = []
-    for k, v in fields.items():
-        flat += [k, "" if v is None else str(v)]
+    flat: list[Any] = []
+    for k, v in _encoded(fields).items():
+        flat += [k, v]
     result = conn.eval(_TRANSITION, 1, keys.session(session_id), len(allowed), *allowed, *flat)
     return None if result == -1 else bool(result)
 

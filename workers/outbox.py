@@ -108,7 +108,7 @@ class Outbox:
                 return True
             pipe = self.conn.pipeline(transaction=True)
             if fields:
-                pipe.hset(keys.session(self.id), mapping=fields)
+                sessions.write(pipe, self.id, **fields)
             for op in ops:
                 op(pipe)
             if dropped:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import orjson
 import redis
 
-from routinely import keys, model_usage
+from routinely import model_usage, sessions
 from routinely.prices import Prices
 
 
@@ -37,7 +37,7 @@ class Meter:
 
     def open(self) -> None:
         """The session's record exists (zeros) from the start, so every page shows it."""
-        self.conn.hset(keys.session(self.session_id), "usage", orjson.dumps(self.total))
+        sessions.write(self.conn, self.session_id, usage=orjson.dumps(self.total))
 
     def touch(self) -> None:
         self.last_request = time.monotonic()
