@@ -16,7 +16,7 @@ from markupsafe import Markup, escape
 
 from app import auth
 from app.responses import csp_nonce
-from routinely import control, events, refusals, replay, routines_view, sessions, transcript, usage, when
+from routinely import control, events, refusals, replay, routines_view, secret_store, sessions, transcript, usage, when
 from routinely import session_context
 from routinely.catalog import dump_yaml
 from routinely.when import iso
@@ -237,6 +237,40 @@ def replay_page(event_id: str):
     if done["sessions"]:
         return redirect(f"/sessions/{done['sessions'][0]['id']}", 303)
     return redirect("/events", 303)  # dropped or skipped again: the new event says why, at the top
+
+
+@bp.get("/secrets")
+def secrets_page(problem: str | None = None, status: int = 200):
+    """The store, write-only: names, scopes and dates; a form that sets a value, never shows one."""
+    state = _state()
+    cat = state.catalog()
+    scopes = [str(secret_store.Scope.account(a)) for a in sorted(cat.accounts)] + \
+        [str(secret_store.Scope.routine(k)) for k in sorted(cat.routines)]
+    store = secret_store.SecretStore.of(state.settings, state.conn, need_key=False)
+    return render_template("secrets.html", rows=store.list(), scopes=scopes, problem=problem,
+                           key=bool(state.settings.secrets_key), no_key=secret_store.no_key_line(state.settings)), status
+
+
+@bp.post("/secrets")
+def set_secret_page():
+    state = _state()
+    try:
+        scope = secret_store.Scope.parse(request.form.get("scope", ""))
+        secret_store.SecretStore.of(state.settings, state.conn).set(request.form.get("name", ""), request.form.get("value", ""), scope)
+    except secret_store.SecretError as exc:
+        return secrets_page(str(exc), 400)
+    return redirect("/secrets", 303)
+
+
+@bp.post("/secrets/remove")
+def remove_secret_page():
+    state = _state()
+    try:
+        scope = secret_store.Scope.parse(request.form.get("scope", ""))
+        secret_store.SecretStore(state.conn, None).remove(request.form.get("name", ""), scope)
+    except secret_store.SecretError as exc:
+        return secrets_page(str(exc), 400)
+    return redirect("/secrets", 303)
 
 
 @bp.get("/usage")
