@@ -13,8 +13,7 @@ import pytest
 
 from app import create_app
 from routinely import catalog, session_log
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.fake_github import INSTALLATION_TOKEN
 from tests.support import Remotes, admin, body_of, delivery_headers, fixture
 from tests.test_connector import fake  # noqa: F401 (the fake GitHub fixture)

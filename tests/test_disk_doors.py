@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, limits, session_log, sessions
-from routinely.start import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import proc_status, reachable_folder, wait_for
 from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox
 from workers import process

@@ -20,9 +20,8 @@ from rq.job import Job
 from rq.registry import StartedJobRegistry
 
 from routinely import jobs, sessions
-from routinely.start import fire_one
 from routinely.config import Settings, embedded_redis_url
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import RedisServer, Remotes, free_port
 from tests.test_runner import AGENTS, _alive, apply, log_text, wait_for
 from workers import leftovers

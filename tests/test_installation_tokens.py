@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import create_app
 from routinely import catalog, session_log, sessions
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import admin, SECRET, Remotes, body_of, delivery_headers, fixture
 from workers.run import Runtime, SessionRun
 

@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.start import fire_one
 from routinely.config import Settings
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, SYSTEM_PYTHON
 
 SENTINEL = "worker-secret-sentinel-91c2"

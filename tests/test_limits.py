@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.start import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import reachable_folder
 from tests.test_isolation import host_processes_with
 from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox

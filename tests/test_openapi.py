@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 from routinely import catalog
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests import openapi_check
 from tests.openapi_check import test_the_spec_itself_is_valid_json_schema  # noqa: F401
 from tests.support import admin, body_of, delivery_headers, fixture

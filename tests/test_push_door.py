@@ -19,8 +19,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import git, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON
 from workers import pushguard
 from workers.pushguard import MAX_CONNECTIONS, PushGuard

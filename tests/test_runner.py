@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, keys, session_log, sessions
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import Remotes, body_of, delivery_headers, fixture, git
 from workers.gateway import session_env
 from workers.reaper import reap

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log
-from routinely.start import fire_one
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import needs_root_sandbox, reachable_folder, Remotes
 
 

@@ -13,11 +13,10 @@ from pathlib import Path
 import pytest
 
 from routinely import catalog, session_log, sessions
-from routinely.start import fire_one
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from workers.warm.cache import SetupCache
-from routinely.start import Firing
+from routinely.start import Firing, fire_one
 from tests.support import Remotes, git, reachable_folder
 from workers.warm.mirror import FRESH_SECONDS
 
