@@ -16,7 +16,7 @@ from markupsafe import Markup, escape
 
 from app import auth
 from app.responses import csp_nonce
-from routinely import control, events, refusals, replay, routines_view, secret_store, sessions, transcript, usage, when
+from routinely import admission, control, events, refusals, replay, routines_view, secret_store, sessions, transcript, usage, when
 from routinely import session_context
 from routinely.catalog import dump_yaml
 from routinely.when import iso
@@ -52,6 +52,12 @@ def csrf_token() -> str:
 
 
 bp.add_app_template_global(csp_nonce)
+
+
+@bp.app_template_filter("wait")
+def wait(seconds: int | float) -> str:
+    """`6 h 50 min`: a drop's wait as its messages say it (routinely.admission)."""
+    return admission.wait_words(seconds)
 
 
 @bp.app_template_filter("at")

@@ -126,6 +126,7 @@ def test_a_routine_dropping_now_says_so_until_its_window_reopens(client, conn, s
     assert "dropping now" in home and "routine rate limit" in home
     event = client.get("/api/events").get_json()[0]
     assert event["dropped"][0]["reason"] == "routine_rate_limit"
+    assert re.search(r"routine rate limit \(it opens again in \d+ (min|s)", html.unescape(client.get("/events").data.decode()))
     explained = client.get(f"/api/events/{event['id']}").get_json()["explanation"]
     assert explained["summary"] == "matched, then dropped: routine_rate_limit"
     # the limit raised: the page follows the configuration at once, not the old drop's window
