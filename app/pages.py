@@ -259,21 +259,19 @@ def secrets_page(problem: str | None = None, status: int = 200):
 
 @bp.post("/secrets")
 def set_secret_page():
-    state = _state()
-    try:
-        scope = secret_store.Scope.parse(request.form.get("scope", ""))
-        secret_store.SecretStore.of(state.settings, state.conn).set(request.form.get("name", ""), request.form.get("value", ""), scope)
-    except secret_store.SecretError as exc:
-        return secrets_page(str(exc), 400)
-    return redirect("/secrets", 303)
+    return _secret_form(lambda state, name, scope: secret_store.SecretStore.of(state.settings, state.conn).set(
+        name, request.form.get("value", ""), scope))
 
 
 @bp.post("/secrets/remove")
 def remove_secret_page():
-    state = _state()
+    return _secret_form(lambda state, name, scope: secret_store.SecretStore(state.conn, None).remove(name, scope))
+
+
+def _secret_form(act) -> Any:
+    """The form's name and scope to `act`; its refusal (never holding a value) shown on the page."""
     try:
-        scope = secret_store.Scope.parse(request.form.get("scope", ""))
-        secret_store.SecretStore(state.conn, None).remove(request.form.get("name", ""), scope)
+        act(_state(), request.form.get("name", ""), secret_store.Scope.parse(request.form.get("scope", "")))
     except secret_store.SecretError as exc:
         return secrets_page(str(exc), 400)
     return redirect("/secrets", 303)
