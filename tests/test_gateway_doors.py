@@ -414,7 +414,7 @@ def test_two_thousand_idle_connections_to_the_gateway(open_gateway, fake):
     gw = open_gateway()
     before, during, answer = knock(gw.socket_path, gw.connections, gateway_server.MAX_CONNECTIONS)
     assert answer.startswith(b"HTTP/1.1 503") and b"more than 64 connections" in answer
-    assert during["Threads"] == before["Threads"]  # no thread per connection
+    assert during["Threads"] <= before["Threads"]  # no thread per connection (another test's may end meanwhile)
     # bound: 64 idle connections (aiohttp's handler and parser, a few kB each) and this test's own 2,000 sockets
     assert during["VmRSS"] - before["VmRSS"] < 8 * 1024, during["VmRSS"] - before["VmRSS"]
     assert [line for line in gw.lines if "refused a connection" in line] == [gw.lines[0]] and len(gw.lines) == 1
@@ -445,7 +445,7 @@ def test_two_thousand_idle_connections_to_the_connector(connector):
     door = connector.connector
     before, during, answer = knock(connector.sock, door.connections, connector_server.MAX_CONNECTIONS)
     assert answer.startswith(b"HTTP/1.1 503") and b"more than 16 connections" in answer
-    assert during["Threads"] == before["Threads"]
+    assert during["Threads"] <= before["Threads"]  # none per connection (another test's may end meanwhile)
     # bound: 16 idle connections (h11 state, a few kB each) and this test's own 2,000 sockets
     assert during["VmRSS"] - before["VmRSS"] < 8 * 1024, during["VmRSS"] - before["VmRSS"]
     refusals = [line for line in connector.lines if "refused a connection" in line]
