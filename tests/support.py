@@ -18,6 +18,7 @@ import pytest
 import redis
 
 from app.signature import sign
+from routinely import catalog, jobs
 from workers.sandbox import host
 
 FIXTURES = Path(__file__).with_name("fixtures")
@@ -392,3 +393,30 @@ def routinely_up(redis_url: str, tmp_path: Path) -> Iterator[tuple[int, Path, li
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+REPO = "Codertocat/Hello-World"
+
+
+# a catalog of routines on REPO for one account, and the pieces of a github trigger and a signed delivery
+def apply(conn, *routines, account=None):
+    account = account or {"name": "alice", "plan": "enterprise", "rate_limit": {"events": 1000, "per_seconds": 3600}}
+    full = []
+    for r in routines:
+        full.append({"account": "alice", "prompt": "do it", "repositories": [REPO],
+                     "rate_limit": {"events": 1000, "per_seconds": 3600}, **r})
+    catalog.apply(conn, {"accounts": [account], "routines": full}, time.time())
+
+
+def gh(events, *filters):
+    return {"github": {"events": events, "filters": list(filters)}}
+
+
+def post(client, event, payload, **kw):
+    body = kw.pop("body", None) or body_of(payload)
+    headers = delivery_headers(event, body, **kw)
+    return client.post("/webhooks/github", data=body, headers=headers), headers
+
+
+def queued_ids(conn):
+    return [j.decode() for j in conn.lrange(jobs.queue_key("routinely"), 0, -1)]

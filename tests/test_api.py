@@ -7,8 +7,7 @@ import sys
 import pytest
 
 from app import create_app
-from tests.support import body_of, delivery_headers, fixture, redis_snapshot
-from tests.test_receiver import apply, gh
+from tests.support import apply, body_of, delivery_headers, fixture, gh, redis_snapshot
 
 
 def fire(client, n=1):

@@ -11,7 +11,7 @@ import pytest
 
 from cli.main import build_parser
 from routinely.when import local_and_relative, relative
-from tests.test_receiver import apply, gh
+from tests.support import apply, gh
 
 
 @pytest.fixture

@@ -23,8 +23,7 @@ from app.pages import safe_next
 from routinely import catalog, keys
 from routinely.config import ConfigError, Settings
 from routinely.start import Firing, fire_one
-from tests.support import ADMIN_TOKEN, Clock, SECRET, body_of, delivery_headers, fixture, free_port, gunicorn, redis_snapshot, routinely_up
-from tests.test_receiver import apply, gh
+from tests.support import ADMIN_TOKEN, apply, body_of, Clock, delivery_headers, fixture, free_port, gh, gunicorn, redis_snapshot, routinely_up, SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 SECURITY = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"}

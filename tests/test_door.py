@@ -12,8 +12,7 @@ import pytest
 
 from app import create_app
 from routinely import keys
-from tests.support import ADMIN_TOKEN, CuttingProxy, SECRET, body_of, delivery_headers, fixture, gunicorn, redis_snapshot
-from tests.test_receiver import apply, gh, post
+from tests.support import ADMIN_TOKEN, apply, body_of, CuttingProxy, delivery_headers, fixture, gh, gunicorn, post, redis_snapshot, SECRET
 
 MB = 1024 * 1024
 

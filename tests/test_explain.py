@@ -12,8 +12,7 @@ from filters import FIELDS, compile_filter, compile_filters, extract_fields
 from filters.explain import routine_misses, show, trigger_miss
 from filters.fields import BOOL, LIST
 from routinely.routine_file import GithubTrigger
-from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture
-from tests.test_receiver import REPO, apply, gh
+from tests.support import ADMIN_TOKEN, apply, body_of, delivery_headers, fixture, gh, REPO
 
 PAYLOADS = {"pull_request": "pull_request.opened.installation.json", "release": "release.published.json",
             "issues": "issues.labeled.json", "issue_comment": "issue_comment.created.json",

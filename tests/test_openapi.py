@@ -5,8 +5,7 @@ from routinely import catalog
 from routinely.start import Firing, fire_one
 from tests import openapi_check
 from tests.openapi_check import test_the_spec_itself_is_valid_json_schema  # noqa: F401
-from tests.support import admin, body_of, delivery_headers, fixture
-from tests.test_receiver import apply, gh
+from tests.support import admin, apply, body_of, delivery_headers, fixture, gh
 
 
 def test_json_api_responses_match_the_spec(client, conn, settings):

@@ -11,8 +11,7 @@ import pytest
 from app import create_app
 from routinely import catalog, when
 from routinely.start import Firing, fire_one
-from tests.support import ADMIN_TOKEN, body_of, delivery_headers, fixture, redis_snapshot
-from tests.test_receiver import apply, gh
+from tests.support import ADMIN_TOKEN, apply, body_of, delivery_headers, fixture, gh, redis_snapshot
 
 
 def csrf_of(html: str) -> str:

@@ -9,33 +9,7 @@ import redis
 from app import create_app
 from app.signature import sign
 from routinely import catalog, jobs, keys
-from tests.support import admin, SECRET, CuttingProxy, body_of, delivery_headers, fixture, redis_snapshot
-
-REPO = "Codertocat/Hello-World"
-
-
-def apply(conn, *routines, account=None):
-    account = account or {"name": "alice", "plan": "enterprise", "rate_limit": {"events": 1000, "per_seconds": 3600}}
-    full = []
-    for r in routines:
-        full.append({"account": "alice", "prompt": "do it", "repositories": [REPO],
-                     "rate_limit": {"events": 1000, "per_seconds": 3600}, **r})
-    catalog.apply(conn, {"accounts": [account], "routines": full}, time.time())
-
-
-def gh(events, *filters):
-    return {"github": {"events": events, "filters": list(filters)}}
-
-
-def post(client, event, payload, **kw):
-    body = kw.pop("body", None) or body_of(payload)
-    headers = delivery_headers(event, body, **kw)
-    return client.post("/webhooks/github", data=body, headers=headers), headers
-
-
-def queued_ids(conn):
-    return [j.decode() for j in conn.lrange("rq:queue:routinely", 0, -1)]
-
+from tests.support import REPO, SECRET, CuttingProxy, admin, apply, body_of, delivery_headers, fixture, gh, post, queued_ids, redis_snapshot
 
 def test_matching_delivery_makes_one_queued_session_per_routine(client, conn):
     apply(conn, {"name": "review", "triggers": [gh(["pull_request.opened"])]},

@@ -12,8 +12,7 @@ import pytest
 from app import create_app
 from routinely import keys, refusals
 from tests import openapi_check
-from tests.support import body_of, delivery_headers, fixture, redis_snapshot
-from tests.test_receiver import apply, gh, queued_ids
+from tests.support import apply, body_of, delivery_headers, fixture, gh, queued_ids, redis_snapshot
 
 
 def counters_aside(snapshot):

@@ -8,8 +8,7 @@ import sys
 
 from routinely import keys
 from tests import openapi_check
-from tests.support import body_of, delivery_headers, fixture, redis_snapshot
-from tests.test_receiver import apply, gh
+from tests.support import apply, body_of, delivery_headers, fixture, gh, redis_snapshot
 
 PRO = {"name": "alice", "plan": "pro", "rate_limit": {"events": 1000, "per_seconds": 3600}}  # 5 runs a day
 MAX = {**PRO, "plan": "max"}  # 15

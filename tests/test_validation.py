@@ -6,8 +6,7 @@ import pytest
 import redis
 
 from routinely import keys, session_log
-from tests.support import body_of, delivery_headers, fixture, redis_snapshot
-from tests.test_receiver import apply, gh, post
+from tests.support import apply, body_of, delivery_headers, fixture, gh, post, redis_snapshot
 
 
 @pytest.mark.parametrize("event,name,field", [
