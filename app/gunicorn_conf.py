@@ -38,7 +38,7 @@ def _log_level() -> str:
 # saturated one) but its stop waits graceful_timeout for every idle kept-alive connection and
 # its tail under overload passed 1 s, where gthread closes idle connections at once.
 workers = _workers()
-worker_class = "gthread"
+worker_class = "app.web_worker.Worker"  # gthread with a read deadline per connection
 threads = 2  # 2, 4 and 8 measured within noise of each other, 2 slightly ahead
 keepalive = 75  # seconds an idle connection stays open: past a proxy's own (nginx: 60 s upstream)
 # per worker: connections held; only `threads` of them at a time read a body (the app refuses

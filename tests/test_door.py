@@ -12,7 +12,7 @@ import pytest
 
 from app import create_app
 from routinely import keys
-from tests.support import ADMIN_TOKEN, apply, body_of, CuttingProxy, delivery_headers, fixture, gh, gunicorn, post, redis_snapshot, SECRET
+from tests.support import ADMIN_TOKEN, apply, body_of, CuttingProxy, delivery_headers, fixture, gh, gunicorn, post, redis_snapshot, SECRET, wait_for
 
 MB = 1024 * 1024
 
@@ -153,3 +153,29 @@ def test_an_unwatched_repository_keeps_no_filter_fields(client, conn):
     post(client, "pull_request", fixture("pull_request.opened.json"))
     event_id = client.get("/api/events").get_json()[0]["id"]
     assert "filter_fields" not in orjson.loads(conn.get(keys.event(event_id)))
+
+
+def test_half_sent_heads_cannot_hold_every_thread(web):
+    """More stalled heads than the web has threads (one worker, 2 threads here): each is closed
+    once it makes no progress for READ_SECONDS, and `web` answers again while they are still open."""
+    from app.web_worker import READ_SECONDS
+
+    stalled = []
+    for _ in range(4):  # twice the threads
+        s = socket.create_connection(("127.0.0.1", web), timeout=READ_SECONDS * 5)
+        s.sendall(b"POST /webhooks/github HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+        stalled.append(s)
+    try:
+        def answers() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", web), timeout=2) as probe:
+                    probe.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    return probe.recv(64).startswith(b"HTTP/1.1 200")
+            except OSError:
+                return False
+
+        assert wait_for(answers, timeout=READ_SECONDS * 4, every=0.5)
+        assert all(s.recv(1) in (b"", b"H") for s in stalled[:2])  # the first two were cut off, not served
+    finally:
+        for s in stalled:
+            s.close()
