@@ -420,3 +420,64 @@ def post(client, event, payload, **kw):
 
 def queued_ids(conn):
     return [j.decode() for j in conn.lrange(jobs.queue_key("routinely"), 0, -1)]
+
+
+# -- running queued sessions: in this process (most tests), or as `routinely worker` processes
+# (the tests of what a process boundary means: signals, SIGKILL, a worker's start-up checks)
+@contextlib.contextmanager
+def _worker_environment(env: dict[str, str]) -> Iterator[None]:
+    """This process as a worker started with `env` would be, for as long as it runs: os.environ
+    (the runner reads ROUTINELY_AGENT_ENV's names and connectors' ${VARS} from it) and the
+    stop signals the worker installs; both restored after."""
+    import signal
+
+    from workers.run import Runtime
+
+    saved_env, saved_signals = dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
+                                                                                  signal.SIGQUIT)}
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved_env)
+        for sig, handler in saved_signals.items():
+            signal.signal(sig, handler)
+        Runtime._current = None
+
+
+def run_sessions(env: dict[str, str], **extra: str) -> subprocess.CompletedProcess:
+    """Runs every queued session to its end in this process, as `routinely worker --burst` run
+    with `env` (plus `extra`) would: the same code (workers.worker.run), without a process and
+    its ~1.5 s of imports. Returns what the worker printed, as burst_worker() does; a worker
+    that exits non-zero fails the test."""
+    import io
+
+    from routinely.config import Settings
+    from workers import worker
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with _worker_environment({**env, **extra}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            worker.run(Settings.from_env(), burst=True)
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+            print(exc.code, file=sys.stderr) if not isinstance(exc.code, int) else None
+    done = subprocess.CompletedProcess(["routinely", "worker", "--burst"], code, out.getvalue(), err.getvalue())
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def worker_command(burst: bool = True) -> list[str]:
+    return [sys.executable, "-m", "cli", "worker", *(["--burst"] if burst else [])]
+
+
+def burst_worker(env: dict[str, str], check: bool = True, timeout: float = 180, **extra: str) -> subprocess.CompletedProcess:
+    """`routinely worker --burst` as a process of its own, run to its end: for the tests of what
+    only a process shows (its exit, its start-up refusals, its memory); run_sessions otherwise."""
+    done = subprocess.run(worker_command(), env={**env, **extra}, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done

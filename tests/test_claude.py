@@ -19,7 +19,7 @@ import pytest
 from routinely import catalog, model_usage, session_log, sessions, transcript
 from routinely.start import Firing, fire_one
 from tests.fake_models import USAGE, FakeMessages
-from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, redis_snapshot, Remotes
+from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, redis_snapshot, Remotes, run_sessions
 
 CLAUDE = shutil.which("claude")
 pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the Claude Code CLI is not installed (bash .ci/run installs it)")
@@ -70,9 +70,7 @@ def apply(conn, **routine):
 
 def run(conn, settings, env, **extra):
     s = fire_one(settings, conn, "r", Firing(kind="api", text="please"))
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env={**env, **extra},
-                          capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr
+    run_sessions(env, **extra)
     return s["id"]
 
 

@@ -20,7 +20,7 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.start import Firing, fire_one
 from tests.support import proc_status, reachable_folder, wait_for
-from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox
+from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox, run_sessions
 from workers import process
 from workers.sandbox import Sandbox, SandboxError, box as box_module
 from workers.sandbox.bounds import Volume, disk_use, enforcer, limits_for, overshoot_inodes, overshoot_mb, volume_problem
@@ -111,9 +111,7 @@ def test_many_empty_files_end_the_session_at_disk_inodes(conn, settings, redis_s
     env = {"PATH": os.environ["PATH"], "HOME": str(base), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(base / "data"),
            "ROUTINELY_AGENT": f"{SYSTEM_PYTHON} {base / 'agents' / 'files.py'}", "ROUTINELY_SANDBOX_PATHS": str(base / "agents"),
            "ROUTINELY_SESSION_USERS": "off", "ROUTINELY_KEEP_WORKSPACES": "1"}
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, capture_output=True,
-                          text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
+    run_sessions(env)
     got = sessions.get(conn, settings, sid)
     log = "\n".join(session_log.read(conn, sid)[0])
     assert got["status"] == "failed" and got["reason"] == "disk limit exceeded", log

@@ -27,7 +27,7 @@ import pytest
 from routinely import catalog, session_log, sessions
 from routinely.config import Settings
 from routinely.start import Firing, fire_one
-from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, SYSTEM_PYTHON
+from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, SYSTEM_PYTHON, run_sessions, worker_command
 
 SENTINEL = "worker-secret-sentinel-91c2"
 
@@ -146,10 +146,13 @@ def worker(env):
 
 def run(conn, settings, env, workers=1):
     made = fire_one(settings, conn, "probe", Firing(kind="manual"))
-    procs = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(workers)]
-    for p in procs:
-        p.wait(120)
+    if workers == 1:
+        run_sessions(env)
+    else:
+        procs = [subprocess.Popen(worker_command(), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for _ in range(workers)]
+        for p in procs:
+            p.wait(120)
     return made["id"]
 
 

@@ -19,7 +19,7 @@ from routinely.routine_file import ApplyError
 from routinely.start import Firing, fire_one
 from tests.support import reachable_folder
 from tests.test_isolation import host_processes_with
-from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox
+from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox, run_sessions
 from workers.sandbox.bounds import enforcer
 
 pytestmark = needs_sandbox
@@ -110,9 +110,7 @@ def test_the_rlimit_fallback_bounds_memory_per_process_and_says_so(conn, setting
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         routine("memory-hog", "memory", "1.5", {"memory_mb": 256})]}, time.time())
     sid = fire_one(settings, conn, "memory-hog", Firing(kind="manual"))["id"]
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
-                          env=env_for(redis_server, world, ROUTINELY_CGROUPS="off"), timeout=180)
-    assert done.returncode == 0
+    done = run_sessions(env_for(redis_server, world, ROUTINELY_CGROUPS="off"))
     notice = "routinely: session limits fall back to rlimits (no writable cgroup v2 or v1 here)"
     assert notice in done.stderr  # at worker start-up
     log = log_text(conn, sid)
@@ -129,9 +127,7 @@ def test_the_rlimit_fallback_bounds_processes_per_session_user(conn, settings, r
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         routine("pids-hog", "pids", marker, {"pids": 32})]}, time.time())
     sid = fire_one(settings, conn, "pids-hog", Firing(kind="manual"))["id"]
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
-                          env=env_for(redis_server, world, ROUTINELY_CGROUPS="off", ROUTINELY_SESSION_USERS="on"), timeout=180)
-    assert done.returncode == 0
+    run_sessions(env_for(redis_server, world, ROUTINELY_CGROUPS="off", ROUTINELY_SESSION_USERS="on"))
     log = log_text(conn, sid)
     assert "hog: fork refused" in log, log
     assert int(log.split("hog: started ")[1].split(",")[0]) < 32

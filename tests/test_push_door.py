@@ -11,7 +11,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from routinely import catalog, session_log, sessions
 from routinely.start import Firing, fire_one
-from tests.support import git, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON
+from tests.support import git, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON, run_sessions
 from workers import pushguard
 from workers.pushguard import MAX_CONNECTIONS, PushGuard
 from workers.sandbox.launch import TcpBridge
@@ -80,8 +79,7 @@ def test_the_relay_attacks_reach_nothing_on_the_host(conn, settings, redis_serve
                "ROUTINELY_AGENT": f"{SYSTEM_PYTHON} {world / 'agents' / 'relay_attacker.py'}",
                "ROUTINELY_SANDBOX_PATHS": str(world / "agents"), "ROUTINELY_SESSION_USERS": "on"}
         sid = fire_one(settings, conn, "probe", Firing(kind="manual"))["id"]
-        done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, timeout=180,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        done = run_sessions(env)
         lines = session_log.read(conn, sid)[0]
         log = "\n".join(lines)
         seen = json.loads(next((line for line in lines if line.startswith("RELAY ")), "RELAY {}")[6:])

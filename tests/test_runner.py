@@ -14,7 +14,7 @@ import pytest
 
 from routinely import catalog, keys, session_log, sessions
 from routinely.start import Firing, fire_one
-from tests.support import Remotes, body_of, delivery_headers, fixture, git
+from tests.support import Remotes, body_of, delivery_headers, fixture, git, run_sessions
 from workers.gateway import session_env
 from workers.reaper import reap
 from workers.warm.start import sweep
@@ -67,11 +67,7 @@ def apply(conn, tmp_path, extra_connectors=None, **routine):
     }, time.time())
 
 
-def run_worker(env, **extra):
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env={**env, **extra},
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
-    return done
+run_worker = run_sessions
 
 
 def start_worker(env, **extra):

@@ -16,7 +16,7 @@ from routinely import session_log, sessions
 from routinely.start import Firing, fire_one
 from tests.support import Remotes, reachable_folder
 from tests.test_credential_door import VALUE, FakeService
-from tests.support import SYSTEM_PYTHON, needs_sandbox
+from tests.support import SYSTEM_PYTHON, needs_sandbox, run_sessions
 
 SENTRY = VALUE  # what the fake service takes as authorized
 NPM = "npm_setup-only-value-51c2e8d4"
@@ -68,8 +68,7 @@ def test_alert_triage_uses_its_secrets_and_never_holds_them(conn, settings, redi
         assert "SENTRY_TOKEN" in listed.stdout and SENTRY not in listed.stdout and NPM not in listed.stdout
 
         sid = fire_one(settings, conn, "triage", Firing(kind="api", text="SEN-4521"))["id"]
-        done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, capture_output=True,
-                              text=True, timeout=180)
+        done = run_sessions(env)
         log = "\n".join(session_log.read(conn, sid)[0])
         s = sessions.get(conn, settings, sid)
         assert s["status"] == "succeeded", log + done.stderr[-2000:]

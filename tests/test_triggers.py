@@ -21,7 +21,7 @@ import respx
 from app import create_app
 from routinely import admission, catalog, chain, events, keys, session_log, sessions
 from tests import openapi_check
-from tests.support import Remotes, admin, body_of, delivery_headers, fixture
+from tests.support import Remotes, admin, body_of, delivery_headers, fixture, run_sessions
 from workers import role_check
 from workers.run import Runtime, SessionRun
 
@@ -221,9 +221,7 @@ def test_the_command_text_reaches_the_agent_inside_the_untrusted_block(app_setti
            "REDIS_URL": redis_server.url, "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(app_settings.data_dir),
            "ROUTINELY_AGENT": f"{sys.executable} {AGENTS / 'report.py'}", "ROUTINELY_SESSION_USERS": "off",
            "ROUTINELY_SANDBOX": "off"}  # the agent writes its report outside the workspace
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr
+    run_sessions(env)
     assert client.get(f"/api/sessions/{sid}").get_json()["status"] == "succeeded"
     got = json.loads(report.read_text())
     assert got["env"]["ROUTINELY_TEXT"] == text and got["env"]["ROUTINELY_TRIGGER"] == "github"
@@ -408,9 +406,7 @@ def test_scheduled_sessions_get_the_previous_run_in_env_and_prompt(conn, setting
     for day in (24, 25):
         clock.t = datetime(2026, 11, day, 9, 6, tzinfo=timezone.utc).timestamp()  # past any stagger
         assert len(scheduler.tick()[0]["sessions"]) == 1
-        done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
-                              capture_output=True, text=True, timeout=180)
-        assert done.returncode == 0, done.stderr
+        run_sessions(env)
         seen.append(json.loads(report.read_text()))
     assert seen[0]["env"]["ROUTINELY_PREVIOUS_RUN_AT"] == ""
     assert "first scheduled run" in seen[0]["stdin"]

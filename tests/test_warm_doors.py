@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import pytest
 
 from routinely import catalog, session_log
 from routinely.start import Firing, fire_one
-from tests.support import needs_root_sandbox, reachable_folder, Remotes
+from tests.support import needs_root_sandbox, reachable_folder, Remotes, run_sessions
 
 
 # a stand-in for the codex CLI: the preset writes its config into $HOME/.codex before it runs
@@ -58,8 +56,7 @@ def test_a_cached_setup_cannot_turn_the_next_start_against_the_host(conn, settin
         logs = []
         for _ in range(2):
             sid = fire_one(settings, conn, "w", Firing(kind="manual"))["id"]
-            subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env, timeout=180,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            run_sessions(env)
             logs.append("\n".join(session_log.read(conn, sid)[0]))
     assert "setup cached" in logs[1], logs[1]  # the second session started from the planted snapshot
     # nothing of the host was given to the session's uid or overwritten through the link

@@ -17,7 +17,7 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from workers.warm.cache import SetupCache
 from routinely.start import Firing, fire_one
-from tests.support import Remotes, git, reachable_folder
+from tests.support import Remotes, git, reachable_folder, run_sessions
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
@@ -76,11 +76,9 @@ def apply(conn, world, name="r", **environment):
 
 
 def session(conn, settings, env, text=None, routine="r", **extra) -> dict:
-    """Run one session on a fresh burst worker; its record, log and what the agent saw."""
+    """Run one session on a burst worker; its record, log and what the agent saw."""
     s = fire_one(settings, conn, routine, Firing(kind="api", text=text))
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env={**env, **extra},
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
+    run_sessions(env, **extra)
     return seen(conn, settings, env, s["id"])
 
 
