@@ -85,7 +85,7 @@ def session_log_text(session_id: str):
     The cursor of the last line is in the X-Log-Cursor header."""
     state = _state()
     after = params.log_cursor(request.args)
-    if sessions.get_raw(state.conn, session_id) is None:
+    if sessions.load(state.conn, session_id) is None:
         return _no_session(session_id)
     lines, cursor = session_log.read(state.conn, session_id, after)
     text = "".join(line + "\n" for line in lines)

@@ -191,11 +191,12 @@ def sessions_page():
 @bp.get("/sessions/<session_id>")
 def session_page(session_id: str):
     state = _state()
-    found = sessions.get(state.conn, state.settings, session_id)
-    if found is None:
+    session = sessions.load(state.conn, session_id)
+    if session is None:
         return render_template("missing.html", session_id=session_id), 404
+    found = sessions.shown(state.conn, state.settings, session)
     session_context.add_context(state.conn, [found], state.settings.clock())
-    found["prompt"] = session_context.prompt_of(state.conn, state.catalog(), session_id, found)
+    found["prompt"] = session_context.prompt_of(state.conn, state.catalog(), session)
     return render_template("session.html", s=found, final=found["status"] in sessions.FINAL,
                            steps=transcript.steps(transcript.read(state.conn, session_id)))
 

@@ -3,7 +3,7 @@
 gthread waits 5 s for a new connection's first bytes, then reads the rest of the request with
 a blocking socket and no deadline: a client that sends half a head and stops holds a thread
 for as long as it likes, and (cores + 1) x 2 of them stop `web`. Here every read and write of
-a request must make progress within READ_SECONDS, or the connection is closed and its thread
+a request must make progress within ROUTINELY_WEB_READ_SECONDS (default 10), or the connection is closed and its thread
 freed. (A client that sends one byte just inside each deadline still holds a thread: a
 buffering proxy in front is what bounds that; docs/security.md.)
 """
@@ -13,16 +13,23 @@ import errno
 
 from gunicorn.workers import gthread
 
-READ_SECONDS = 10.0
+from routinely.config import Settings
 
 
 class DeadlineConn(gthread.TConn):
+    read_seconds = Settings.web_read_seconds
+
     def init(self) -> None:
         super().init()  # once per connection; the worker makes the socket blocking before each request
-        self.sock.settimeout(READ_SECONDS)  # so: before each request, a deadline again
+        self.sock.settimeout(self.read_seconds)  # so: before each request, a deadline again
 
 
 class Worker(gthread.ThreadWorker):
+    def init_process(self) -> None:
+        # gunicorn_conf.on_starting has already refused a bad setting, so this one reads
+        DeadlineConn.read_seconds = Settings.from_env().web_read_seconds
+        super().init_process()
+
     def accept(self, listener) -> None:
         """gthread's accept, making a DeadlineConn."""
         try:

@@ -33,12 +33,6 @@ def record(conn_or_pipe: Any, repo: str, number: int | str, session_id: str, dep
     conn_or_pipe.set(keys.chain(repo, str(number)), f"{int(depth)} {session_id}", ex=keys.CHAIN_TTL)
 
 
-def session_depth(raw_session: dict[bytes, bytes]) -> int:
-    """The chain depth stored on a session record (sessions from before chains: 1)."""
-    value = raw_session.get(b"chain_depth")
-    return int(value) if value and value.isdigit() else ROOT_DEPTH
-
-
 def subjects(payload: dict[str, Any]) -> list[str]:
     """What an event is about, as `record` names it: issue/PR numbers, refs."""
     out: list[str] = []

@@ -59,6 +59,7 @@ class Settings:
     log_max_mb: float = 16.0  # ROUTINELY_LOG_MAX_MB: one session's log in Redis (then cut, routinely.session_log)
     recover_minutes: float = 10.0  # ROUTINELY_RECOVER_MINUTES: between the scheduler's recovery passes (routinely.recovery)
     recover_max: int = 100  # ROUTINELY_RECOVER_MAX: redeliveries one recovery pass may ask GitHub for
+    web_read_seconds: float = 10.0  # ROUTINELY_WEB_READ_SECONDS: a request's reads and writes must progress within (app.web_worker)
     # the secret store's key (ROUTINELY_SECRETS_KEY, else DATA_DIR/secrets_key) and the one it replaces
     secrets_key: bytes | None = field(default=None, repr=False)
     secrets_key_previous: bytes | None = field(default=None, repr=False)
@@ -114,6 +115,7 @@ class Settings:
         recover_max = get("ROUTINELY_RECOVER_MAX") or str(cls.recover_max)
         if not (recover_max.isascii() and recover_max.isdigit()) or not 1 <= int(recover_max) <= 10_000:
             raise ConfigError(f"ROUTINELY_RECOVER_MAX takes a whole number from 1 to 10000, got {recover_max!r}")
+        web_read = _seconds("ROUTINELY_WEB_READ_SECONDS", get("ROUTINELY_WEB_READ_SECONDS"), cls.web_read_seconds, 1, 300)
         agent_env = tuple(v.strip() for v in (get("ROUTINELY_AGENT_ENV") or "").split(",") if v.strip())
         grace = _seconds("ROUTINELY_SHUTDOWN_GRACE_SECONDS", get("ROUTINELY_SHUTDOWN_GRACE_SECONDS"), cls.shutdown_grace, 0, 86_400)
         vendor_urls = {}
@@ -175,6 +177,7 @@ class Settings:
             log_max_mb=log_max_mb,
             recover_minutes=recover_minutes,
             recover_max=int(recover_max),
+            web_read_seconds=web_read,
             secrets_key=secrets_key,
             secrets_key_previous=secrets_key_previous,
             services_allow_hosts=services_allow_hosts,

@@ -160,7 +160,7 @@ def _last_sessions(conn: redis.Redis, recent: list[list[bytes]]) -> list[dict[st
     (keys.sessions_of: one routine of one account)."""
     pipe = conn.pipeline(transaction=False)
     for ids_ in recent:
-        for sid in ids_:
+        for sid in ids_:  # two fields, not `sessions.load`: five whole records a routine would bring their prompts along
             pipe.hmget(keys.session(sid.decode()), "status", "created_at")
     found = iter(pipe.execute())
     out: list[dict[str, str] | None] = []

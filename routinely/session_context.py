@@ -98,7 +98,7 @@ def _subjects(conn: redis.Redis, rows: list[dict[str, Any]]) -> list[dict[str, A
     if not rows:
         return []
     pipe = conn.pipeline(transaction=False)
-    for r in rows:
+    for r in rows:  # one field, not `sessions.load`: a page of whole records would bring their prompts along
         pipe.hget(keys.session(r["id"]), "event_id")
     wanted = [(i, event_id.decode()) for i, event_id in enumerate(pipe.execute()) if event_id]
     for _, event_id in wanted:
@@ -125,18 +125,14 @@ def bounded(text: str, limit: int = PROMPT_KEPT) -> str:
     return raw[:limit].decode(errors="ignore") + f"\n… [cut: the prompt was {len(raw)} bytes; {limit} kept]\n"
 
 
-def prompt_of(conn: redis.Redis, cat: Catalog, session_id: str, s: dict[str, Any]) -> dict[str, Any] | None:
+def prompt_of(conn: redis.Redis, cat: Catalog, session: sessions.Session) -> dict[str, Any] | None:
     """{"text", "kept"}: the runner's copy (kept true), else the prompt rebuilt from the routine's
     current prompt and the event's payload (kept false); None when the routine is gone."""
-    pipe = conn.pipeline(transaction=False)
-    pipe.hget(keys.session(session_id), PROMPT_FIELD)
-    pipe.hget(keys.session(session_id), "event_id")
-    kept, event_id = pipe.execute()
-    if kept:
-        return {"text": kept.decode(errors="replace"), "kept": True}
-    routine = cat.routines.get(f"{s['account']}/{s['routine']}")
+    if session.prompt:
+        return {"text": session.prompt, "kept": True}
+    routine = cat.routines.get(f"{session.account}/{session.routine}")
     if routine is None:
         return None
-    payload = _json(conn.get(keys.payload(event_id.decode()))) if event_id else {}
-    text = prompt.build(routine.prompt, s["trigger"], payload or None)
+    payload = _json(conn.get(keys.payload(session.event_id))) if session.event_id else {}
+    text = prompt.build(routine.prompt, session.trigger, payload or None)
     return {"text": bounded(text), "kept": False}

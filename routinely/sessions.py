@@ -1,18 +1,23 @@
 """The session store: the one place that reads and changes session records.
 
 Records are created only by the start script (routinely.start); here they are read,
-listed newest first, and moved through their lifecycle. Every write after that goes through
-`write` (the runner's outbox, the model gateway's meter, the gateway's usage totals) or
-`transition` (status changes), which know the record's fields: WRITABLE below.
+listed newest first, and moved through their lifecycle. A record is read as a `Session`
+(`load`), so each field is decoded in one place and means one thing everywhere; only bulk
+reads of a field or two (`fields_since`, the routines' and session rows' lookups) take raw
+values. Every write after that goes through `write` (the runner's outbox, the model
+gateway's meter, the gateway's usage totals) or `transition` (status changes), which know
+the record's fields: WRITABLE below.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import orjson
 import redis
 
 from routinely import actions, jobs, keys
+from routinely.chain import ROOT_DEPTH
 from routinely.config import Settings
 
 STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "canceled")
@@ -21,40 +26,106 @@ MAX_LIMIT = 1000
 _PUBLIC = ("id", "routine", "account", "status", "created_at", "started_at", "finished_at")
 
 
-def _text(raw: dict[bytes, bytes], name: str) -> str | None:
-    value = raw.get(name.encode())
-    return value.decode() if value else None
+@dataclass(frozen=True)
+class Session:
+    """A session record as stored at keys.session(id), decoded once (`from_raw`).
+
+    A field the record lacks (not written yet, or cleared to "" by `write`) reads as None,
+    or as the empty value its type has (`trigger` {}, `secrets_in_env` (), `metered` False);
+    `id` is "" only for a stray hash without one. Written by start.lua (id … start_at,
+    superseded_by), `transition` (LIFECYCLE_FIELDS), the runner (RUNNER_FIELDS) and the
+    model gateway (GATEWAY_FIELDS)."""
+
+    id: str = ""
+    routine: str | None = None  # the routine's name; `routine_key` is ACCOUNT/NAME
+    routine_key: str | None = None
+    account: str | None = None
+    status: str | None = None  # one of STATUSES
+    created_at: str | None = None  # ISO times, as written
+    trigger: dict[str, Any] = field(default_factory=dict)  # the firing: kind, event, delivery, text …
+    event_id: str | None = None  # the event record that started it (and its kept payload)
+    metered: bool = False  # started past the daily cap, on extra usage
+    chain_depth: int = ROOT_DEPTH  # routinely.chain: records from before chains are roots
+    role_check: str | None = None  # a RoleCheck, encoded: workers.role_check decodes and asks it
+    group: str | None = None  # its concurrency group, as the routine names it
+    group_key: str | None = None  # that group's hash (routinely.start.release)
+    start_at: str | None = None  # the group's debounce: queued, not run, before this
+    superseded_by: str | None = None  # the session of its group that replaced or canceled it
+    started_at: str | None = None
+    finished_at: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None  # why it ended as it did, when not a plain exit
+    host: str | None = None  # the host and worker pid that run it
+    pid: int | None = None
+    sandbox: str | None = None  # "on" or "off" (ROUTINELY_SANDBOX=off)
+    sandbox_pid: int | None = None
+    sandbox_uid: int | None = None
+    sandbox_cgroup: str | None = None
+    resources: dict[str, Any] | None = None  # what its sandbox used
+    warm_start: str | None = None  # what it reused: mirrors, a cached setup
+    agent_usage: dict[str, Any] | None = None  # what the agent itself reported
+    prompt: str | None = None  # the runner's bounded copy of its agent's prompt
+    secrets_in_env: tuple[str, ...] = ()  # secrets its processes held as variables (secrets_as_env)
+    usage: dict[str, Any] | None = None  # the model gateway's metered total (routinely.model_usage)
+
+    @classmethod
+    def from_raw(cls, raw: dict[bytes, bytes]) -> "Session":
+        """The record from its stored hash (HGETALL's reply). Raises orjson.JSONDecodeError or
+        ValueError for a JSON or integer field that is not one (no writer stores such)."""
+        def text(name: str) -> str | None:
+            value = raw.get(name.encode())
+            return value.decode(errors="replace") if value else None
+
+        def number(name: str) -> int | None:
+            value = text(name)
+            return int(value) if value else None
+
+        def parsed(name: str) -> Any:
+            value = raw.get(name.encode())
+            return orjson.loads(value) if value else None
+
+        depth, held = text("chain_depth"), text("secrets_in_env")
+        return cls(
+            id=text("id") or "", routine=text("routine"), routine_key=text("routine_key"), account=text("account"),
+            status=text("status"), created_at=text("created_at"), trigger=parsed("trigger") or {},
+            event_id=text("event_id"), metered=raw.get(b"metered") == b"1",
+            chain_depth=int(depth) if depth and depth.isdigit() else ROOT_DEPTH,
+            role_check=text("role_check"), group=text("group"), group_key=text("group_key"),
+            start_at=text("start_at"), superseded_by=text("superseded_by"),
+            started_at=text("started_at"), finished_at=text("finished_at"), exit_code=number("exit_code"),
+            reason=text("reason"), host=text("host"), pid=number("pid"),
+            sandbox=text("sandbox"), sandbox_pid=number("sandbox_pid"), sandbox_uid=number("sandbox_uid"),
+            sandbox_cgroup=text("sandbox_cgroup"), resources=parsed("resources"), warm_start=text("warm_start"),
+            agent_usage=parsed("agent_usage"), prompt=text("prompt"),
+            secrets_in_env=tuple(held.split(",")) if held else (), usage=parsed("usage"))
 
 
-def to_public(raw: dict[bytes, bytes], settings: Settings) -> dict[str, Any]:
-    """A stored record as the JSON API and the CLI show it."""
-    out: dict[str, Any] = {name: _text(raw, name) for name in _PUBLIC}
-    trigger = raw.get(b"trigger")
-    out["trigger"] = orjson.loads(trigger) if trigger else {}
-    code = _text(raw, "exit_code")
-    out["exit_code"] = int(code) if code not in (None, "") else None
-    out["metered"] = raw.get(b"metered") == b"1"
+def load(conn: redis.Redis, session_id: str) -> Session | None:
+    """One session's record, or None when there is none (never made, or expired)."""
+    raw = get_raw(conn, session_id)
+    return Session.from_raw(raw) if raw else None
+
+
+def to_public(session: Session, settings: Settings) -> dict[str, Any]:
+    """A session as the JSON API and the CLI show it."""
+    out: dict[str, Any] = {name: getattr(session, name) or None for name in _PUBLIC}
+    out["trigger"] = session.trigger
+    out["exit_code"] = session.exit_code
+    out["metered"] = session.metered
     out["url"] = f"{settings.public_url}/sessions/{out['id']}"
     out["log_url"] = f"{settings.public_url}/api/sessions/{out['id']}/log"
-    for name in ("usage", "agent_usage"):  # the gateway's metered record; what the agent itself reported
-        value = raw.get(name.encode())
-        out[name] = orjson.loads(value) if value else None
-    reason = _text(raw, "reason")
-    if reason:
-        out["reason"] = reason
-    warm = _text(raw, "warm_start")
-    if warm:
-        out["warm_start"] = warm  # what the session reused: mirrors, a cached setup
-    resources = raw.get(b"resources")
-    out["resources"] = orjson.loads(resources) if resources else None
-    sandbox = _text(raw, "sandbox")
-    if sandbox:
-        out["sandbox"] = sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
-    held = _text(raw, "secrets_in_env")
-    if held:
-        out["secrets_in_env"] = held.split(",")  # secrets_as_env: its processes held these values as variables
+    out["usage"], out["agent_usage"] = session.usage, session.agent_usage  # the gateway's meter; the agent's report
+    if session.reason:
+        out["reason"] = session.reason
+    if session.warm_start:
+        out["warm_start"] = session.warm_start  # what the session reused: mirrors, a cached setup
+    out["resources"] = session.resources
+    if session.sandbox:
+        out["sandbox"] = session.sandbox  # "off": the session ran unsandboxed (ROUTINELY_SANDBOX=off)
+    if session.secrets_in_env:
+        out["secrets_in_env"] = list(session.secrets_in_env)  # secrets_as_env: its processes held these values as variables
     for name in ("group", "start_at", "superseded_by"):  # its concurrency group, its debounce, who replaced it
-        if value := _text(raw, name):
+        if value := getattr(session, name):
             out[name] = value
     return out
 
@@ -89,17 +160,21 @@ def describe(s: dict[str, Any], now: float) -> str:
 
 
 def get_raw(conn: redis.Redis, session_id: str) -> dict[bytes, bytes] | None:
+    """The record as stored: for `load`, and for tests of what is stored."""
     raw = conn.hgetall(keys.session(session_id))
     return raw or None
 
 
 def get(conn: redis.Redis, settings: Settings, session_id: str) -> dict[str, Any] | None:
-    """One session with what its github connector did (`actions`, `github_reads`)."""
-    raw = get_raw(conn, session_id)
-    if not raw:
-        return None
-    out = to_public(raw, settings)
-    out["actions"], out["github_reads"] = actions.of_session(conn, session_id)
+    """One session as `shown`, or None."""
+    session = load(conn, session_id)
+    return shown(conn, settings, session) if session else None
+
+
+def shown(conn: redis.Redis, settings: Settings, session: Session) -> dict[str, Any]:
+    """One session (`to_public`) with what its github connector did (`actions`, `github_reads`)."""
+    out = to_public(session, settings)
+    out["actions"], out["github_reads"] = actions.of_session(conn, session.id)
     return out
 
 
@@ -127,7 +202,7 @@ def listing(conn: redis.Redis, settings: Settings, routine: str | None = None, l
     if index is None:
         return []
     ids_ = conn.zrevrange(index, 0, max(1, min(limit, MAX_LIMIT)) - 1)
-    return [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
+    return [to_public(session, settings) for session in _load_many(conn, ids_)]
 
 
 SCAN_CHUNK = 200
@@ -143,7 +218,7 @@ def page(conn: redis.Redis, settings: Settings, routine: str | None = None, stat
         return [], False
     if not status and not kind:
         ids_ = conn.zrevrange(index, offset, offset + limit)
-        rows = [to_public(raw, settings) for raw in _fetch(conn, ids_) if raw]
+        rows = [to_public(session, settings) for session in _load_many(conn, ids_)]
         return rows[:limit], len(rows) > limit
     rows: list[dict[str, Any]] = []
     skipped, start = 0, 0
@@ -152,10 +227,10 @@ def page(conn: redis.Redis, settings: Settings, routine: str | None = None, stat
         if not ids_:
             break
         start += len(ids_)
-        for raw in _fetch(conn, ids_):
-            if not raw or (status and raw.get(b"status", b"").decode() != status):
+        for session in _load_many(conn, ids_):
+            if status and session.status != status:
                 continue
-            public = to_public(raw, settings)
+            public = to_public(session, settings)
             if kind and public["trigger"].get("kind") != kind:
                 continue
             if skipped < offset:
@@ -165,11 +240,12 @@ def page(conn: redis.Redis, settings: Settings, routine: str | None = None, stat
     return rows[:limit], len(rows) > limit
 
 
-def _fetch(conn: redis.Redis, session_ids: Iterable[bytes]) -> list[dict[bytes, bytes]]:
+def _load_many(conn: redis.Redis, session_ids: Iterable[bytes]) -> list[Session]:
+    """`load` for many ids in one round trip; those that expired left out."""
     pipe = conn.pipeline(transaction=False)
     for sid in session_ids:
         pipe.hgetall(keys.session(sid.decode()))
-    return pipe.execute()
+    return [Session.from_raw(raw) for raw in pipe.execute() if raw]
 
 
 _FIELDS_SINCE = """
@@ -186,7 +262,8 @@ FIELDS_CHUNK = 1000  # sessions read per script call: Redis is busy ~1 ms, then 
 def fields_since(conn: redis.Redis, since: float, *names: str) -> list[list[bytes | None]]:
     """`names` of every session created since `since` (epoch s), oldest first, for the
     counts usage and metrics need: read inside Redis in chunks, one reply per chunk, instead
-    of one command per session through the client."""
+    of one command per session through the client. Raw values, not `Session`s: a day of
+    sessions is a few fields each, and the callers count them without decoding the rest."""
     prefix = keys.session("")
     rows: list[list[bytes | None]] = []
     while True:
@@ -303,8 +380,8 @@ def cancel(conn: redis.Redis, session_id: str, now_iso: str) -> str:
 
         start.release(conn, session_id)  # its concurrency group goes to the session waiting behind it
         return "canceled"
-    raw = get_raw(conn, session_id) or {}
-    if raw.get(b"status") == b"running":
+    session = load(conn, session_id)
+    if session is not None and session.status == "running":
         conn.set(keys.session_cancel(session_id), "1", ex=keys.DAY)
         return "canceling"
     return "finished"

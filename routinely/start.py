@@ -210,7 +210,8 @@ def release(conn: redis.Redis, session_id: str, now: float | None = None) -> Non
     changes nothing; calling it twice is harmless. Callers: workers.outbox (a run's end),
     routinely.sessions.cancel. Raises redis.RedisError."""
     now = time.time() if now is None else now
-    group = conn.hget(keys.session(session_id), "group_key")
+    ended = sessions.load(conn, session_id)
+    group = ended.group_key if ended else None
     if not group:
         return
     for _ in range(GROUP_ROUNDS):
@@ -221,9 +222,9 @@ def release(conn: redis.Redis, session_id: str, now: float | None = None) -> Non
         if waiting:
             origin = conn.hget(jobs.job_key(waiting), "origin")
             queue_name = origin.decode() if origin else None
-            when = conn.hget(keys.session(waiting), "start_at")
-            start_at = parse_iso(when.decode()) if when else 0.0
-        unused = group.decode()
+            behind = sessions.load(conn, waiting)
+            start_at = parse_iso(behind.start_at) if behind and behind.start_at else 0.0
+        unused = group
         done = conn.eval(_RELEASE, 6, group, keys.session(session_id), keys.session(waiting) if waiting else unused,
                          jobs.job_key(waiting) if waiting else unused,
                          jobs.queue_key(queue_name) if queue_name else unused,

@@ -11,6 +11,7 @@ from routinely.config import Settings
 from tests import proc_guard
 from tests.support import ADMIN_TOKEN, ENV_KEYS_TO_CLEAR, SECRET, RedisServer
 
+
 LINGER_SECONDS = 10  # a process being stopped when its test ends gets this long to go
 
 
@@ -184,22 +185,39 @@ def browser():
         b.close()
 
 
-# -- kinds: `pytest -m unit` (no Redis, no processes: seconds), `-m integration` (a throwaway
-# Redis, in-process), `-m system` (real processes: workers, gunicorn, sandboxes, git, a browser)
-_PROCESSES = ('"-m", "cli"', "gunicorn(", "Sandbox.open", "routinely_up", "CHROMIUM", "subprocess.", "open_gateway",
-              "PushGuard(", "TcpBridge", "reachable_folder", "PrivateHost")
-_STORE = {"conn", "redis_server", "own_redis", "client", "app", "settings", "served_app"}
-_kinds: dict[str, str] = {}
+# -- GitHub's HTTP API faked by a local server (tests/fake_github.py), for the github connector's tests
+@pytest.fixture
+def fake_github():
+    """The fake GitHub, recording what reached it: connector tests check what a session's calls did there."""
+    from tests.fake_github import FakeGitHub
+
+    server = FakeGitHub()
+    yield server
+    server.close()
 
 
-def _kind(item: pytest.Item) -> str:
-    source = item.module.__file__ if item.module else ""
-    if source not in _kinds:
-        text = Path(source).read_text() if source else ""
-        _kinds[source] = "system" if any(p in text for p in _PROCESSES) else ""
-    return _kinds[source] or ("integration" if _STORE & set(item.fixturenames) else "unit")
+@pytest.fixture
+def fake_github_settings(settings, private_key, fake_github) -> Settings:
+    """Settings with a GitHub App whose API is the fake GitHub: what a connector needs to call GitHub at all."""
+    # its own App id: githubkit caches App JWTs per id in the process, and this key is not the other tests'
+    return settings.with_(github_app_id="67890", github_private_key=private_key, github_api_url=fake_github.url)
+
+
+@pytest.fixture
+def installed(conn) -> None:
+    """The App installed on octo/api and octo/sdk (installation 42): without it a connector refuses every call."""
+    from routinely import keys
+
+    conn.hset(keys.INSTALLATIONS, mapping={"octo/api": 42, "octo/sdk": 42})
+
+
+# -- kinds, one folder each: tests/unit (no Redis, no processes: seconds), tests/integration (a
+# throwaway Redis, in this process), tests/system (real processes: workers, gunicorn, sandboxes,
+# git, agents, a browser). Each test is marked by its folder: `pytest -m unit` is `pytest tests/unit`.
+KINDS = ("unit", "integration", "system")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        item.add_marker(getattr(pytest.mark, _kind(item)))
+        if item.path.parent.name in KINDS:  # tests/unit/test_placement.py: every test is in one of them
+            item.add_marker(getattr(pytest.mark, item.path.parent.name))

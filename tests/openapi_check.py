@@ -1,12 +1,14 @@
 """Validate real responses against openapi.yaml (its schemas are JSON Schema 2020-12)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import yaml
 from jsonschema import Draft202012Validator
 
-SPEC = yaml.safe_load((Path(__file__).resolve().parent.parent / "openapi.yaml").read_text())
+from tests.support import ROOT_DIR
+
+
+SPEC = yaml.safe_load((ROOT_DIR / "openapi.yaml").read_text())
 
 
 def _pointer(*parts: str) -> str:

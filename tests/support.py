@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import http.server
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,16 +14,26 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import pytest
 import redis
 
 from app.signature import sign
-from routinely import catalog, jobs
+from routinely import api_tokens, catalog, jobs, session_log
+from routinely.config import Settings
 from workers.sandbox import host
 
+if TYPE_CHECKING:
+    from flask.testing import FlaskClient
+    from mcp.types import CallToolResult, Tool
+    from werkzeug.test import TestResponse
+
+    from routinely.routine_file import Routine
+
+ROOT_DIR = Path(__file__).resolve().parent.parent  # the checkout
 FIXTURES = Path(__file__).with_name("fixtures")
+AGENTS_DIR = Path(__file__).with_name("agents")  # the probe and stand-in agents
 SECRET = "test-webhook-secret"
 ADMIN_TOKEN = "test-admin-token-for-the-console-0123456789"  # at least 32 characters (routinely.config)
 
@@ -47,7 +59,7 @@ def gunicorn(app: str, env: dict[str, str], *extra: str, workers: int = 1) -> tu
     import sys
 
     port = free_port()
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT_DIR
     proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", str(root / "app" / "gunicorn_conf.py"), *extra,
                              "--bind", f"127.0.0.1:{port}", app], env={**env, "WEB_CONCURRENCY": str(workers)},
                             cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -172,6 +184,7 @@ class CuttingProxy:
         self.port = self.server.getsockname()[1]
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.cuts = 0
+        self.refused = 0  # connections closed at once in "refuse" mode: a client's tries
         self._conns: list[socket.socket] = []
         self._threading = threading
         threading.Thread(target=self._accept, daemon=True).start()
@@ -184,6 +197,7 @@ class CuttingProxy:
                 return
             if self.mode == "refuse":
                 client.close()
+                self.refused += 1
                 continue
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
             self._conns += [client, upstream]
@@ -291,7 +305,7 @@ def reachable_folder(prefix: str, agents: tuple[str, ...] = ()) -> Iterator[Path
     if agents:
         (base / "agents").mkdir()
         for name in agents:
-            shutil.copy(Path(__file__).with_name("agents") / name, base / "agents" / name)
+            shutil.copy(AGENTS_DIR / name, base / "agents" / name)
             (base / "agents" / name).chmod(0o644)
         (base / "agents").chmod(0o755)
     try:
@@ -387,7 +401,7 @@ def routinely_up(redis_url: str, tmp_path: Path) -> Iterator[tuple[int, Path, li
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REDIS_URL": redis_url, "ROUTINELY_DATA_DIR": str(data),
            "WEB_CONCURRENCY": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "cli", "up", "--port", str(port), "--workers", "1"],
-                            env=env, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+                            env=env, stderr=subprocess.PIPE, text=True, cwd=ROOT_DIR)
     try:
         yield port, data, [proc.stderr.readline(), proc.stderr.readline()]
     finally:
@@ -429,8 +443,6 @@ def _worker_environment(env: dict[str, str]) -> Iterator[None]:
     """This process as a worker started with `env` would be, for as long as it runs: os.environ
     (the runner reads ROUTINELY_AGENT_ENV's names and connectors' ${VARS} from it) and the
     stop signals the worker installs; both restored after."""
-    import signal
-
     from workers.run import Runtime
 
     saved_env, saved_signals = dict(os.environ), {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT,
@@ -481,3 +493,320 @@ def burst_worker(env: dict[str, str], check: bool = True, timeout: float = 180, 
     if check:
         assert done.returncode == 0, done.stderr
     return done
+
+
+# -- sessions run by worker processes the tests start, signal and kill (tests/system)
+WORKER_SENTINEL = "worker-only-sentinel-6d1f"  # in the worker's env only: a session that shows it saw the worker's env
+SLEEPER = f"{sys.executable} {AGENTS_DIR / 'sleeper.py'}"  # an agent that sleeps until stopped, with a child of its own
+
+
+def apply_reporting_routine(conn: redis.Redis, tmp_path: Path, extra_connectors: dict[str, Any] | None = None,
+                            **routine: Any) -> None:
+    """Applies alice's routine `r` on octo/api (api and pull_request triggers, two connectors) whose agent writes its
+    report to tmp_path/report.json: the runner's tests read what a session saw from there."""
+    spec = {"name": "r", "account": "alice", "prompt": "Follow REVIEW.md.", "repositories": ["octo/api"],
+            "triggers": [{"api": {}}, {"github": {"events": ["pull_request"]}}]}
+    spec.update(routine)
+    spec.setdefault("environment", {})
+    spec["environment"].setdefault("env", {})
+    spec["environment"]["env"].setdefault("REPORT", str(tmp_path / "report.json"))
+    catalog.apply(conn, {
+        "accounts": [{"name": "alice", "plan": "enterprise"}],
+        "connectors": {"slack": {"type": "http", "url": "https://mcp.example.com/slack",
+                                 "headers": {"Authorization": "Bearer ${SLACK_TOKEN}"}},
+                       "linear": {"command": "npx", "args": ["-y", "linear-mcp"], "env": {"K": "${UNSET_VAR}"}},
+                       **(extra_connectors or {})},
+        "routines": [spec],
+    }, time.time())
+
+
+def log_text(conn: redis.Redis, sid: str) -> str:
+    """A session's log as one text, for tests that look for a line in it."""
+    return "\n".join(session_log.read(conn, sid)[0])
+
+
+def start_worker(env: dict[str, str], **extra: str) -> subprocess.Popen:
+    """`routinely worker` (not burst) as a process of its own, output dropped: tests cancel, signal or kill it."""
+    return subprocess.Popen(worker_command(burst=False), env={**env, **extra},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """`routinely ARGS` (a worker, `up`) as a process of its own, its stderr in `log`: fault tests read what it said."""
+    return subprocess.Popen([sys.executable, "-m", "cli", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30) -> int:
+    """SIGTERM (unless it already ended) and its exit code: how a supervisor stops a worker or `up`."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not): an agent or its child outliving its session is a leak."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def host_processes_with(marker: str) -> list[int]:
+    """The host's processes whose command line holds `marker`: what a hostile session left running."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if marker.encode() in open(f"/proc/{pid}/cmdline", "rb").read():
+                    found.append(int(pid))
+            except OSError:
+                pass
+    return found
+
+
+def settings_for(url: str, tmp_path: Path) -> Settings:
+    """Settings for a Redis the test owns (own_redis), to read sessions a worker process ran against it."""
+    return Settings(redis_url=url, data_dir=tmp_path / "data", public_url="http://routinely.test")
+
+
+def base_env(tmp_path: Path, remotes: Remotes, **extra: str) -> dict[str, str]:
+    """The environment of a worker or `up` a fault test starts (Redis in `extra`): unsandboxed, the agents write
+    their reports outside their workspace."""
+    return {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "LANG": "C.UTF-8",
+            "GITHUB_GIT_URL": remotes.url, "ROUTINELY_DATA_DIR": str(tmp_path / "data"),
+            "PUBLIC_URL": "http://routinely.test", "ROUTINELY_SESSION_USERS": "off",
+            # these agents run the worker's Python and write reports outside their workspace
+            "ROUTINELY_SANDBOX": "off", **extra}
+
+
+def assert_nothing_left(settings: Settings, sid: str, *pids: int) -> None:
+    """No process, workspace or relay of a session survives it, however it ended (the fault tests' every check)."""
+    from workers import leftovers
+
+    for pid in pids:
+        assert wait_for(lambda: not alive(pid), timeout=10)
+    assert leftovers.session_processes(sid, settings.data_dir / "workspaces" / sid) == []
+    assert not (settings.data_dir / "workspaces" / sid).exists()
+    assert not (settings.data_dir / "relays" / sid).exists()
+
+
+def assert_job_settled(conn: redis.Redis, settings: Settings, sid: str) -> None:
+    """A session's RQ job ended and left the started registry: a stopped worker holds no job forever."""
+    from rq.job import Job
+    from rq.registry import StartedJobRegistry
+
+    assert sid not in StartedJobRegistry(settings.queue_name, connection=conn, serializer=jobs.SERIALIZER).get_job_ids()
+    assert Job.fetch(sid, connection=conn, serializer=jobs.SERIALIZER).get_status() in ("finished", "failed")
+
+
+# -- the API trigger: POST /v1/claude_code/routines/{trigger_id}/fire
+FIRE_PATH = "/v1/claude_code/routines/{trigger_id}/fire"
+FIRE_BETA = "experimental-cc-routine-2026-04-01"
+
+
+def apply_api_routines(conn: redis.Redis, **routine: Any) -> tuple[tuple[str, str], tuple[str, str]]:
+    """Applies ops' routines `alerts` (with `routine`'s changes) and `other`, both with an api trigger, and returns
+    each one's (trigger id, token): the fire tests need a token of another routine too."""
+    spec = {"name": "alerts", "account": "ops", "prompt": "Triage the alert.", "triggers": [{"api": {}}], **routine}
+    catalog.apply(conn, {"accounts": [{"name": "ops", "plan": "enterprise"}],
+                         "routines": [spec, {"name": "other", "account": "ops", "prompt": "p", "triggers": [{"api": {}}]}]},
+                  time.time())
+    cat = catalog.load(conn)
+    return api_tokens.create(conn, cat.find("alerts")), api_tokens.create(conn, cat.find("other"))
+
+
+def fire_headers(token: str, **extra: str | None) -> dict[str, str]:
+    """The headers of a fire request as the hosted service's clients send them; `extra` adds, or drops with None."""
+    h = {"Authorization": f"Bearer {token}", "anthropic-version": "2023-06-01", "anthropic-beta": FIRE_BETA,
+         "Content-Type": "application/json"}
+    h.update(extra)
+    return {k: v for k, v in h.items() if v is not None}
+
+
+def fire(client: FlaskClient, trigger_id: str, token: str, body: bytes = b'{"text": "x"}',
+         **extra: str | None) -> TestResponse:
+    """Fires a routine through its API trigger; the answer is checked against the OpenAPI document."""
+    from tests import openapi_check  # it imports this module
+
+    resp = client.post(f"/v1/claude_code/routines/{trigger_id}/fire", data=body, headers=fire_headers(token, **extra))
+    openapi_check.check(resp, FIRE_PATH, "post")
+    return resp
+
+
+# -- who may fire: /fix comments on OCTO_REPO (tests/system/test_triggers.py, test_role_check.py)
+OCTO_REPO = "octo/api"
+FIX_ROUTINE = {"name": "fix", "triggers": [{"github": {"events": ["issue_comment.created"], "command": "fix",
+                                                        "roles": ["admin", "maintain", "write"]}}]}
+
+
+def apply_octo_routines(conn: redis.Redis, *routines: dict[str, Any]) -> None:
+    """Applies alice's `routines` on OCTO_REPO, each prompt naming its routine: the role tests' catalog."""
+    catalog.apply(conn, {"accounts": [{"name": "alice", "plan": "enterprise"}], "routines": [
+        {"account": "alice", "prompt": f"Routine {r['name']}.", "repositories": [OCTO_REPO], **r} for r in routines]},
+        time.time())
+
+
+def comment_by(login: str, body: str, sender: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An issue_comment.created payload on OCTO_REPO by `login`: whose comment it is decides whether /fix fires."""
+    payload = fixture("issue_comment.created.installation.json")
+    payload["repository"]["full_name"] = OCTO_REPO
+    payload["comment"]["body"] = body
+    payload["comment"]["user"]["login"] = login
+    payload["comment"]["author_association"] = "NONE"
+    payload["sender"] = sender or {**payload["sender"], "login": login}
+    return payload
+
+
+def post_delivery(client: FlaskClient, event: str, payload: dict[str, Any]) -> TestResponse:
+    """Posts `payload` as a signed delivery and returns the answer alone (post() returns its headers too)."""
+    body = body_of(payload)
+    return client.post("/webhooks/github", data=body, headers=delivery_headers(event, body))
+
+
+# -- the github connector, spoken to as a session's agent would (its MCP client imports lazily: half a second)
+def connector_routine(**github: Any) -> Routine:
+    """A routine on octo/api and octo/sdk with this `github` block: a connector's policy comes from it."""
+    from routinely.routine_file import Routine
+
+    return Routine.model_validate({"name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api", "octo/sdk"],
+                                   "triggers": [{"api": {}}], **({"github": github} if github else {})})
+
+
+class ConnectorSession:
+    """A connector as the runner starts it, with a push guard stand-in listing pushed branches: its tools are called
+    through the real `mcp` client over its unix socket."""
+
+    def __init__(self, conn: redis.Redis, settings: Settings, sid: str = "sess_a",
+                 pushed: Iterable[tuple[str, str]] = (), **github: Any) -> None:
+        from routinely.github_auth import InstallationTokens
+        from workers.connector import Connector, Policy
+
+        self.dir = tempfile.mkdtemp(prefix="rly-conn-")
+        self.sock = str(Path(self.dir) / "github.sock")
+        self.pushed = set(pushed)
+        self.lines: list[str] = []
+        self.conn, self.sid = conn, sid
+
+        def log(line: str) -> None:
+            self.lines.append(line)
+            session_log.append(conn, sid, line)
+
+        self.connector = Connector(sid, Policy.of(connector_routine(**github)), self.sock, conn, settings,
+                                   InstallationTokens(settings), lambda repo, branch: (repo, branch) in self.pushed,
+                                   log).start()
+
+    async def _calls(self, calls: list[tuple[str, dict[str, Any]]] | None, token: str | None) -> Any:
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=self.sock), headers=headers) as http:
+            async with Client(streamable_http_client("http://127.0.0.1/mcp", http_client=http)) as client:
+                if calls is None:
+                    return (await client.list_tools()).tools
+                return [await client.call_tool(name, args) for name, args in calls]
+
+    def call(self, *calls: tuple[str, dict[str, Any]], token: str | None = "own") -> list[CallToolResult]:
+        import asyncio
+
+        return asyncio.run(self._calls(list(calls), self.connector.token if token == "own" else token))
+
+    def concurrently(self, name: str, args_list: list[dict[str, Any]]) -> list[CallToolResult]:
+        import asyncio
+
+        import httpx2
+        from mcp import Client
+        from mcp.client.streamable_http import streamable_http_client
+
+        async def go():
+            headers = {"Authorization": f"Bearer {self.connector.token}"}
+            async with httpx2.AsyncClient(transport=httpx2.AsyncHTTPTransport(uds=self.sock), headers=headers) as http:
+                async with Client(streamable_http_client("http://127.0.0.1/mcp", http_client=http)) as client:
+                    return await asyncio.gather(*[client.call_tool(name, args) for args in args_list])
+        return asyncio.run(go())
+
+    def tools(self) -> list[Tool]:
+        import asyncio
+
+        return asyncio.run(self._calls(None, self.connector.token))
+
+    def status(self, token: str | None) -> int:
+        import httpx2
+
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        with httpx2.Client(transport=httpx2.HTTPTransport(uds=self.sock)) as http:
+            return http.post("http://127.0.0.1/mcp", headers={**headers, "Accept": "application/json, text/event-stream"},
+                             json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).status_code
+
+    def close(self) -> None:
+        self.connector.close()
+
+
+def tool_text(result: CallToolResult) -> str:
+    """The text a connector's tool answered: what the agent reads, refusals included."""
+    return result.content[0].text
+
+
+# -- the egress proxy's tests' network: upstreams on this process's loopback stand for PRIVATE (tests/unit)
+PRIVATE = "10.99.0.1"  # what the tests' upstreams stand for: a private host the routine names
+
+
+class Recorder(http.server.BaseHTTPRequestHandler):
+    """An upstream that answers each request with its method, path and body and records it in `seen` (the upstream
+    fixture empties it): what the proxy let through, as the upstream saw it."""
+    protocol_version = "HTTP/1.1"  # keeps connections alive
+    seen: list = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if self.headers.get("Transfer-Encoding") == "chunked":
+            while (size := int(self.rfile.readline().strip(), 16)):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        type(self).seen.append((self.requestline, dict(self.headers), body, self.client_address[1]))
+        reply = f"{self.command} {self.path} {body.decode()}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *a: Any) -> None:
+        pass
+
+
+def private_to_loopback(address: Any, port: int, timeout: float | None) -> socket.socket:
+    """The proxy's `connect` in tests: PRIVATE is this process's loopback, nothing else is reachable (nothing opens
+    loopback itself)."""
+    if str(address) != PRIVATE:
+        raise ConnectionRefusedError(111, "the test reaches nothing else")
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def dial(proxy: Any) -> socket.socket:
+    """A connection to an egress proxy's unix socket, as a session's bridge opens one."""
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(proxy.sock)
+    s.settimeout(10)
+    return s
+
+
+def read_response(f: Any) -> tuple[str, bytes]:
+    """An HTTP response's status line and body from a socket's file: the proxy's answer, or the upstream's through it."""
+    status = f.readline().decode().strip()
+    headers = {}
+    while (line := f.readline().decode().strip()):
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return status, f.read(int(headers.get("content-length", 0)))
+
+
+# a prompt of two lines, quotes and an indented list: the console shows it as the agent got it, and as a YAML block
+MULTILINE_PROMPT = "Review the pull request.\nIt's a two-line prompt: keep the 'quotes'.\n\n  - and an indented list\n"

@@ -7,7 +7,6 @@ and relay), and its RQ job moved out of "started", so nothing of a dead worker l
 from __future__ import annotations
 
 import socket
-import time
 from pathlib import Path
 
 import redis
@@ -30,18 +29,17 @@ def reap(conn: redis.Redis, now: float, data_dir: Path | None = None,
 
     Nothing is reaped while Redis itself has been up for less than `timeout`: after a
     restart every heartbeat looks stale until the runners (which buffered them) write again."""
-    redis_started = time.time() - int(conn.info("server").get("uptime_in_seconds", 0))
-    if now - redis_started < timeout:
+    if timeout > 0 and int(conn.info("server").get("uptime_in_seconds", 0)) < timeout:
         return []
     stale = conn.zrangebyscore(keys.RUNNING, "-inf", int((now - timeout) * 1000))
     reaped = []
     for raw_id in stale:
         sid = raw_id.decode()
-        raw = sessions.get_raw(conn, sid) or {}
+        session = sessions.load(conn, sid)
         ended = True
-        if raw.get(b"status") == b"running" and raw.get(b"host", b"").decode() == socket.gethostname():
+        if session is not None and session.status == "running" and session.host == socket.gethostname():
             # like the runner: nothing of it is left once it reads as finished
-            ended = sandbox.finish(raw)  # its cgroup and its uid's processes
+            ended = sandbox.finish(session)  # its cgroup and its uid's processes
             if data_dir is not None:
                 leftovers.clean(sid, data_dir)  # processes that carry its id, its mounts, workspace and relay
         reason = f"routinely: the worker running this session stopped answering for {int(timeout)} s (killed or host lost); marked failed"

@@ -20,6 +20,7 @@ import redis
 from routinely import admission, keys
 from routinely.roles import RoleCheck, RoleError, Roles
 from routinely.routine_file import Account, Routine
+from routinely.sessions import Session
 from routinely.when import iso, parse_iso
 from workers.outbox import patiently
 
@@ -34,16 +35,15 @@ end
 """
 
 
-def check(rt: Any, session_id: str, raw: dict[bytes, bytes], routine: Routine, account: Account | None,
+def check(rt: Any, session_id: str, session: Session, routine: Routine, account: Account | None,
           log: Callable[[str], None]) -> tuple[str, None, str] | None:
     """None when the session may run (no role to check, or the actor's role is allowed); else
     (status, None, reason) for the runner: `canceled` for a role not allowed, `failed` when
     GitHub did not say (fail closed; a replay asks again). The drop is durable when it returns.
     `rt` is the worker's Runtime (settings, conn, tokens, outage)."""
-    spec = raw.get(b"role_check")
-    if not spec:
+    if not session.role_check:
         return None
-    wanted = RoleCheck.decode(spec)
+    wanted = RoleCheck.decode(session.role_check)
     try:
         role = Roles(rt.settings, rt.tokens).role(rt.conn, wanted.repository, wanted.actor, wanted.installation)
     except RoleError as exc:
@@ -54,22 +54,23 @@ def check(rt: Any, session_id: str, raw: dict[bytes, bytes], routine: Routine, a
             log(f"routinely: {wanted.actor} has role {role} on {wanted.repository}: may fire")
             return None
         status, detail = "canceled", why
-    patiently(lambda: record_drop(rt.conn, session_id, raw, routine, account, detail, rt.settings.clock()),
+    patiently(lambda: record_drop(rt.conn, session_id, session, routine, account, detail, rt.settings.clock()),
               rt.outage, rt.conn)
     return status, None, f"routinely: dropped ({REASON}): {detail}"
 
 
-def record_drop(conn: redis.Redis, session_id: str, raw: dict[bytes, bytes], routine: Routine,
+def record_drop(conn: redis.Redis, session_id: str, session: Session, routine: Routine,
                 account: Account | None, detail: str, now: float) -> bool:
     """Move the session from its event's `sessions` to its `dropped` (reason `role`, `detail`),
     count the drop as start.lua does, and give back the admission it counted, in one
     transaction. False (and nothing written) when the event no longer lists the session:
     already recorded (a requeued session checked again) or the event expired."""
-    event_key = keys.event(raw[b"event_id"].decode())
+    if session.event_id is None:  # no event lists it (start.lua writes one with every role check)
+        return False
+    event_key = keys.event(session.event_id)
     counters = []
     if account is not None:
-        created = raw.get(b"created_at")
-        at = parse_iso(created.decode()) if created else now
+        at = parse_iso(session.created_at) if session.created_at else now
         counters = [w.key for w in admission.checks(routine, account, at).windows]
     refund = conn.register_script(REFUND)
     with conn.pipeline() as pipe:

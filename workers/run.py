@@ -100,13 +100,13 @@ class SessionRun:
 
     # -- the run
     def run(self) -> str:
-        raw = sessions.get_raw(self.conn, self.id)
-        if raw is None:
+        session = sessions.load(self.conn, self.id)
+        if session is None:
             return "missing"
         started = sessions.transition(self.conn, self.id, ["queued"], status="running", started_at=iso(self.settings.clock()),
                                       host=socket.gethostname(), pid=os.getpid())
         if not started:
-            return raw[b"status"].decode()  # canceled before it started
+            return session.status or "missing"  # canceled before it started (no status: not a record start.lua made)
         self.outbox.start()
         self.workspace: Workspace | None = None
         self.guard: PushGuard | None = None
@@ -118,7 +118,7 @@ class SessionRun:
         self.secrets: dict[str, str] = {}  # the routine's stored secrets, by name: never logged as they are
         self.liveness = Liveness(DEFAULT_IDLE_MINUTES, self.canceled)
         try:
-            status, code, reason = self._execute(raw)
+            status, code, reason = self._execute(session)
         except Exception as exc:  # a bug or a lost store must not leave the session running
             status, code, reason = "failed", None, f"routinely: internal error: {type(exc).__name__}: {exc}"
         # pushes are forwarded and the workspace gone before the session reads as finished
@@ -158,15 +158,15 @@ class SessionRun:
             if self.workspace is not None and not self.settings.keep_workspaces:
                 self.workspace.remove()
 
-    def _execute(self, raw: dict[bytes, bytes]) -> tuple[str, int | None, str | None]:
+    def _execute(self, session: sessions.Session) -> tuple[str, int | None, str | None]:
         """Prepare and run; returns (status, exit code, the line saying why when not a plain exit)."""
-        trigger = orjson.loads(raw[b"trigger"])
+        trigger = session.trigger
         cat = self._patiently(lambda: catalog.load(self.conn))
-        routine = cat.routines.get(raw[b"routine_key"].decode())
+        routine = cat.routines.get(session.routine_key) if session.routine_key else None
         if routine is None:
             return "failed", None, "routinely: the routine was removed before this session started"
         self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
-        refused = role_check.check(self.rt, self.id, raw, routine, cat.accounts.get(routine.account), self.log)
+        refused = role_check.check(self.rt, self.id, session, routine, cat.accounts.get(routine.account), self.log)
         if refused is not None:  # before any sandbox or workspace: a stranger's delivery stays cheap
             return refused
         try:
@@ -190,7 +190,7 @@ class SessionRun:
             self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
         except PermissionError as exc:
             return "failed", None, f"routinely: {exc}"
-        depth = chain.session_depth(raw)  # a push this session forwards starts sessions one deeper
+        depth = session.chain_depth  # a push this session forwards starts sessions one deeper
         bounds = self.sandbox.bounds
         self.guard = PushGuard(workspace.relays, routine.branch_prefix, routine.allow_unrestricted_branch_pushes,
                                lambda line: self.log(line), sock=str(self.sandbox.door_dir / "push.sock"),
@@ -205,7 +205,7 @@ class SessionRun:
         except Failed as exc:
             return "failed", None, str(exc)
         self._share(workspace)
-        payload = self._payload(raw)
+        payload = self._payload(session)
         self.liveness.idle_seconds = routine.idle_timeout_minutes * 60
         try:
             self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
@@ -382,9 +382,9 @@ class SessionRun:
         if self.warm.notes:
             self.outbox.update(warm_start=self.warm.summary())
 
-    def _payload(self, raw: dict[bytes, bytes]) -> bytes | None:
-        event_id = raw.get(b"event_id")
-        return self._patiently(lambda: self.conn.get(keys.payload(event_id.decode()))) if event_id else None
+    def _payload(self, session: sessions.Session) -> bytes | None:
+        event_id = session.event_id
+        return self._patiently(lambda: self.conn.get(keys.payload(event_id))) if event_id else None
 
     def _agent_env(self, ws: Workspace, routine: Routine, trigger: dict[str, Any], payload: bytes | None) -> dict[str, str]:
         """Only what the contract lists: basics, the routine's env, ROUTINELY_*, and the

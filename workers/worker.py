@@ -137,7 +137,8 @@ class Worker(jobs.SimpleWorker):
         which would otherwise mark it finished."""
         while True:
             try:
-                if (sessions.get_raw(self.connection, job.id) or {}).get(b"status") == b"queued":
+                session = sessions.load(self.connection, job.id)
+                if session is not None and session.status == "queued":
                     jobs.requeue(self.connection, job.id)
                 return
             except _REDIS_DOWN as exc:
@@ -150,12 +151,11 @@ class Worker(jobs.SimpleWorker):
     def _settle(self, job) -> bool:
         """Move a finished session's job out of "started"; True when the session is still queued."""
         try:
-            raw = sessions.get_raw(self.connection, job.id) or {}
-            status = raw.get(b"status", b"").decode()
-            if status == "queued":
+            session = sessions.load(self.connection, job.id)
+            if session is not None and session.status == "queued":
                 return True
-            if status not in ("", "running"):  # else gone, or not ours: the reaper fails it if its heartbeat stops
-                jobs.settle(self.connection, job.id, status == "succeeded", raw.get(b"reason", b"").decode())
+            if session is not None and session.status not in (None, "running"):  # else gone, or not ours: the reaper fails it if its heartbeat stops
+                jobs.settle(self.connection, job.id, session.status == "succeeded", session.reason or "")
         except _REDIS_DOWN as exc:
             self.rt.outage.failed(exc)
         return False

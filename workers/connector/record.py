@@ -6,7 +6,7 @@ from typing import Callable
 
 import redis
 
-from routinely import actions, chain, keys
+from routinely import actions, chain, sessions
 from routinely.redact import NOTHING, Redactor
 from routinely.when import iso
 from workers.connector.tools import Call
@@ -38,6 +38,6 @@ class Recorder:
     def depth(self) -> int:
         """This session's chain depth, read once from its record."""
         if self._depth is None:
-            raw = self.conn.hget(keys.session(self.session_id), "chain_depth")
-            self._depth = chain.session_depth({b"chain_depth": raw} if raw else {})
+            session = sessions.load(self.conn, self.session_id)
+            self._depth = session.chain_depth if session else chain.ROOT_DEPTH
         return self._depth

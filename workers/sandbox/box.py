@@ -18,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from routinely.routine_file import Environment, Network
 from workers.sandbox import bwrap, host
@@ -26,6 +26,9 @@ from workers.sandbox.bounds import Bounds, Volume, enforcer
 from workers.sandbox.cgroup import Limits
 from workers.sandbox.egress import EgressProxy
 from workers.sandbox.launch import TcpBridge
+
+if TYPE_CHECKING:
+    from routinely.sessions import Session
 
 UID_BASE, UID_SPAN = 200_000, 100_000
 UID_DIR = Path("/run/routinely/uids")  # host-wide: every worker process of this host reserves its uids here
@@ -402,7 +405,7 @@ def kill_user(uid: int) -> int:
     return killed
 
 
-def finish(raw: dict[bytes, bytes]) -> bool:
+def finish(session: Session) -> bool:
     """For the reaper, on the session's own host: end whatever is left of a session whose
     worker died (its cgroup, its uid's processes), remove its cgroup and give its uid back.
     True when nothing is left (or the session ran on another host, which finishes its own)."""
@@ -410,14 +413,14 @@ def finish(raw: dict[bytes, bytes]) -> bool:
 
     from workers.sandbox.bounds import finish as finish_cgroup
 
-    if raw.get(b"host", b"").decode() != socket.gethostname():
+    if session.host != socket.gethostname():
         return True
-    done = finish_cgroup(raw.get(b"sandbox_cgroup", b"").decode() or None)
-    session_id = raw.get(b"id", b"").decode()
-    recorded = raw.get(b"sandbox_uid", b"").decode()
+    done = finish_cgroup(session.sandbox_cgroup)
+    session_id = session.id
     uids = set(_leased_to(session_id)) if session_id else set()
-    if recorded.isdigit() and UID_BASE <= int(recorded) < UID_BASE + UID_SPAN:
-        uids.add(int(recorded))
+    recorded = session.sandbox_uid
+    if recorded is not None and UID_BASE <= recorded < UID_BASE + UID_SPAN:
+        uids.add(recorded)
     for uid in sorted(uids):
         done = _finish_uid(uid, session_id) and done
     return done
@@ -453,9 +456,9 @@ def sweep(conn, mode: str = "auto") -> list[str]:
     swept = []
     for name in leftovers(mode):
         sid = name.removeprefix("session-")
-        raw = sessions.get_raw(conn, sid)
+        session = sessions.load(conn, sid)
         # only sessions this store knows have ended: another service on this host owns the rest
-        if raw is not None and raw.get(b"status", b"").decode() not in ("queued", "running"):
+        if session is not None and session.status not in ("queued", "running"):
             finish_cgroup(name, mode)
             swept.append(sid)
     return swept
