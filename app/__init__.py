@@ -10,10 +10,10 @@ from flask import Flask, Response, request
 from app import params
 from app.responses import SecurityHeaders, error, json_response
 from app.webhooks import MAX_BODY, WebhookDoor
-from routinely.catalog import Catalog, CatalogCache
+from routinely.routines.catalog import Catalog, CatalogCache
 from routinely.config import Settings
-from routinely.start import Starter
-from routinely.store import connect
+from routinely.firing.start import Starter
+from routinely.storage.store import connect
 
 
 SPEC = Path(__file__).resolve().parent.parent / "openapi.yaml"

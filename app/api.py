@@ -11,9 +11,11 @@ from flask import Blueprint, Response, abort, current_app, request
 from app import params
 from app.auth import require_admin
 from app.responses import error, json_response
-from routinely import control, events, refusals, replay, routines_view, session_log, sessions, usage
-from routinely import secret_store
-from routinely import api_tokens
+from routinely.routines import control
+from routinely.records import events, refusals, routines_view, session_log, sessions
+from routinely.firing import replay, usage
+from routinely.secrets import secret_store
+from routinely.routines import api_tokens
 from routinely.when import iso
 
 bp = Blueprint("api", __name__)
@@ -115,7 +117,7 @@ def list_events():
 
 @bp.post("/api/events/<event_id>/replay")
 def replay_event(event_id: str):
-    """Route a recorded event again, through admission unless `force` (routinely.replay)."""
+    """Route a recorded event again, through admission unless `force` (routinely.firing.replay)."""
     state = _state()
     body = _body()
     routine, force = body.get("routine"), body.get("force", False)

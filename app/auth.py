@@ -30,7 +30,7 @@ from typing import Any
 from flask import Flask, Response, current_app, request
 
 from app.responses import error
-from routinely import keys
+from routinely.storage import keys
 from routinely import sign_in as sign_in_codes
 
 SESSION_COOKIE = "routinely_session"

@@ -7,8 +7,10 @@ import redis
 from flask import Blueprint, after_this_request, current_app, request
 
 from app.responses import json_response
-from routinely import admission, api_tokens, idempotency, keys
-from routinely.start import Firing
+from routinely.firing import admission, idempotency
+from routinely.routines import api_tokens
+from routinely.storage import keys
+from routinely.firing.start import Firing
 
 bp = Blueprint("fire", __name__)
 
@@ -59,7 +61,7 @@ def fire(trigger_id: str):
             return api_error(400, "invalid_request_error", "text must be a string (JSON or Markdown inside it is passed as is)")
 
     idem_key = request.headers.get("Idempotency-Key")
-    if idem_key is not None:  # a retry answers the first call's session and starts nothing (routinely.idempotency)
+    if idem_key is not None:  # a retry answers the first call's session and starts nothing (routinely.firing.idempotency)
         try:
             held = idempotency.claim(conn, trigger_id, header[7:].strip(), idem_key, raw)
         except idempotency.KeyRefused as exc:

@@ -21,8 +21,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeHistogramMetricFami
 
 from app import webhooks
 from app.auth import require_admin
-from routinely import keys, model_usage, recovery, sessions, when
-from routinely.routines_view import drops
+from routinely.storage import keys
+from routinely.records import model_usage, sessions
+from routinely.github import recovery
+from routinely import when
+from routinely.records.routines_view import drops
 
 bp = Blueprint("metrics", __name__)
 bp.before_request(require_admin)
@@ -140,7 +143,7 @@ class StoreCollector:
 
 
 def model_usage_metrics(conn: Any) -> Iterable[Any]:
-    """What the model gateway metered (routinely.model_usage): tokens and cost by routine and
+    """What the model gateway metered (routinely.records.model_usage): tokens and cost by routine and
     model, and the sessions the platform stopped (budget_exceeded, stalled)."""
     counted = model_usage.metrics(conn)
     families = (

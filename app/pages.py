@@ -16,9 +16,13 @@ from markupsafe import Markup, escape
 
 from app import auth
 from app.responses import csp_nonce
-from routinely import admission, control, events, refusals, replay, routines_view, secret_store, sessions, transcript, usage, when
-from routinely import session_context
-from routinely.catalog import dump_yaml
+from routinely.firing import admission, replay, usage
+from routinely.routines import control
+from routinely.records import events, refusals, routines_view, sessions, transcript
+from routinely.secrets import secret_store
+from routinely import when
+from routinely.records import session_context
+from routinely.routines.catalog import dump_yaml
 from routinely.when import iso
 
 bp = Blueprint("pages", __name__)
@@ -56,7 +60,7 @@ bp.add_app_template_global(csp_nonce)
 
 @bp.app_template_filter("wait")
 def wait(seconds: int | float) -> str:
-    """`6 h 50 min`: a drop's wait as its messages say it (routinely.admission)."""
+    """`6 h 50 min`: a drop's wait as its messages say it (routinely.firing.admission)."""
     return admission.wait_words(seconds)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from routinely.sessions import MAX_LIMIT
+from routinely.records.sessions import MAX_LIMIT
 
 DEFAULT_LIMIT = 100
 _ASCII_DIGITS = re.compile(r"[0-9]{1,7}")

@@ -20,8 +20,9 @@ import redis
 
 from app.signature import verify
 from filters import EVENT_KINDS
-from routinely import gate, refusals
-from routinely.deliveries import DELIVERY_ID, decode, keep_payload
+from routinely.firing import gate
+from routinely.records import refusals
+from routinely.firing.deliveries import DELIVERY_ID, decode, keep_payload
 
 PATH = "/webhooks/github"
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
@@ -137,7 +138,7 @@ class WebhookDoor:
         if kind in EVENT_KINDS and repository:
             def route(catalog):
                 firing.filter_fields = {}
-                # who may fire (roles, chain depth) is decided in routinely.gate, after the match; it
+                # who may fire (roles, chain depth) is decided in routinely.firing.gate, after the match; it
                 # never asks GitHub: a role not cached is checked by the worker (workers/role_check.py)
                 return gate.route(catalog, self.state.conn, self.state.settings,
                                   kind, action or None, repository, payload, firing.filter_fields)
@@ -145,7 +146,7 @@ class WebhookDoor:
             def route(catalog):
                 return []  # acknowledged and recorded, starts nothing
         outcome = self.state.starter.fire(firing, route)
-        keep_payload(self.state.conn, firing, outcome)  # a drop's body, for a replay (routinely.replay)
+        keep_payload(self.state.conn, firing, outcome)  # a drop's body, for a replay (routinely.firing.replay)
         if outcome.duplicate:
             return 200, {"delivery": delivery, "duplicate": True}
         return 202, {

@@ -23,9 +23,10 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from routinely import admission, catalog, start_plan  # noqa: E402
+from routinely.firing import admission, start_plan  # noqa: E402
+from routinely.routines import catalog
 from routinely.config import Settings  # noqa: E402
-from routinely.start import Firing, Starter  # noqa: E402
+from routinely.firing.start import Firing, Starter  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 CONFIG = {"accounts": [{"name": "a", "plan": "enterprise", "extra_usage": True,

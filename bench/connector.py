@@ -28,13 +28,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from mcp import Client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
-from routinely import keys  # noqa: E402
+from routinely.storage import keys  # noqa: E402
 from routinely.config import Settings  # noqa: E402
 from routinely.routine_file import Routine  # noqa: E402
 from tests.fake_github import FakeGitHub  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 from workers.connector import Connector, Policy  # noqa: E402
-from routinely.github_auth import InstallationTokens  # noqa: E402
+from routinely.github.github_auth import InstallationTokens  # noqa: E402
 
 
 def ms(samples: list[float]) -> str:

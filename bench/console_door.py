@@ -25,7 +25,7 @@ import orjson  # noqa: E402
 from app import create_app  # noqa: E402
 from app.signature import sign  # noqa: E402
 from filters import Fields  # noqa: E402
-from routinely import catalog  # noqa: E402
+from routinely.routines import catalog  # noqa: E402
 from routinely.config import Settings  # noqa: E402
 from routinely.routine_file import load_yaml  # noqa: E402
 from tests.support import RedisServer  # noqa: E402

@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app import create_app  # noqa: E402
-from routinely import catalog  # noqa: E402
+from routinely.routines import catalog  # noqa: E402
 from routinely.config import Settings  # noqa: E402
-from routinely.start import Firing, Starter  # noqa: E402
+from routinely.firing.start import Firing, Starter  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 

@@ -39,10 +39,11 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from routinely import catalog, session_log, sessions  # noqa: E402
+from routinely.routines import catalog  # noqa: E402
+from routinely.records import session_log, sessions
 from routinely.config import Settings  # noqa: E402
-from routinely.sessions import FINAL  # noqa: E402
-from routinely.start import Firing, fire_one  # noqa: E402
+from routinely.records.sessions import FINAL  # noqa: E402
+from routinely.firing.start import Firing, fire_one  # noqa: E402
 from routinely.when import iso  # noqa: E402
 from tests.fake_models import FakeMessages  # noqa: E402
 from tests.support import RedisServer, Remotes, reachable_folder  # noqa: E402

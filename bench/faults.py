@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 
 from app.signature import sign  # noqa: E402
-from routinely import keys  # noqa: E402
+from routinely.storage import keys  # noqa: E402
 from tests.fake_github import FakeGitHub  # noqa: E402
 from tests.support import RedisServer, Remotes, fixture, free_port  # noqa: E402
 

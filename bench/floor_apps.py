@@ -8,7 +8,7 @@ Routinely, so the gap between them is the price of each layer:
 - `flask_minimal`: the least durable work in Flask: HMAC check, JSON decode, and a
   MULTI with a dedup key and a queued job. No routing, admission, sessions or events.
 - `wsgi_minimal`: the same work as a bare WSGI callable, the MULTI written as RESP on a
-  held socket and read with hiredis (routinely.wire): Probot's work on this stack.
+  held socket and read with hiredis (routinely.storage.wire): Probot's work on this stack.
 
 Not part of Routinely; nothing imports this outside bench/.
 """
@@ -64,7 +64,7 @@ _wire = None
 
 def wsgi_minimal(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     global _wire
-    from routinely.wire import Wire, pack
+    from routinely.storage.wire import Wire, pack
 
     if _wire is None:
         _wire = Wire(os.environ["REDIS_URL"])

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import redis  # noqa: E402
 
 from routinely.config import Settings  # noqa: E402
-from routinely.prices import Prices  # noqa: E402
+from routinely.routines.prices import Prices  # noqa: E402
 from tests.fake_models import FakeMessages  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 from workers.gateway import Gateway  # noqa: E402

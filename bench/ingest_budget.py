@@ -85,7 +85,7 @@ def door(n: int, offset: int = 0):
 
 
 def redis_layer(n: int) -> None:
-    from routinely.wire import Wire, pack
+    from routinely.storage.wire import Wire, pack
 
     tmp = Path(tempfile.mkdtemp(prefix="routinely-budget-"))
     out = str(tmp / "cg.out")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Routing benchmark: what "who may fire" adds to a delivery, per case, in µs.
 
-Against a throwaway redis-server: the catalog's pure match alone, then routinely.gate.route
+Against a throwaway redis-server: the catalog's pure match alone, then routinely.firing.gate.route
 (match + chain depth + roles) for a person's PR (no Redis call at all), a /fix comment on a
 trigger with roles (one GET: the cached role), and a bot's comment (one MGET: the chain
 record). The role look-up at GitHub itself is not timed here: it happens once per
@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from routinely import gate, keys  # noqa: E402
-from routinely.catalog import Catalog  # noqa: E402
+from routinely.firing import gate  # noqa: E402
+from routinely.storage import keys
+from routinely.routines.catalog import Catalog  # noqa: E402
 from routinely.config import Settings  # noqa: E402
 from routinely.routine_file import parse_config  # noqa: E402
 from tests.support import RedisServer, fixture  # noqa: E402

@@ -26,11 +26,12 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from routinely import catalog, session_log, sessions  # noqa: E402
-from routinely.start import fire_one  # noqa: E402
+from routinely.routines import catalog  # noqa: E402
+from routinely.records import session_log, sessions
+from routinely.firing.start import fire_one  # noqa: E402
 from routinely.config import Settings  # noqa: E402
 from workers.warm.cache import SetupCache  # noqa: E402
-from routinely.start import Firing  # noqa: E402
+from routinely.firing.start import Firing  # noqa: E402
 from tests.support import RedisServer, Remotes  # noqa: E402
 
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""routinely.wire against redis-py, on the start step's one transaction (issue #28).
+"""routinely.storage.wire against redis-py, on the start step's one transaction (issue #28).
 
-The receiver's hot path (routinely.start.Starter._execute) sends, for a delivery that makes
+The receiver's hot path (routinely.firing.start.Starter._execute) sends, for a delivery that makes
 a session, one MULTI: SET of the raw payload, then EVALSHA of start.lua with the plan's KEYS
 and ARGV. This runs that very transaction, against a throwaway redis-server on a free port,
 through:
 
-  wire              Starter._execute as it is today (routinely.wire: RESP built by hand,
+  wire              Starter._execute as it is today (routinely.storage.wire: RESP built by hand,
                     hiredis Reader, one socket per thread)
   redis-py evalsha  conn.pipeline(transaction=True): SET + EVALSHA of the script that
                     conn.register_script made, NOSCRIPT answered by SCRIPT LOAD and a retry
@@ -16,7 +16,7 @@ through:
 
 The calls are built outside the timed part the way the receiver builds them: the fixture
 pull_request.opened payload (compacted, as GitHub sends it) decoded by
-routinely.deliveries.decode, routed by Catalog.matches against a catalog of 21 routines (one
+routinely.firing.deliveries.decode, routed by Catalog.matches against a catalog of 21 routines (one
 matches), planned by start_plan.build and laid out by start_plan.encode. Every call has its own
 delivery, event and session, so every one is a first delivery that makes a session and its job.
 Trimming is off (the receiver trims each index at most once a second: rare at these rates).
@@ -50,11 +50,13 @@ import redis  # noqa: E402
 import yaml  # noqa: E402
 from redis.exceptions import NoScriptError  # noqa: E402
 
-from routinely import catalog as catalogs, ids, keys, start_plan  # noqa: E402
+from routinely.routines import catalog as catalogs  # noqa: E402
+from routinely.storage import ids, keys
+from routinely.firing import start_plan
 from routinely.config import Settings  # noqa: E402
-from routinely.deliveries import decode  # noqa: E402
-from routinely.start import Starter  # noqa: E402
-from routinely.wire import Segment  # noqa: E402
+from routinely.firing.deliveries import decode  # noqa: E402
+from routinely.firing.start import Starter  # noqa: E402
+from routinely.storage.wire import Segment  # noqa: E402
 from tests.support import RedisServer  # noqa: E402
 
 PAYLOAD = ROOT / "tests" / "fixtures" / "pull_request.opened.json"
@@ -123,7 +125,7 @@ class Bench:
 # -- the clients: each is built once per (run, mode) and called with one prepared Call
 
 def wire_client(bench: Bench) -> Callable[[Call], Any]:
-    """Today's path: Starter._execute (routinely.wire) on the plan's KEYS and ARGV."""
+    """Today's path: Starter._execute (routinely.storage.wire) on the plan's KEYS and ARGV."""
     starter = Starter(bench.conn, bench.settings)
     return lambda call: starter._execute(call[1], call[2], call[0])
 

@@ -9,7 +9,7 @@ import redis
 
 from routinely import when
 from routinely.config import Settings, embedded_redis_url
-from routinely.store import connect
+from routinely.storage.store import connect
 
 JSON_HELP = "print the same JSON objects as the HTTP API"
 

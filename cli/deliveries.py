@@ -5,7 +5,7 @@ import argparse
 import re
 
 from cli.common import CliError, print_json, redis_for, table, when_text
-from routinely import recovery
+from routinely.github import recovery
 from routinely.config import Settings
 from routinely.when import iso
 

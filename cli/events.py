@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 
 from cli.common import CliError, print_json, redis_for, when_text
-from routinely import admission, catalog, events, refusals, replay
-from routinely.start import Starter
+from routinely.firing import admission, replay
+from routinely.routines import catalog
+from routinely.records import events, refusals
+from routinely.firing.start import Starter
 from routinely.config import Settings
 
 

@@ -10,7 +10,7 @@ import redis
 from cli import cache, deliver, deliveries, events, processes, routines, schedules, secrets, sessions, tokens
 from cli.common import CliError
 from routinely.config import ConfigError, Settings
-from routinely.control import Refused
+from routinely.routines.control import Refused
 from routinely.routine_file import ApplyError
 
 COMMANDS = (processes, routines, sessions, events, deliver, deliveries, tokens, secrets, schedules, cache)  # the order `--help` lists them in

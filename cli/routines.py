@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table, when_text
-from routinely import catalog, control, exposure, routines_view
+from routinely.routines import catalog, control, exposure
+from routinely.records import routines_view
 from routinely.config import Settings
 from routinely.routine_file import json_schema, load_yaml
 

@@ -7,10 +7,11 @@ from typing import Any
 import redis
 
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table, when_text
-from routinely import catalog, routines_view
+from routinely.routines import catalog
+from routinely.records import routines_view
 from routinely.config import Settings
-from routinely.schedules import ScheduleError, parse_schedule
-from routinely.start import Firing, fire_one
+from routinely.routines.schedules import ScheduleError, parse_schedule
+from routinely.firing.start import Firing, fire_one
 from routinely.when import iso
 
 

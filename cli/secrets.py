@@ -1,5 +1,5 @@
 """Stored secrets: set (the value from stdin or a file, never an argument), list (never a value),
-rm, rotate. A thin layer over routinely.secret_store, like the admin API."""
+rm, rotate. A thin layer over routinely.secrets.secret_store, like the admin API."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table
-from routinely import catalog
+from routinely.routines import catalog
 from routinely.config import Settings
-from routinely.secret_store import MAX_VALUE_BYTES, SecretError, SecretStore, scope_of
+from routinely.secrets.secret_store import MAX_VALUE_BYTES, SecretError, SecretStore, scope_of
 
 
 def _scope(args, conn):

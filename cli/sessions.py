@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table, when_text
-from routinely import sessions
+from routinely.records import sessions
 from routinely.config import Settings
 from routinely.when import iso
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from cli.common import JSON_HELP, CliError, print_json, redis_for, table
-from routinely import api_tokens, catalog, control, when
+from routinely.routines import api_tokens, catalog, control
+from routinely import when
 from routinely.config import Settings
 
 

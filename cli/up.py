@@ -25,9 +25,10 @@ from typing import Callable
 
 import redis
 
-from routinely import keys, sign_in
+from routinely.storage import keys
+from routinely import sign_in
 from routinely.config import SECRETS_KEY_FILE, ConfigError, Settings, decode_secrets_key, embedded_redis_url
-from routinely.store import connect
+from routinely.storage.store import connect
 from workers.liveness import StopSignals
 
 RESTART_FIRST, RESTART_MAX = 1.0, 30.0  # seconds before a crashed process is started again

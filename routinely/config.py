@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 from urllib.parse import urlparse
 
-from routinely import limits
+from routinely.routines import limits
 
 DEFAULT_BETAS = ("experimental-cc-routine-2026-04-01",)
 MIN_ADMIN_TOKEN_CHARS = 32  # a guessable admin token opens everything: `up` makes 43 random characters
@@ -55,9 +55,9 @@ class Settings:
     prices_file: Path | None = None
     cache_max_gb: float = 20.0  # the setup cache on each worker host (least recently used evicted)
     scheduler_lease_seconds: float = 15.0  # a dead scheduler's lease passes to another after this
-    max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.chain)
-    log_max_mb: float = 16.0  # ROUTINELY_LOG_MAX_MB: one session's log in Redis (then cut, routinely.session_log)
-    recover_minutes: float = 10.0  # ROUTINELY_RECOVER_MINUTES: between the scheduler's recovery passes (routinely.recovery)
+    max_chain_depth: int = 3  # sessions in a row that the App's own writes may start (routinely.firing.chain)
+    log_max_mb: float = 16.0  # ROUTINELY_LOG_MAX_MB: one session's log in Redis (then cut, routinely.records.session_log)
+    recover_minutes: float = 10.0  # ROUTINELY_RECOVER_MINUTES: between the scheduler's recovery passes (routinely.github.recovery)
     recover_max: int = 100  # ROUTINELY_RECOVER_MAX: redeliveries one recovery pass may ask GitHub for
     web_read_seconds: float = 10.0  # ROUTINELY_WEB_READ_SECONDS: a request's reads and writes must progress within (app.web_worker)
     # the secret store's key (ROUTINELY_SECRETS_KEY, else DATA_DIR/secrets_key) and the one it replaces

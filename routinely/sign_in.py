@@ -6,7 +6,7 @@ import secrets
 
 import redis
 
-from routinely import keys
+from routinely.storage import keys
 
 CODE_TTL = keys.SIGN_IN_CODE_TTL
 

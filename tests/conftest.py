@@ -148,8 +148,8 @@ def fake():
 def open_gateway(conn, settings, fake, folder):
     """make(budget=None, sid=…, **settings changes) -> a started Gateway (its log lines in
     `.lines`) whose vendors are all the fake; every one is closed after the test."""
-    from routinely import keys
-    from routinely.prices import Prices
+    from routinely.storage import keys
+    from routinely.routines.prices import Prices
     from workers.gateway import Gateway
     from workers.gateway.meter import Budget, Meter
 
@@ -206,7 +206,7 @@ def fake_github_settings(settings, private_key, fake_github) -> Settings:
 @pytest.fixture
 def installed(conn) -> None:
     """The App installed on octo/api and octo/sdk (installation 42): without it a connector refuses every call."""
-    from routinely import keys
+    from routinely.storage import keys
 
     conn.hset(keys.INSTALLATIONS, mapping={"octo/api": 42, "octo/sdk": 42})
 

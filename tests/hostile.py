@@ -14,9 +14,10 @@ from typing import Any
 import redis
 
 from app.signature import sign
-from routinely import api_tokens, catalog, session_log
+from routinely.routines import api_tokens, catalog
+from routinely.records import session_log
 from routinely.config import Settings
-from routinely.start import Firing, Starter
+from routinely.firing.start import Firing, Starter
 from tests.support import FIXTURES
 
 ADMIN = "admin-t0ken-for-the-corpus-0123456789"  # at least 32 characters (routinely.config)

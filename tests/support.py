@@ -20,7 +20,9 @@ import pytest
 import redis
 
 from app.signature import sign
-from routinely import api_tokens, catalog, jobs, session_log
+from routinely.routines import api_tokens, catalog
+from routinely.storage import jobs
+from routinely.records import session_log
 from routinely.config import Settings
 from workers.sandbox import host
 
@@ -681,7 +683,7 @@ class ConnectorSession:
 
     def __init__(self, conn: redis.Redis, settings: Settings, sid: str = "sess_a",
                  pushed: Iterable[tuple[str, str]] = (), **github: Any) -> None:
-        from routinely.github_auth import InstallationTokens
+        from routinely.github.github_auth import InstallationTokens
         from workers.connector import Connector, Policy
 
         self.dir = tempfile.mkdtemp(prefix="rly-conn-")

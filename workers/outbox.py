@@ -5,7 +5,7 @@ The agent never waits on Redis: `log` and `beat` return at once, and a backgroun
 beats and retries every HEARTBEAT_EVERY seconds. `finish` is the one call that waits: the
 outcome is never lost, so it retries (with backoff) until Redis takes it.
 
-The log has a cap (ROUTINELY_LOG_MAX_MB, routinely.session_log.Cap): past it the session's
+The log has a cap (ROUTINELY_LOG_MAX_MB, routinely.records.session_log.Cap): past it the session's
 output is dropped and counted, the service's own lines still get through, and the last line
 says what was dropped. Lines held through an outage are bounded in number and in bytes.
 """
@@ -17,9 +17,11 @@ from typing import Any, Callable
 
 import redis
 
-from routinely import keys, session_log, sessions, start, transcript
+from routinely.storage import keys
+from routinely.records import session_log, sessions, transcript
+from routinely.firing import start
 from routinely.config import Settings
-from routinely.redact import NOTHING, Redactor
+from routinely.secrets.redact import NOTHING, Redactor
 from workers.outage import BACKOFF_MAX, BACKOFF_START, Outage
 
 HEARTBEAT_EVERY = 2.0  # seconds; the reaper's timeout (workers.reaper) is several of these

@@ -4,7 +4,7 @@ a deadline, and a cancel check. Whatever it started is killed when it ends.
 The output is the session's, so it is read in bounded pieces: a line longer than LINE_BYTES
 comes as several, each but the last ending in CONTINUES, the next starting with RESUMES; at
 most QUEUE_PIECES pieces wait for `on_lines` (past that the command blocks on its pipe). A
-line that would read as one of the service's own is marked (routinely.session_log.foreign)."""
+line that would read as one of the service's own is marked (routinely.records.session_log.foreign)."""
 from __future__ import annotations
 
 import ctypes
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from routinely import session_log
+from routinely.records import session_log
 
 GRACE_SECONDS = 5
 CONTINUES = " …[continued]"

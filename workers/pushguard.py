@@ -205,7 +205,7 @@ class PushGuard:
         self.root, self.prefix, self.unrestricted, self.allow_tags, self.log = root, prefix, unrestricted, allow_tags, log
         self.join, self.rlimits = join, rlimits
         self.max_input_bytes = max_input_bytes or DEFAULT_MAX_INPUT
-        self.on_forward = on_forward  # (repo, ref) after a ref reached the real remote: routinely.chain
+        self.on_forward = on_forward  # (repo, ref) after a ref reached the real remote: routinely.firing.chain
         self.relays: dict[str, Relay] = {}
         self.secrets: dict[str, str] = dict(secrets or {})
         self._tokens: dict[str, Callable[[], str | None]] = {}

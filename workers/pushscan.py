@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from routinely.redact import MIN_CHARS
+from routinely.secrets.redact import MIN_CHARS
 
 MAX_SCAN_BYTES = 64 * 1024 * 1024  # new objects' bytes read per push
 MAX_SCAN_OBJECTS = 100_000  # new objects (trees included) listed per push: what the worker holds of it stays bounded

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import redis
 
-from routinely import jobs, keys, session_log, sessions, start
+from routinely.storage import jobs, keys
+from routinely.records import session_log, sessions
+from routinely.firing import start
 from routinely.when import iso
 from workers import leftovers, sandbox
 from workers.outbox import HEARTBEAT_EVERY

@@ -1,11 +1,11 @@
 """The role check a session passes before it runs, off the request path.
 
-routinely.gate never asks GitHub: a firing of a trigger with `roles` whose actor's role is
-not cached is started with a `role_check` on its session record (routinely.roles.RoleCheck).
+routinely.firing.gate never asks GitHub: a firing of a trigger with `roles` whose actor's role is
+not cached is started with a `role_check` on its session record (routinely.firing.roles.RoleCheck).
 The runner calls `check` before any sandbox or workspace exists, so a stranger's delivery
 costs one GitHub call (or one Redis GET while the answer is cached), never a session's
 sandbox. A role that is not allowed, or a GitHub that does not answer within the deadline,
-ends the session unrun and records a drop with reason `role` where routinely.gate records
+ends the session unrun and records a drop with reason `role` where routinely.firing.gate records
 it: on the event (`dropped`, with a `detail`) and in the routine's drop counts; the session
 leaves the event's `sessions`, so `routinely explain` and the events page say what they said
 when roles were decided at the door. What admitting the session counted is given back.
@@ -17,14 +17,15 @@ from typing import Any, Callable
 import orjson
 import redis
 
-from routinely import admission, keys
-from routinely.roles import RoleCheck, RoleError, Roles
+from routinely.firing import admission
+from routinely.storage import keys
+from routinely.firing.roles import RoleCheck, RoleError, Roles
 from routinely.routine_file import Account, Routine
-from routinely.sessions import Session
+from routinely.records.sessions import Session
 from routinely.when import iso, parse_iso
 from workers.outbox import patiently
 
-REASON = "role"  # routinely.gate.ROLE: the same drop, decided later
+REASON = "role"  # routinely.firing.gate.ROLE: the same drop, decided later
 
 # the admission counters this session's start counted, given back: each still in its window
 # goes down by one; one whose window has ended (or never was) is left alone, never made

@@ -1,7 +1,7 @@
 """run_session: the RQ job that turns a queued session into a real run.
 
 queued → running → succeeded | failed | timed_out | canceled. Every change of status goes
-through routinely.sessions.transition; the outbox's heartbeat (its own thread, beating also
+through routinely.records.sessions.transition; the outbox's heartbeat (its own thread, beating also
 while a clone or setup blocks this one) lets the reaper fail a session whose
 worker died.
 """
@@ -16,12 +16,16 @@ from typing import Any, Callable
 
 import orjson
 
-from routinely import catalog, chain, jobs, keys, model_usage, prompt, secret_store, session_context, sessions
-from routinely.redact import Redactor
+from routinely.routines import catalog, prompt
+from routinely.firing import chain
+from routinely.storage import jobs, keys
+from routinely.records import model_usage, session_context, sessions
+from routinely.secrets import secret_store
+from routinely.secrets.redact import Redactor
 from routinely.config import Settings
-from routinely.github_auth import InstallationTokens, TokenError
+from routinely.github.github_auth import InstallationTokens, TokenError
 from routinely.when import iso
-from routinely.store import connect
+from routinely.storage.store import connect
 from workers import agents, process, role_check
 from workers.agents.transcript import read_lines
 from workers.connector import Connector, ConnectorError, Policy
@@ -32,8 +36,8 @@ from workers.outbox import Outbox, guarded, patiently
 from workers.gateway import WITHHELD, Gateway
 from workers.gateway.session import open_gateway
 from workers.liveness import Liveness
-from routinely.agent_spec import DEFAULT_IDLE_MINUTES
-from routinely.prices import PriceError
+from routinely.routines.agent_spec import DEFAULT_IDLE_MINUTES
+from routinely.routines.prices import PriceError
 from routinely.routine_file import Network, Routine
 from workers.pushguard import PushError, PushGuard
 from workers.sandbox import Sandbox, SandboxError, kill_user

@@ -19,15 +19,17 @@ from typing import Any
 
 import redis
 
-from routinely import catalog, keys, schedule_runs
+from routinely.routines import catalog
+from routinely.storage import keys
+from routinely.records import schedule_runs
 from routinely.config import ConfigError, Settings
-from routinely.recovery import Recoverer
+from routinely.github.recovery import Recoverer
 from routinely.routine_file import Routine
-from routinely.schedules import Schedule
-from routinely.start import Firing, Starter
+from routinely.routines.schedules import Schedule
+from routinely.firing.start import Firing, Starter
 from routinely.when import iso
-from routinely.schedule_runs import field
-from routinely.store import connect
+from routinely.records.schedule_runs import field
+from routinely.storage.store import connect
 from workers.outage import Outage
 from workers.reaper import HEARTBEAT_TIMEOUT_SECONDS, REAP_EVERY_SECONDS, reap
 
@@ -134,7 +136,7 @@ def run(settings: Settings) -> None:
     conn = connect(settings)
     outage = Outage("scheduler", settings.redis_url)
     scheduler = Scheduler(conn, settings)
-    recovering = Recoverer(conn, settings) if settings.github_app else None  # missed deliveries (routinely.recovery)
+    recovering = Recoverer(conn, settings) if settings.github_app else None  # missed deliveries (routinely.github.recovery)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

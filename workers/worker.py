@@ -10,7 +10,7 @@ outage and carry on, the dequeue retries with a short backoff, and a job whose b
 failed mid-outage is settled once Redis is back. SIGTERM (or Ctrl-C) stops taking jobs and
 gives running sessions ROUTINELY_SHUTDOWN_GRACE_SECONDS; a person's second signal ends them at
 once, an echo of the first never does (workers.liveness.StopSignals). A session the grace
-cut short is queued again when it did nothing outside (routinely.sessions.after_shutdown):
+cut short is queued again when it did nothing outside (routinely.records.sessions.after_shutdown):
 its job goes back on the queue here, once RQ's bookkeeping of this run is done. A stopping
 worker waits for an unreachable Redis REDIS_WAIT_SECONDS past the grace, then exits.
 """
@@ -26,9 +26,10 @@ from datetime import datetime, timezone
 
 import redis
 
-from routinely import jobs, sessions
+from routinely.storage import jobs
+from routinely.records import sessions
 from routinely.config import ConfigError, Settings
-from routinely.store import connect
+from routinely.storage.store import connect
 from workers import sandbox, warm
 from workers.liveness import ECHO_SECONDS, StopSignals
 from workers.outage import BACKOFF_MAX
@@ -133,7 +134,7 @@ class Worker(jobs.SimpleWorker):
 
     def _requeue(self, job) -> None:
         """Put back on the queue the job of a session the shutdown sent back to queued
-        (workers.run, routinely.sessions.after_shutdown): after RQ's bookkeeping of this run,
+        (workers.run, routinely.records.sessions.after_shutdown): after RQ's bookkeeping of this run,
         which would otherwise mark it finished."""
         while True:
             try:

@@ -53,7 +53,7 @@ def parse_config(data: Any, now: float | None) -> RoutineFile:
 
 
 def parse_stored(raw: bytes | str) -> RoutineFile:
-    """A configuration as routinely.catalog stored it (JSON, defaults filled in)."""
+    """A configuration as routinely.routines.catalog stored it (JSON, defaults filled in)."""
     try:
         return RoutineFile.model_validate_json(raw, context={"now": None})
     except ValidationError as exc:

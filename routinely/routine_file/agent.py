@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ValidationInfo
 
-from routinely.agent_spec import PRESET_NAMES
+from routinely.routines.agent_spec import PRESET_NAMES
 from routinely.routine_file.errors import refuse
 from routinely.routine_file.fields import Checked, Model, number
 

@@ -8,7 +8,7 @@ names them) or a path into the payload under one of the kind's objects
 exist for at least one event kind of the triggers the group applies to (a typo is refused
 when applied); a firing whose event lacks one — or that has no event: api, schedule, a
 manual run — joins no group, so a constant group (no field) is what makes those run one at a
-time. Rendered per firing in Python (routinely.start_plan); the start script does the rest.
+time. Rendered per firing in Python (routinely.firing.start_plan); the start script does the rest.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ ROOTS = {
     "push": ("head_commit",),
 }
 COMMON_ROOTS = ("repository", "sender")  # every event kind's payload has them
-MAX_GROUP_CHARS = 200  # a rendered group longer than this is keyed by its digest (routinely.keys)
+MAX_GROUP_CHARS = 200  # a rendered group longer than this is keyed by its digest (routinely.storage.keys)
 _PLACE = re.compile(r"\{([^{}]*)\}")
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*$")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import ValidationInfo, model_validator
 
-from routinely import limits
+from routinely.routines import limits
 from routinely.routine_file.errors import refuse
 from routinely.routine_file.fields import Checked, Model, flag, script, secret_names
 
@@ -49,7 +49,7 @@ def allow_entry(entry: str) -> bool:
 
 class SessionLimits(Model):
     """environment.limits: what one session may use. A limit left out is the service's
-    (ROUTINELY_SESSION_LIMITS), else the built-in one (routinely.limits.Limits)."""
+    (ROUTINELY_SESSION_LIMITS), else the built-in one (routinely.routines.limits.Limits)."""
 
     sparse = True  # stored and shown as written: only the limits the routine sets
     memory_mb: int | None = None

@@ -13,15 +13,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from routinely import services
-from routinely.agent_spec import DEFAULT_IDLE_MINUTES
+from routinely.routines import services
+from routinely.routines.agent_spec import DEFAULT_IDLE_MINUTES
 from routinely.routine_file.agent import Agent, Budget
 from routinely.routine_file.concurrency import Concurrency
 from routinely.routine_file.environment import Environment
 from routinely.routine_file.errors import ACCOUNT_NAME, ROUTINE_NAME, refuse
 from routinely.routine_file.fields import Checked, Model, flag, null_is, number, secret_names, whole
 from routinely.routine_file.triggers import GithubTrigger, Trigger
-from routinely.schedules import Schedule, ScheduleError, stagger_seconds, zone
+from routinely.routines.schedules import Schedule, ScheduleError, stagger_seconds, zone
 
 PLANS = {"pro": 5, "max": 15, "team": 25, "enterprise": 25}  # runs a day
 PLAN_NAMES = tuple(PLANS)

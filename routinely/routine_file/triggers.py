@@ -18,7 +18,7 @@ from filters.command import NAME as COMMAND_NAME
 from routinely.routine_file.concurrency import Concurrency
 from routinely.routine_file.errors import refuse
 from routinely.routine_file.fields import Checked, Model
-from routinely.schedules import DAYS, PRESETS, Schedule, ScheduleError, parse_schedule
+from routinely.routines.schedules import DAYS, PRESETS, Schedule, ScheduleError, parse_schedule
 
 ACTIONS = {
     "pull_request": {
@@ -144,7 +144,7 @@ class ApiTrigger(Model):
 
 class ScheduleTrigger(Model):
     """`schedule:` — a preset, a five-field cron or one `at`, in `timezone` (default: the
-    account's, filled in when applied). Checked by routinely.schedules, whose words it keeps."""
+    account's, filled in when applied). Checked by routinely.routines.schedules, whose words it keeps."""
 
     sparse = True  # as written, timezone filled in: the schedule's id is a hash of it
     preset: Literal[PRESETS] | None = None

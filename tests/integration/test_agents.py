@@ -10,8 +10,9 @@ import tomllib
 
 import pytest
 
-from routinely import catalog, transcript
-from routinely.agent_spec import PRESET_NAMES
+from routinely.routines import catalog
+from routinely.records import transcript
+from routinely.routines.agent_spec import PRESET_NAMES
 from routinely.routine_file import ApplyError
 from tests.support import redis_snapshot
 from workers.agents import PRESETS, AgentError, prepare

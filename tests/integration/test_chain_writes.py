@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from routinely import chain, keys
+from routinely.firing import chain
+from routinely.storage import keys
 from tests.support import ConnectorSession, fixture, tool_text
 
 

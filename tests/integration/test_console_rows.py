@@ -9,8 +9,11 @@ import time
 
 import yaml
 
-from routinely import api_tokens, catalog, ids, keys, session_context, sessions, when
-from routinely.start import Firing, fire_one
+from routinely.routines import api_tokens, catalog
+from routinely.storage import ids, keys
+from routinely.records import session_context, sessions
+from routinely import when
+from routinely.firing.start import Firing, fire_one
 from tests import openapi_check
 from tests.support import MULTILINE_PROMPT, apply_api_routines, body_of, delivery_headers, fire, fixture
 

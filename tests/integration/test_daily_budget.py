@@ -8,8 +8,10 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from routinely import api_tokens, catalog, keys, model_usage
-from routinely.routines_view import listing
+from routinely.routines import api_tokens, catalog
+from routinely.storage import keys
+from routinely.records import model_usage
+from routinely.records.routines_view import listing
 from tests.support import fire, redis_snapshot
 
 

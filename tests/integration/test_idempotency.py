@@ -1,4 +1,4 @@
-"""Idempotency-Key on POST …/fire (routinely.idempotency): one session per key and body,
+"""Idempotency-Key on POST …/fire (routinely.firing.idempotency): one session per key and body,
 across concurrent clients of a real served app."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import requests
 
-from routinely import keys
+from routinely.storage import keys
 from tests import openapi_check
 from tests.support import FIRE_PATH, apply_api_routines, fire, fire_headers, redis_snapshot
 

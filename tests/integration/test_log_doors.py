@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from routinely import keys, session_log
+from routinely.storage import keys
+from routinely.records import session_log
 from routinely.config import ConfigError, Settings
 from tests.support import CuttingProxy, proc_status, reset_peak
 from workers import process

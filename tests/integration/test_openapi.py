@@ -59,7 +59,7 @@ def test_the_spec_is_served_as_is(client):
 
 def test_refusals_and_errors_match_the_spec(client, conn, settings, redis_server):
     from app import create_app
-    from routinely import keys
+    from routinely.storage import keys
     from tests.support import CuttingProxy, sign
 
     apply(conn, {"name": "r", "triggers": [gh(["pull_request"])]})

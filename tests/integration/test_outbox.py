@@ -6,7 +6,8 @@ import threading
 
 import redis
 
-from routinely import keys, session_log, sessions
+from routinely.storage import keys
+from routinely.records import session_log, sessions
 from tests.support import CuttingProxy, wait_for
 from workers.outage import Outage
 from workers.outbox import Outbox

@@ -9,8 +9,9 @@ import time
 import pytest
 
 from app import create_app
-from routinely import catalog, when
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely import when
+from routinely.firing.start import Firing, fire_one
 from tests.support import ADMIN_TOKEN, apply, body_of, delivery_headers, fixture, gh, redis_snapshot
 
 
@@ -301,7 +302,7 @@ def test_sessions_filter_by_status_and_kind_and_page(client, conn, settings):
 
 
 def test_fields_since_reads_every_session_in_chunks(conn, settings, monkeypatch):
-    from routinely import sessions
+    from routinely.records import sessions
 
     apply(conn, {"name": "r", "triggers": [{"api": {}}]})
     made = [fire_one(settings, conn, "r", Firing(kind="manual"))["id"] for _ in range(5)]
@@ -313,7 +314,7 @@ def test_fields_since_reads_every_session_in_chunks(conn, settings, monkeypatch)
 
 def test_a_session_cookie_expires_after_its_lifetime(settings, conn):
     from app.auth import SESSION_COOKIE
-    from routinely import keys
+    from routinely.storage import keys
 
     client, _ = signed_in(create_app(settings))
     record = keys.console_session(keys.digest(client.get_cookie(SESSION_COOKIE).value))
@@ -324,7 +325,7 @@ def test_a_session_cookie_expires_after_its_lifetime(settings, conn):
 
 
 def test_the_session_page_lists_the_connectors_actions_and_links_only_web_urls(client, conn, settings):
-    from routinely import actions
+    from routinely.records import actions
 
     apply(conn, {"name": "r", "triggers": [{"api": {}}]})
     s = fire_one(settings, conn, "r", Firing(kind="manual"))

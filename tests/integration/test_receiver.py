@@ -5,7 +5,7 @@ import pytest
 
 from app import create_app
 from app.signature import sign
-from routinely import jobs, keys
+from routinely.storage import jobs, keys
 from tests.support import SECRET, CuttingProxy, admin, apply, body_of, delivery_headers, fixture, gh, post, queued_ids, redis_snapshot
 
 

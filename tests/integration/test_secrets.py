@@ -11,9 +11,10 @@ import time
 import pytest
 
 from cli.main import main
-from routinely import catalog, keys
+from routinely.routines import catalog
+from routinely.storage import keys
 from routinely.config import ConfigError, Settings
-from routinely.secret_store import NoKey, Scope, SecretError, SecretStore
+from routinely.secrets.secret_store import NoKey, Scope, SecretError, SecretStore
 from tests import openapi_check
 
 KEY = os.urandom(32)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import time
 
 from app import create_app
-from routinely import catalog, keys
+from routinely.routines import catalog
+from routinely.storage import keys
 from tests.support import ADMIN_TOKEN
 
 VALUE = "sntrys_the-console-value-3c9e"

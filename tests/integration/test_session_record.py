@@ -1,12 +1,13 @@
 """One owner of a session's record: every write after the start script goes through
-routinely.sessions (write, transition), which knows the record's fields."""
+routinely.records.sessions (write, transition), which knows the record's fields."""
 from __future__ import annotations
 
 import re
 
 import pytest
 
-from routinely import keys, sessions
+from routinely.storage import keys
+from routinely.records import sessions
 from tests.support import ROOT_DIR
 
 
@@ -15,7 +16,7 @@ ROOT = ROOT_DIR
 
 def test_a_field_the_record_does_not_have_is_refused_and_nothing_is_written(conn):
     conn.hset(keys.session("session_x"), "status", "running")
-    with pytest.raises(KeyError, match="no field \\['nope'\\]: declare it in routinely.sessions"):
+    with pytest.raises(KeyError, match="no field \\['nope'\\]: declare it in routinely.records.sessions"):
         sessions.write(conn, "session_x", usage="{}", nope=1)
     with pytest.raises(KeyError):
         sessions.transition(conn, "session_x", ["running"], status="failed", nope=1)

@@ -1,4 +1,4 @@
-"""A session record has one reader: routinely.sessions.Session decodes the stored hash once,
+"""A session record has one reader: routinely.records.sessions.Session decodes the stored hash once,
 so a field means the same thing to the API, the runner, the reaper and the worker."""
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import time
 
 import orjson
 
-from routinely import catalog, chain, keys, session_context, sessions
-from routinely.sessions import Session
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.firing import chain
+from routinely.storage import keys
+from routinely.records import session_context, sessions
+from routinely.records.sessions import Session
+from routinely.firing.start import Firing, fire_one
 
 
 FIELDS = {f.name for f in dataclasses.fields(Session)}

@@ -11,9 +11,12 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
-from routinely import admission, catalog, jobs, keys, sessions, start_plan
+from routinely.firing import admission, start_plan
+from routinely.routines import catalog
+from routinely.storage import jobs, keys
+from routinely.records import sessions
 from routinely.routine_file import parse_config
-from routinely.start import Firing, Starter
+from routinely.firing.start import Firing, Starter
 from routinely.when import iso
 from tests.support import Clock, redis_snapshot
 
@@ -141,7 +144,7 @@ def test_the_script_touches_only_the_keys_it_declares(conn, settings):
     assert changed <= set(declared) and keys.payload(plan.event_id) in declared
     assert {keys.session(plan.sessions[0].id), jobs.job_key(plan.sessions[0].id), keys.event(plan.event_id),
             keys.delivery("d-2"), keys.INSTALLATIONS} <= changed
-    # the session record the script writes (its field names are the script's; routinely.sessions reads them)
+    # the session record the script writes (its field names are the script's; routinely.records.sessions reads them)
     s = plan.sessions[0]
     stored = {k.decode(): v.decode() for k, v in conn.hgetall(keys.session(s.id)).items()}
     assert stored == {"id": s.id, "routine": "review", "routine_key": "alice/review", "account": "alice",
@@ -173,7 +176,7 @@ def test_the_job_the_script_writes_is_the_job_rq_would_write(conn, settings):
 
 
 def test_an_event_recorded_as_a_hash_before_records_were_json_still_reads(conn):
-    from routinely import events
+    from routinely.records import events
 
     conn.hset(keys.event("evt_old"), mapping={"id": "evt_old", "kind": "github", "event": "push", "duplicate": "0",
                                               "received_at": "2026-11-24T00:00:00.000Z", "sessions": '["s1"]',
@@ -318,7 +321,7 @@ def test_groups_are_per_rendered_group_and_per_routine(conn, settings):
 def test_a_group_that_changed_after_it_was_read_is_read_again(conn, settings, monkeypatch):
     """Another process's firing between the read and the script: the script writes nothing
     (no claim taken either) and the firing is planned again on the group as it is now."""
-    from routinely import start
+    from routinely.firing import start
 
     catalog.save(conn, group_config())
     starter = Starter(conn, settings.with_(clock=Clock(NOW)))
@@ -351,7 +354,7 @@ def test_the_script_touches_only_declared_keys_in_a_group(conn, settings):
     waiting = fire_pr(starter)  # cancels it, and waits behind it
     cat = starter.cache.get(conn)
     plan = start_plan.build(pr_firing(), cat, [cat.routines["alice/review"]], NOW)
-    from routinely.start import read_groups
+    from routinely.firing.start import read_groups
 
     declared, _ = start_plan.encode(plan, starter._job, settings.queue_name, read_groups(conn, plan))
     before = redis_snapshot(conn)
@@ -365,7 +368,7 @@ def test_the_script_touches_only_declared_keys_in_a_group(conn, settings):
 def test_release_hands_the_group_to_the_session_waiting(conn, settings):
     """The end of the group's session (workers.outbox's finish, a cancel) places the one
     waiting: on the queue, or among RQ's scheduled jobs while its debounce lasts."""
-    from routinely.start import release
+    from routinely.firing.start import release
 
     catalog.save(conn, group_config(debounce_seconds=30))
     clock = Clock(NOW)
@@ -408,7 +411,7 @@ def test_a_reaped_session_hands_its_group_on(conn, settings):
 
 def test_a_firing_whose_role_is_still_to_be_asked_joins_no_group(conn, settings):
     """A stranger's comment must not supersede the group's sessions before the worker knows it may fire."""
-    from routinely.roles import RoleCheck
+    from routinely.firing.roles import RoleCheck
 
     catalog.save(conn, group_config(cancel_in_progress=True))
     cat = catalog.load(conn)

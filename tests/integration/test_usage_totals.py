@@ -1,4 +1,4 @@
-"""Usage that adds up (issue #31): the model gateway's daily records (routinely.model_usage.record)
+"""Usage that adds up (issue #31): the model gateway's daily records (routinely.records.model_usage.record)
 shown by /api/usage and /usage as tokens and dollars per day, per routine and per model, against a
 real Redis; a model without a price is "unknown" with the count of its requests, never $0."""
 from __future__ import annotations
@@ -9,7 +9,9 @@ import time
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from routinely import catalog, keys, model_usage
+from routinely.routines import catalog
+from routinely.storage import keys
+from routinely.records import model_usage
 from tests import openapi_check
 
 TZ = "Asia/Tokyo"

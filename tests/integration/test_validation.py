@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from routinely import keys, session_log
+from routinely.storage import keys
+from routinely.records import session_log
 from tests.support import apply, body_of, delivery_headers, fixture, gh, post, redis_snapshot
 
 

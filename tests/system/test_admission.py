@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from app import create_app
-from routinely import catalog, keys
-from routinely.start import Firing, Starter
+from routinely.routines import catalog
+from routinely.storage import keys
+from routinely.firing.start import Firing, Starter
 from tests.support import ADMIN_TOKEN, Clock, SECRET, body_of, delivery_headers, fixture, free_port, redis_snapshot
 from tests.support import ROOT_DIR
 

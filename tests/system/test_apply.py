@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from routinely import catalog
+from routinely.routines import catalog
 from routinely.routine_file import ApplyError
 from tests.support import FIXTURES, redis_snapshot
 

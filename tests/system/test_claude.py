@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, model_usage, session_log, sessions, transcript
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.records import model_usage, session_log, sessions, transcript
+from routinely.firing.start import Firing, fire_one
 from tests.fake_models import USAGE, FakeMessages
 from tests.support import needs_root, needs_sandbox, PrivateHost, reachable_folder, redis_snapshot, Remotes, run_sessions
 

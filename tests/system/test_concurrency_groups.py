@@ -12,7 +12,9 @@ import orjson
 import pytest
 from rq.exceptions import DequeueTimeout
 
-from routinely import catalog, jobs, keys, sessions
+from routinely.routines import catalog
+from routinely.storage import jobs, keys
+from routinely.records import sessions
 from routinely.routine_file import parse_config
 from routinely.when import iso
 from tests.support import ADMIN_TOKEN, SECRET, body_of, delivery_headers, fixture, gunicorn
@@ -93,7 +95,7 @@ def test_cancel_in_progress_leaves_one_session_running(conn, settings, webs):
     first = deliver(webs[0])
     take(conn, settings, first)
     later = at_once(webs, 2)  # two more pushes to the PR, one through each web process
-    assert conn.get(keys.session_cancel(first)) == b"1"  # flagged as routinely.sessions.cancel flags it
+    assert conn.get(keys.session_cancel(first)) == b"1"  # flagged as routinely.records.sessions.cancel flags it
     (replaced,) = [s for s in later if status(conn, s) == "canceled"]
     (newest,) = [s for s in later if s != replaced]
     assert conn.hget(keys.session(replaced), "superseded_by").decode() == newest
@@ -136,10 +138,10 @@ def test_debounce_coalesces_a_burst_into_one_session_on_the_newest_event(conn, s
 def test_the_field_is_checked_when_applied_and_rendered_per_firing():
     """Names must be fields of the triggers' events (refused when applied, like a filter's);
     the trigger's group wins over the routine's; a firing whose event lacks a name joins none."""
-    from routinely import start_plan
-    from routinely.catalog import Catalog
+    from routinely.firing import start_plan
+    from routinely.routines.catalog import Catalog
     from routinely.routine_file import ApplyError
-    from routinely.start import Firing
+    from routinely.firing.start import Firing
 
     def routine(**extra):
         return {"accounts": [{"name": "alice"}], "routines": [

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from routinely import actions, keys, session_log
-from routinely.github_auth import InstallationTokens
+from routinely.records import actions, session_log
+from routinely.storage import keys
+from routinely.github.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, GithubPolicy, parse_config
 from tests.fake_github import INSTALLATION_TOKEN
 from tests.support import ConnectorSession, connector_routine, needs_sandbox, tool_text
@@ -205,7 +206,7 @@ def test_the_prompt_paragraph_follows_the_policy():
 
 
 def test_a_routine_file_with_a_github_block_applies_and_its_errors_name_the_routine(conn):
-    from routinely import catalog
+    from routinely.routines import catalog
 
     base = {"accounts": [{"name": "a"}], "routines": [{"name": "r", "account": "a", "prompt": "p", "repositories": ["octo/api"],
                                                         "triggers": [{"api": {}}]}]}

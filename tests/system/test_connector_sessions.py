@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from routinely import catalog, session_log
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.records import session_log
+from routinely.firing.start import Firing, fire_one
 from tests.fake_github import INSTALLATION_TOKEN
 from tests.support import AGENTS_DIR, Remotes, admin, body_of, delivery_headers, fixture, needs_sandbox, run_sessions
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from routinely import catalog
+from routinely.routines import catalog
 from tests.support import ADMIN_TOKEN, AGENTS_DIR, CHROMIUM, body_of, delivery_headers, fixture, start_worker
 
 

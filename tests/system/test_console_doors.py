@@ -19,9 +19,10 @@ import pytest
 from app import create_app
 from app.auth import LOGIN_COOKIE, MAX_FAILURES, MAX_SESSIONS, SESSION_COOKIE
 from app.pages import safe_next
-from routinely import catalog, keys
+from routinely.routines import catalog
+from routinely.storage import keys
 from routinely.config import ConfigError, Settings
-from routinely.start import Firing, fire_one
+from routinely.firing.start import Firing, fire_one
 from tests.support import ADMIN_TOKEN, apply, body_of, Clock, delivery_headers, fixture, free_port, gh, gunicorn, redis_snapshot, routinely_up, SECRET
 from tests.support import ROOT_DIR
 

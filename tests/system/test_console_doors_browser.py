@@ -18,8 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from playwright.sync_api import expect
 
-from routinely import catalog, session_log
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.records import session_log
+from routinely.firing.start import Firing, fire_one
 from tests.support import ADMIN_TOKEN, CHROMIUM
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from routinely import api_tokens, catalog, model_usage, sessions
-from routinely.start import Firing, fire_one
+from routinely.routines import api_tokens, catalog
+from routinely.records import model_usage, sessions
+from routinely.firing.start import Firing, fire_one
 from tests.support import ADMIN_TOKEN, CHROMIUM, MULTILINE_PROMPT, body_of, delivery_headers, fixture
 
 

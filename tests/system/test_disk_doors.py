@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, limits, session_log, sessions
+from routinely.routines import catalog, limits
+from routinely.records import session_log, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
-from routinely.start import Firing, fire_one
+from routinely.firing.start import Firing, fire_one
 from tests.support import proc_status, reachable_folder, wait_for
 from tests.support import SYSTEM_PYTHON, needs_root, needs_sandbox, run_sessions
 from workers import process

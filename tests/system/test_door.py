@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from app import create_app
-from routinely import keys
+from routinely.storage import keys
 from tests.support import ADMIN_TOKEN, apply, body_of, CuttingProxy, delivery_headers, fixture, gh, gunicorn, post, redis_snapshot, SECRET, wait_for
 
 

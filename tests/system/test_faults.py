@@ -17,9 +17,10 @@ from pathlib import Path
 import redis
 from rq.registry import StartedJobRegistry
 
-from routinely import jobs, sessions
+from routinely.storage import jobs
+from routinely.records import sessions
 from routinely.config import embedded_redis_url
-from routinely.start import Firing, fire_one
+from routinely.firing.start import Firing, fire_one
 from workers.outbox import HEARTBEAT_EVERY
 from workers.reaper import HEARTBEAT_TIMEOUT_SECONDS
 from tests.support import (AGENTS_DIR, SLEEPER, apply_reporting_routine, assert_job_settled, assert_nothing_left, base_env,

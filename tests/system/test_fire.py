@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from routinely import api_tokens, catalog, keys
+from routinely.routines import api_tokens, catalog
+from routinely.storage import keys
 from routinely.routine_file import parse_config
 from tests.support import FIRE_BETA, apply_api_routines, fire, redis_snapshot
 

@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import http.client
 import pytest
 
-from routinely import keys, model_usage
-from routinely.prices import PriceError, Prices
+from routinely.storage import keys
+from routinely.records import model_usage
+from routinely.routines.prices import PriceError, Prices
 from tests.fake_models import USAGE
 from tests.support import redis_snapshot
 from workers.gateway import Gateway, session_env

@@ -18,7 +18,7 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
-from routinely import keys
+from routinely.storage import keys
 from tests.fake_github import FakeGitHub
 from tests.fake_models import USAGE
 from workers.connector import server as connector_server

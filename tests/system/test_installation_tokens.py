@@ -15,8 +15,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app import create_app
-from routinely import catalog, session_log, sessions
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.records import session_log, sessions
+from routinely.firing.start import Firing, fire_one
 from tests.support import admin, SECRET, Remotes, body_of, delivery_headers, fixture
 from workers.run import Runtime, SessionRun
 from tests.support import AGENTS_DIR

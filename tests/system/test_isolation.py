@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, session_log, sessions
+from routinely.routines import catalog
+from routinely.records import session_log, sessions
 from routinely.config import Settings
-from routinely.start import Firing, fire_one
+from routinely.firing.start import Firing, fire_one
 from tests.support import (SYSTEM_PYTHON, PrivateHost, host_processes_with, needs_root, needs_sandbox, reachable_folder,
                            run_sessions, wait_for, worker_command)
 

@@ -1,4 +1,4 @@
-"""Jobs are JSON, never pickle; RQ stays behind routinely/jobs.py; the shared package stands alone."""
+"""Jobs are JSON, never pickle; RQ stays behind routinely/storage/jobs.py; the shared package stands alone."""
 from __future__ import annotations
 
 import pickle
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from rq.job import Job
 
-from routinely import jobs
+from routinely.storage import jobs
 from tests.support import ROOT_DIR
 
 
@@ -69,4 +69,4 @@ def test_only_the_jobs_module_imports_rq():
     users = [str(p.relative_to(ROOT)) for d in ("routinely", "app", "workers") for p in (ROOT / d).rglob("*.py")
              if any(line.startswith(("import rq", "from rq")) or line.strip().startswith(("from rq", "import rq"))
                     for line in p.read_text().splitlines())]
-    assert users == ["routinely/jobs.py"]
+    assert users == ["routinely/storage/jobs.py"]

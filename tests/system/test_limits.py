@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, sessions
+from routinely.routines import catalog
+from routinely.records import sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
-from routinely.start import Firing, fire_one
+from routinely.firing.start import Firing, fire_one
 from tests.support import (SYSTEM_PYTHON, host_processes_with, log_text, needs_root, needs_sandbox, reachable_folder,
                            run_sessions)
 from workers.sandbox.bounds import enforcer

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from routinely.prices import Prices
+from routinely.routines.prices import Prices
 
 CLAUDE = shutil.which("claude")
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, session_log, sessions
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.records import session_log, sessions
+from routinely.firing.start import Firing, fire_one
 from tests.support import git, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON, run_sessions
 from workers import pushguard
 from workers.pushguard import MAX_CONNECTIONS, PushGuard

@@ -12,8 +12,11 @@ import time
 
 import pytest
 
-from routinely import catalog, events, keys, recovery
-from routinely.recovery import Attempt, missed, next_cursor
+from routinely.routines import catalog
+from routinely.records import events
+from routinely.storage import keys
+from routinely.github import recovery
+from routinely.github.recovery import Attempt, missed, next_cursor
 from tests.fake_github import FakeGitHub
 from tests.support import SECRET, fixture, free_port
 

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from routinely import actions, keys, session_log, transcript
-from routinely.redact import MIN_CHARS, Redactor
+from routinely.records import actions, session_log, transcript
+from routinely.storage import keys
+from routinely.secrets.redact import MIN_CHARS, Redactor
 from tests.support import git
 from workers.outage import Outage
 from workers.outbox import Outbox

@@ -1,4 +1,4 @@
-"""Refused at the door: the bounded record of refused deliveries (routinely.refusals) on the
+"""Refused at the door: the bounded record of refused deliveries (routinely.records.refusals) on the
 events page, in GET /api/events?outcome=refused and in `routinely explain`, real Redis."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import uuid
 import pytest
 
 from app import create_app
-from routinely import keys, refusals
+from routinely.storage import keys
+from routinely.records import refusals
 from tests import openapi_check
 from tests.support import apply, body_of, delivery_headers, fixture, gh, queued_ids, redis_snapshot
 

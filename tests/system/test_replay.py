@@ -1,4 +1,4 @@
-"""Replay (routinely.replay): a recorded event routed again through the one start step —
+"""Replay (routinely.firing.replay): a recorded event routed again through the one start step —
 `routinely events replay`, POST /api/events/ID/replay and the events page's button."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from routinely import keys
+from routinely.storage import keys
 from tests import openapi_check
 from tests.support import apply, apply_api_routines, body_of, delivery_headers, fire, fixture, gh, redis_snapshot
 

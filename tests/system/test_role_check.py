@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from app import create_app
-from routinely import keys, session_log, sessions
-from routinely.roles import RoleError, Roles
+from routinely.storage import keys
+from routinely.records import session_log, sessions
+from routinely.firing.roles import RoleError, Roles
 from tests.fake_github import FakeGitHub
 from tests.support import (AGENTS_DIR, FIX_ROUTINE, OCTO_REPO, Remotes, admin, apply_octo_routines, comment_by,
                            fixture, post_delivery, wait_for)

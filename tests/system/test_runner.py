@@ -10,8 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from routinely import catalog, jobs, keys, sessions
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.storage import jobs, keys
+from routinely.records import sessions
+from routinely.firing.start import Firing, fire_one
 from tests.support import (AGENTS_DIR, SLEEPER, WORKER_SENTINEL, alive, apply_reporting_routine, body_of, delivery_headers,
                            fixture, log_text, run_sessions, start_worker, wait_for)
 from workers.gateway import session_env

@@ -11,8 +11,9 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from routinely import catalog, keys
-from routinely.schedules import stagger_seconds
+from routinely.routines import catalog
+from routinely.storage import keys
+from routinely.routines.schedules import stagger_seconds
 from tests.support import Clock, redis_snapshot
 from workers.scheduler import GRACE_SECONDS, Scheduler, field
 

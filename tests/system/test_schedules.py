@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from routinely.schedules import ScheduleError, parse_schedule, stagger_seconds
+from routinely.routines.schedules import ScheduleError, parse_schedule, stagger_seconds
 
 NY, TOKYO, UTC = ZoneInfo("America/New_York"), ZoneInfo("Asia/Tokyo"), timezone.utc
 NOW = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -85,7 +85,7 @@ def test_stagger_is_stable_across_processes_and_within_five_minutes():
     here = [stagger_seconds(f"acct/routine-{i}") for i in range(1000)]
     assert all(0 <= s <= 300 for s in here)
     assert len(set(here)) > 200  # spread out, not all at one second
-    other = subprocess.run([sys.executable, "-c", "from routinely.schedules import stagger_seconds as s; "
+    other = subprocess.run([sys.executable, "-c", "from routinely.routines.schedules import stagger_seconds as s; "
                             "print([s(f'acct/routine-{i}') for i in range(1000)])"], capture_output=True, text=True,
                            env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"})
     assert eval(other.stdout) == here

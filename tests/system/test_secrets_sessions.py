@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from routinely import session_log, sessions
-from routinely.start import Firing, fire_one
+from routinely.records import session_log, sessions
+from routinely.firing.start import Firing, fire_one
 from tests.support import Remotes, reachable_folder
 from tests.fake_service import VALUE, FakeService
 from tests.support import SYSTEM_PYTHON, needs_sandbox, run_sessions

@@ -17,8 +17,9 @@ import time
 import redis
 from rq.registry import StartedJobRegistry
 
-from routinely import jobs, sessions
-from routinely.start import Firing, fire_one
+from routinely.storage import jobs
+from routinely.records import sessions
+from routinely.firing.start import Firing, fire_one
 from tests.support import (SLEEPER, apply_reporting_routine, assert_job_settled, assert_nothing_left, base_env, free_port,
                            log_text, settings_for, spawn, stop_process, wait_for)
 from workers.liveness import ECHO_SECONDS, StopSignals

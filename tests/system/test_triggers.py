@@ -18,7 +18,10 @@ import pytest
 import respx
 
 from app import create_app
-from routinely import admission, catalog, chain, events, keys, session_log, sessions
+from routinely.firing import admission, chain
+from routinely.routines import catalog
+from routinely.records import events, session_log, sessions
+from routinely.storage import keys
 from tests import openapi_check
 from tests.support import (AGENTS_DIR, FIX_ROUTINE, OCTO_REPO, Remotes, admin, apply_octo_routines, comment_by,
                            fixture, post_delivery, run_sessions)
@@ -396,10 +399,11 @@ def test_scheduled_sessions_get_the_previous_run_in_env_and_prompt(conn, setting
 
 
 def test_refusals_travel_in_the_start_plan_with_their_drops_key_declared():
-    from routinely import jobs, start_plan
-    from routinely.catalog import Catalog
+    from routinely.storage import jobs
+    from routinely.firing import start_plan
+    from routinely.routines.catalog import Catalog
     from routinely.routine_file import parse_config
-    from routinely.start import Firing
+    from routinely.firing.start import Firing
 
     cat = Catalog(parse_config({"accounts": [{"name": "alice"}], "routines": [
         {"name": n, "account": "alice", "prompt": "p", "repositories": [OCTO_REPO], "triggers": [{"github": {"command": "fix"}}]}

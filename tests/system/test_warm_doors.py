@@ -10,8 +10,9 @@ import os
 import stat
 import time
 
-from routinely import catalog, session_log
-from routinely.start import Firing, fire_one
+from routinely.routines import catalog
+from routinely.records import session_log
+from routinely.firing.start import Firing, fire_one
 from tests.support import needs_root_sandbox, reachable_folder, Remotes, run_sessions
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from routinely import catalog, session_log, sessions
+from routinely.routines import catalog
+from routinely.records import session_log, sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from workers.warm.cache import SetupCache
-from routinely.start import Firing, fire_one
+from routinely.firing.start import Firing, fire_one
 from tests.support import Remotes, git, reachable_folder, run_sessions
 from workers.warm.mirror import FRESH_SECONDS
 

@@ -12,7 +12,7 @@ import redis
 from redis.connection import Connection
 from redis.exceptions import NoScriptError
 
-from routinely.wire import Segment, Wire, pack
+from routinely.storage.wire import Segment, Wire, pack
 
 
 def test_pack_writes_what_redis_py_writes():

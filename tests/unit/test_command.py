@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from filters import parse_command
-from routinely.catalog import Catalog
+from routinely.routines.catalog import Catalog
 from routinely.routine_file import ApplyError, parse_config
 from tests.support import fixture
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from routinely.transcript import MAX_FIELD, cut
+from routinely.records.transcript import MAX_FIELD, cut
 
 
 @dataclass

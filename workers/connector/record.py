@@ -1,13 +1,14 @@
 """Every connector call, recorded: one session log line (tool, target, outcome — never the
-token or a body) and, for writes, an action on the session (routinely.actions)."""
+token or a body) and, for writes, an action on the session (routinely.records.actions)."""
 from __future__ import annotations
 
 from typing import Callable
 
 import redis
 
-from routinely import actions, chain, sessions
-from routinely.redact import NOTHING, Redactor
+from routinely.records import actions, sessions
+from routinely.firing import chain
+from routinely.secrets.redact import NOTHING, Redactor
 from routinely.when import iso
 from workers.connector.tools import Call
 
@@ -30,7 +31,7 @@ class Recorder:
         if call.write:
             actions.record(self.conn, self.session_id, self.redact.deep({
                 "tool": call.tool, "repo": repo, "number": number, "url": url, "status": status, "at": iso(self.clock())}))
-            if status == "ok" and number:  # the webhook this write causes starts sessions one deeper (routinely.chain)
+            if status == "ok" and number:  # the webhook this write causes starts sessions one deeper (routinely.firing.chain)
                 chain.record(self.conn, repo, number, self.session_id, self.depth())
         elif status == "ok":
             actions.count_read(self.conn, self.session_id)

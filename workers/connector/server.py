@@ -32,7 +32,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from routinely.config import Settings
-from routinely.github_auth import InstallationTokens, TokenError
+from routinely.github.github_auth import InstallationTokens, TokenError
 from workers.connector.github import GitHubFailed, send
 from workers.connector.policy import Policy
 from workers.connector.record import Recorder

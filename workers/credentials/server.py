@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from routinely.services import Service
+from routinely.routines.services import Service
 from workers.credentials.dial import AddressRefused, CheckedResolver
 from workers.gateway.door import ConnectionCap, CountedUnixSite, LoopThread
 from workers.gateway.route import shape_problem, shown

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from routinely import services as declared
+from routinely.routines import services as declared
 from routinely.config import Settings
 from workers.credentials.dial import literal_refusal
 from workers.credentials.server import CredentialDoors

@@ -8,7 +8,7 @@ What crosses its border:
   session may make the worker hold is capped (`server`: connections, heads, bodies);
 - out (to the vendor, ROUTINELY_*_API_URL): the same requests with the service's own
   credential swapped in, responses (SSE included) streamed back unbuffered;
-- out (to Redis, through routinely.model_usage): one usage record per session and the daily
+- out (to Redis, through routinely.records.model_usage): one usage record per session and the daily
   totals, after every metered response; to the runner: `Gateway.stop_reason`
   (`budget_exceeded`) and `Gateway.last_request` (liveness).
 Model credentials never cross into the session: `session_env()` gives it only the gateway's

@@ -9,8 +9,8 @@ from typing import Any, Callable
 import orjson
 import redis
 
-from routinely import model_usage, sessions
-from routinely.prices import Prices
+from routinely.records import model_usage, sessions
+from routinely.routines.prices import Prices
 
 
 @dataclass

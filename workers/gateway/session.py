@@ -6,7 +6,7 @@ from typing import Any, Callable
 import redis
 
 from routinely.config import Settings
-from routinely.prices import Prices
+from routinely.routines.prices import Prices
 from workers.gateway.meter import Budget, Meter
 from workers.gateway.server import Gateway
 from workers.gateway.vendors import session_env

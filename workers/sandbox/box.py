@@ -28,7 +28,7 @@ from workers.sandbox.egress import EgressProxy
 from workers.sandbox.launch import TcpBridge
 
 if TYPE_CHECKING:
-    from routinely.sessions import Session
+    from routinely.records.sessions import Session
 
 UID_BASE, UID_SPAN = 200_000, 100_000
 UID_DIR = Path("/run/routinely/uids")  # host-wide: every worker process of this host reserves its uids here
@@ -450,7 +450,7 @@ def _owned_by(uid: int):
 def sweep(conn, mode: str = "auto") -> list[str]:
     """At worker start-up: remove the cgroups of this host's sessions that have ended (their
     worker died and the reaper ran elsewhere). Returns the session ids swept."""
-    from routinely import sessions
+    from routinely.records import sessions
     from workers.sandbox.bounds import finish as finish_cgroup, leftovers
 
     swept = []

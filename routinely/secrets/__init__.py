@@ -1,0 +1,1 @@
+"""Secrets: sealed in Redis, and redacted from everything a session leaves."""

@@ -1,0 +1,1 @@
+"""Redis: the connection, the hot path's wire, every key, RQ's formats, ids."""
