@@ -23,7 +23,7 @@ from routinely.config import embedded_redis_url
 from routinely.firing.start import Firing, fire_one
 from workers.outbox import HEARTBEAT_EVERY
 from workers.reaper import HEARTBEAT_TIMEOUT_SECONDS
-from tests.support import (AGENTS_DIR, SLEEPER, apply_reporting_routine, assert_job_settled, assert_nothing_left, base_env,
+from tests.support import (worker_command, AGENTS_DIR, SLEEPER, apply_reporting_routine, assert_job_settled, assert_nothing_left, base_env,
                            free_port, log_text, settings_for, spawn, stop_process, wait_for)
 
 OUTLAST = f"{sys.executable} {AGENTS_DIR / 'outlast.py'}"  # waits for the file $GO, then exits 0
@@ -127,7 +127,7 @@ def test_sigterm_to_up_queues_a_session_that_did_nothing_outside_again_after_the
     queue_ids = jobs.queue(conn, settings.queue_name).get_job_ids()
     assert queue_ids[0] == first["id"] and queued["id"] in queue_ids  # back at the front; the other stayed
     assert sessions.get(conn, settings, queued["id"])["status"] == "queued"  # it stopped taking jobs
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"],
+    done = subprocess.run(worker_command(),
                           env={**env, "ROUTINELY_AGENT": "true"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     for s in (first, queued):  # another worker ran both to the end

@@ -15,7 +15,6 @@ import socket
 import socketserver
 import stat
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -142,7 +141,7 @@ def apply(conn, network="full", allow=None, env=None, name="probe"):
 
 
 def worker(env):
-    return subprocess.Popen([sys.executable, "-m", "cli", "worker"], env=env,
+    return subprocess.Popen(worker_command(burst=False), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -286,7 +285,7 @@ def test_two_concurrent_sessions_cannot_see_each_other_or_the_worker(conn, setti
     peers.chmod(0o644)
     env = env_for(redis_server, world, users="on", ROUTINELY_KEEP_WORKSPACES="1",
                   ROUTINELY_SANDBOX_PATHS=f"{world / 'agents'}:{peers}")
-    procs = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
+    procs = [subprocess.Popen(worker_command(), env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for p in procs:
         p.wait(120)
@@ -392,7 +391,7 @@ def test_a_daemon_does_not_outlive_a_worker_stopped_with_sigterm(conn, settings,
         assert raw[b"status"] == b"queued"  # it did nothing outside: queued again for the next worker
         sessions.cancel(conn, made["id"], "2026-01-01T00:00:00Z")  # so the next worker only cleans up
         name = raw.get(b"sandbox_cgroup", b"").decode()
-        subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], env=env_for(redis_server, world),
+        subprocess.run(worker_command(), env=env_for(redis_server, world),
                        capture_output=True, timeout=60)
         assert not name or not [p for p in Path("/sys/fs/cgroup").glob(f"**/routinely/{name}") if p.is_dir()]
     finally:
@@ -431,7 +430,7 @@ def test_a_worker_on_a_host_without_bwrap_stops_at_start_up(redis_server, world,
         found = shutil.which(tool)
         if found:
             (bin_dir / tool).symlink_to(found)
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
+    done = subprocess.run(worker_command(), capture_output=True, text=True,
                           env=env_for(redis_server, world, PATH=str(bin_dir)), timeout=60)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
@@ -444,7 +443,7 @@ def test_a_worker_where_user_namespaces_are_refused_stops_at_start_up(redis_serv
     (bin_dir / "bwrap").write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace, likely because the kernel does not allow non-privileged user namespaces.' >&2\nexit 1\n")
     (bin_dir / "bwrap").chmod(0o755)
     env = env_for(redis_server, world, PATH=f"{bin_dir}:{os.environ['PATH']}")
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"], capture_output=True, text=True,
+    done = subprocess.run(worker_command(), capture_output=True, text=True,
                           env=env, timeout=60)
     assert done.returncode == 1
     line, = done.stderr.strip().splitlines()

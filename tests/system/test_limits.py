@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,7 +17,7 @@ from routinely.records import sessions
 from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from routinely.firing.start import Firing, fire_one
-from tests.support import (SYSTEM_PYTHON, host_processes_with, log_text, needs_root, needs_sandbox, reachable_folder,
+from tests.support import (worker_command, SYSTEM_PYTHON, host_processes_with, log_text, needs_root, needs_sandbox, reachable_folder,
                            run_sessions)
 from workers.sandbox.bounds import enforcer
 
@@ -63,7 +62,7 @@ def test_three_hostile_sessions_end_with_their_limit_and_the_honest_one_finishes
     ids = {name: fire_one(settings, conn, name, Firing(kind="manual"))["id"]
            for name in ("pids-hog", "memory-hog", "disk-hog", "honest")}
     began = time.monotonic()
-    workers = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env_for(redis_server, world),
+    workers = [subprocess.Popen(worker_command(), env=env_for(redis_server, world),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(4)]
     for w in workers:
         w.wait(180)

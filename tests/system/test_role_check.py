@@ -21,7 +21,7 @@ from routinely.storage import keys
 from routinely.records import session_log, sessions
 from routinely.firing.roles import RoleError, Roles
 from tests.fake_github import FakeGitHub
-from tests.support import (AGENTS_DIR, FIX_ROUTINE, OCTO_REPO, Remotes, admin, apply_octo_routines, comment_by,
+from tests.support import (worker_command, AGENTS_DIR, FIX_ROUTINE, OCTO_REPO, Remotes, admin, apply_octo_routines, comment_by,
                            fixture, post_delivery, wait_for)
 
 AGENT = AGENTS_DIR / "report.py"
@@ -87,7 +87,7 @@ def world(settings, private_key, github, redis_server, tmp_path):
 
 
 def worker(env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
+    return subprocess.Popen(worker_command(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

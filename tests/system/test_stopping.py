@@ -20,7 +20,7 @@ from rq.registry import StartedJobRegistry
 from routinely.storage import jobs
 from routinely.records import sessions
 from routinely.firing.start import Firing, fire_one
-from tests.support import (SLEEPER, apply_reporting_routine, assert_job_settled, assert_nothing_left, base_env, free_port,
+from tests.support import (worker_command, SLEEPER, apply_reporting_routine, assert_job_settled, assert_nothing_left, base_env, free_port,
                            log_text, settings_for, spawn, stop_process, wait_for)
 from workers.liveness import ECHO_SECONDS, StopSignals
 from workers.reaper import reap
@@ -157,7 +157,7 @@ def test_an_echo_never_shortens_the_grace_and_a_person_s_second_signal_does(own_
     assert jobs.queue(conn, settings.queue_name).get_job_ids() == [s["id"]]
     assert s["id"] not in StartedJobRegistry(settings.queue_name, connection=conn,
                                              serializer=jobs.SERIALIZER).get_job_ids()
-    done = subprocess.run([sys.executable, "-m", "cli", "worker", "--burst"],
+    done = subprocess.run(worker_command(),
                           env={**env, "ROUTINELY_AGENT": "true"}, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert sessions.get(conn, settings, s["id"])["status"] == "succeeded"  # another worker ran it

@@ -18,7 +18,7 @@ from routinely.config import ConfigError, Settings
 from routinely.routine_file import ApplyError
 from workers.warm.cache import SetupCache
 from routinely.firing.start import Firing, fire_one
-from tests.support import Remotes, git, reachable_folder, run_sessions
+from tests.support import Remotes, git, reachable_folder, run_sessions, worker_command
 from workers.warm.mirror import FRESH_SECONDS
 
 AGENT = r"""
@@ -236,7 +236,7 @@ def test_eviction_keeps_the_cache_under_its_cap(conn, settings, env, world):
 def test_two_concurrent_cold_sessions_never_corrupt_the_snapshot(conn, settings, env, world):
     apply(conn, world, env={"SETUP_SLEEP": "1"})
     ids = [fire_one(settings, conn, "r", Firing(kind="api", text="vandal"))["id"] for _ in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-m", "cli", "worker", "--burst"], env=env,
+    workers = [subprocess.Popen(worker_command(), env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
     for w in workers:
         assert w.wait(120) == 0
