@@ -75,8 +75,20 @@ def run_session(session_id: str | None = None) -> str:
     return SessionRun(Runtime.get(), session_id).run()
 
 
-class Failed(Exception):
+class Ended(Exception):
+    """Ends a session at the step that raises it: `outcome` is (status, exit code, the line saying
+    why). Each step of SessionRun._execute either returns what the next one needs or raises this."""
+
+    def __init__(self, status: str, code: int | None = None, reason: str | None = None) -> None:
+        super().__init__(reason or status)
+        self.outcome = (status, code, reason)
+
+
+class Failed(Ended):
     """Ends a session as failed; str() is the one line for its log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__("failed", None, reason)
 
 
 class SessionRun:
@@ -143,6 +155,10 @@ class SessionRun:
         return status
 
     def _cleanup(self) -> None:
+        """Close what _execute's steps opened. Not the reverse of their order (so no ExitStack):
+        the doors' tokens die first (401 from here on), then the sandbox ends every process of
+        the session, and only then may the gateway, the push door, the warm-start overlay and
+        the workspace go, though the sandbox was opened before them."""
         try:
             if self.connector is not None:
                 self.connector.close()  # its token answers 401 from here on
@@ -163,24 +179,45 @@ class SessionRun:
                 self.workspace.remove()
 
     def _execute(self, session: sessions.Session) -> tuple[str, int | None, str | None]:
-        """Prepare and run; returns (status, exit code, the line saying why when not a plain exit)."""
-        trigger = session.trigger
+        """The session's steps, in order; returns (status, exit code, the line saying why when not
+        a plain exit). A step that ends the session raises Ended; what the steps open, _cleanup
+        closes (in an order of its own: see there)."""
+        try:
+            routine, cat = self._admit(session)
+            deadline, began = time.monotonic() + routine.timeout_minutes * 60, time.monotonic()
+            workspace = self._walls(routine)
+            self._checkout_through_the_push_door(workspace, routine, session.chain_depth, deadline)
+            payload = self._payload(session)
+            github, paragraph, doors_env = self._doors(routine, cat)
+            env, text, launch = self._agent_ready(workspace, routine, cat, session.trigger, payload, github, paragraph,
+                                                  doors_env)
+            self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
+            self._setup(workspace, routine, env, deadline)
+            return self._agent(workspace, env, text, launch, deadline)
+        except Ended as exc:
+            return exc.outcome
+
+    def _admit(self, session: sessions.Session) -> tuple[Routine, catalog.Catalog]:
+        """Its routine (still applied), its sender's role, its secrets: before any sandbox or
+        workspace exists, so a stranger's delivery stays cheap."""
         cat = self._patiently(lambda: catalog.load(self.conn))
         routine = cat.routines.get(session.routine_key) if session.routine_key else None
         if routine is None:
-            return "failed", None, "routinely: the routine was removed before this session started"
-        self.log(f"routinely: session {self.id} of {routine.key} ({trigger.get('kind')}) on {socket.gethostname()}")
+            raise Failed("routinely: the routine was removed before this session started")
+        self.log(f"routinely: session {self.id} of {routine.key} ({session.trigger.get('kind')}) on {socket.gethostname()}")
         refused = role_check.check(self.rt, self.id, session, routine, cat.accounts.get(routine.account), self.log)
-        if refused is not None:  # before any sandbox or workspace: a stranger's delivery stays cheap
-            return refused
+        if refused is not None:
+            raise Ended(*refused)
         try:
             self.secrets = self._patiently(lambda: secret_store.for_session(self.settings, self.conn, routine.secrets,
                                                                             routine.key, routine.account))
         except secret_store.SecretError as exc:
-            return "failed", None, f"routinely: {exc}"
+            raise Failed(f"routinely: {exc}") from None
         self.outbox.redact = Redactor(self.secrets)  # from here on no line, transcript entry or action holds a value
-        deadline = time.monotonic() + routine.timeout_minutes * 60
-        began = time.monotonic()
+        return routine, cat
+
+    def _walls(self, routine: Routine) -> Workspace:
+        """The sandbox (fail closed: never more access than asked) and the workspace inside it."""
         try:
             self.sandbox = Sandbox.open(routine.environment, self.id, self.settings.session_users, self.log,
                                         self.settings.sandbox, self.settings.sandbox_paths,
@@ -188,13 +225,17 @@ class SessionRun:
                                         self.settings.cgroups)
             self.outbox.update(sandbox="on" if self.sandbox.enabled else "off")
         except SandboxError as exc:
-            return "failed", None, str(exc)  # fail closed: never more access than asked
-        ids = self.sandbox.ids
+            raise Failed(str(exc)) from None
         try:
-            self.workspace = workspace = Workspace.create(self.settings.data_dir, self.id, ids)
+            self.workspace = Workspace.create(self.settings.data_dir, self.id, self.sandbox.ids)
         except PermissionError as exc:
-            return "failed", None, f"routinely: {exc}"
-        depth = session.chain_depth  # a push this session forwards starts sessions one deeper
+            raise Failed(f"routinely: {exc}") from None
+        return self.workspace
+
+    def _checkout_through_the_push_door(self, workspace: Workspace, routine: Routine, depth: int,
+                                        deadline: float) -> None:
+        """The push door (every push the session makes goes through it) and the checkouts whose
+        remotes point at it; a push it forwards starts sessions one chain deeper (`depth`)."""
         bounds = self.sandbox.bounds
         self.guard = PushGuard(workspace.relays, routine.branch_prefix, routine.allow_unrestricted_branch_pushes,
                                lambda line: self.log(line), sock=str(self.sandbox.door_dir / "push.sock"),
@@ -204,39 +245,45 @@ class SessionRun:
                                on_forward=lambda repo, ref: (self.forwarded.append(f"{ref} to {repo}"),
                                                              self._patiently(lambda: chain.record(self.conn, repo, ref, self.id, depth))))
         push_port = self.sandbox.add_door("push", self.guard.sock)
-        try:
-            self._checkout(workspace, self.guard, routine, lambda repo: self.guard.url(repo, push_port), deadline)
-        except Failed as exc:
-            return "failed", None, str(exc)
+        self._checkout(workspace, self.guard, routine, lambda repo: self.guard.url(repo, push_port), deadline)
         self._share(workspace)
-        payload = self._payload(session)
+
+    def _doors(self, routine: Routine, cat: catalog.Catalog) -> tuple[dict[str, Any], str, dict[str, str]]:
+        """The model gateway, the github connector and the credential doors; their tokens join
+        what is redacted. Returns the connector's .mcp.json entry, its prompt paragraph, and the
+        doors' variables for the agent."""
         self.liveness.idle_seconds = routine.idle_timeout_minutes * 60
         try:
             self.gateway, gateway_env = open_gateway(self.settings, self.conn, self.sandbox, self.id, routine.key,
                                                      routine.account, cat.accounts[routine.account].timezone,
                                                      routine.budget.model_dump(), self.log)
         except PriceError as exc:
-            return "failed", None, f"routinely: {exc}"
+            raise Failed(f"routinely: {exc}") from None
         self.liveness.gateway = self.gateway
         try:
             github, paragraph = self._github_connector(routine)
         except ConnectorError as exc:
-            return "failed", None, str(exc)
+            raise Failed(str(exc)) from None
         try:  # before the agent's environment: NO_PROXY lists these doors too
             self.services, service_env = open_services(self.settings, self.sandbox, routine.services, self.secrets,
                                                        self.log, self.id)
         except ServiceError as exc:
-            return "failed", None, str(exc)
+            raise Failed(str(exc)) from None
         tokens = {"session gateway token": self.gateway.token, "session github token": self.connector.token}
         self.outbox.redact = self.outbox.redact.with_(tokens)
         self.connector.record.redact = self.outbox.redact
         self.guard.secrets.update(tokens)
+        return github, paragraph, {**gateway_env, **service_env}
+
+    def _agent_ready(self, workspace: Workspace, routine: Routine, cat: catalog.Catalog, trigger: dict[str, Any],
+                     payload: bytes | None, github: dict[str, Any], paragraph: str,
+                     doors_env: dict[str, str]) -> tuple[dict[str, str], str, agents.Launch]:
+        """The agent's environment, prompt and .mcp.json, and how it is launched."""
         env = self._agent_env(workspace, routine, trigger, payload)  # after the doors: NO_PROXY lists them
         text = prompt.build(routine.prompt, trigger, orjson.loads(payload) if payload else None, paragraph)
         workspace.write(".routinely/prompt.md", text)
         self.outbox.update(**{session_context.PROMPT_FIELD: session_context.bounded(text)})  # shown on its page
-        env.update(gateway_env)  # in a session the vendors' names point at its gateway
-        env.update(service_env)
+        env.update(doors_env)  # in a session the vendors' names point at its gateway
         env.update({name: self.secrets[name] for name in routine.secrets_as_env})
         if routine.secrets_as_env:  # its page says so
             self.outbox.update(secrets_in_env=",".join(routine.secrets_as_env))
@@ -246,24 +293,31 @@ class SessionRun:
             launch = agents.prepare(routine.agent, self.settings.agent, workspace,
                                     json.loads(mcp.read_text())["mcpServers"], env, as_root=self._agent_is_root())
         except agents.AgentError as exc:
-            return "failed", None, str(exc)
+            raise Failed(str(exc)) from None
         env.update(launch.env)
+        ids = self.sandbox.ids
         if self.sandbox.enabled or ids:
             self.log(f"routinely: sandbox {'on' if self.sandbox.enabled else 'off'}, network {self.sandbox.network}"
                      + (f", session user {ids[0]}" if ids else ""))
-        self.log(f"routinely: workspace ready in {time.monotonic() - began:.2f} s")
-        # -- warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached
+        return env, text, launch
+
+    def _setup(self, workspace: Workspace, routine: Routine, env: dict[str, str], deadline: float) -> None:
+        """Warm start: setup, or maintenance on a cached setup; a setup that exited 0 is cached."""
         before, setup_began = self.warm.command(), time.monotonic()
         if before:
             self.log(f"routinely: running {before[0]}")
             setup_env = {**env, **{name: self.secrets[name] for name in routine.environment.setup_secrets}}  # setup only
             result = self._command(["bash", "-c", before[1]], workspace, setup_env, "", deadline)
             if result.outcome != "exited" or result.exit_code != 0:
-                return self._ended(result, before[0])
+                raise Ended(*self._ended(result, before[0]))
+        ids = self.sandbox.ids
         self.warm.after_setup(lambda: ids and kill_user(ids[0]), time.monotonic() - setup_began,
                               withheld=routine.environment.setup_secrets)
         self.outbox.update(warm_start=self.warm.summary())
-        # -- end warm start
+
+    def _agent(self, workspace: Workspace, env: dict[str, str], text: str, launch: agents.Launch,
+               deadline: float) -> tuple[str, int | None, str | None]:
+        """The agent, to its end; then what its end means (its budget, its model API, its exit)."""
         self.log(f"routinely: starting the agent in {launch.cwd.name}: {launch.label}")
         self.api_error: str | None = None
         result = self._command(launch.argv, workspace, env, text, deadline, launch.cwd, self._agent_output(launch))
