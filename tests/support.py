@@ -243,6 +243,19 @@ def git(*args: str, cwd: Path | str | None = None) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
+def one_commit_remote(base: Path) -> tuple[Path, Path]:
+    """A bare repository (base/remote.git) with one commit on main, and the clone it came from
+    (base/work): a remote for a push door to forward to."""
+    remote, work = base / "remote.git", base / "work"
+    work.mkdir()
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "f").write_text("f\n")
+    git("add", "f", cwd=work)
+    git("commit", "-qm", "f", cwd=work)
+    git("clone", "-q", "--bare", str(work), str(remote))
+    return remote, work
+
+
 class Remotes:
     """A folder of bare repositories standing in for GitHub (GITHUB_GIT_URL=file://…)."""
 

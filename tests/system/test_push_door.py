@@ -20,11 +20,10 @@ import pytest
 from routinely.routines import catalog
 from routinely.records import session_log, sessions
 from routinely.firing.start import Firing, fire_one
-from tests.support import git, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON, run_sessions
+from tests.support import git, one_commit_remote, needs_root_sandbox, proc_status, reachable_folder, Remotes, SYSTEM_PYTHON, run_sessions
 from workers import pushguard
 from workers.pushguard import MAX_CONNECTIONS, PushGuard
 from workers.sandbox.launch import TcpBridge
-
 
 
 class Listener:
@@ -112,20 +111,9 @@ def test_the_relay_attacks_reach_nothing_on_the_host(conn, settings, redis_serve
     assert sessions.get(conn, settings, sid)["status"] == "succeeded"
 
 
-
-
-
-
 @pytest.fixture
 def guard(tmp_path):
-    remote = tmp_path / "remote.git"
-    work = tmp_path / "work"
-    work.mkdir()
-    git("init", "-q", "-b", "main", cwd=work)
-    (work / "f").write_text("f\n")
-    git("add", "f", cwd=work)
-    git("commit", "-qm", "f", cwd=work)
-    git("clone", "-q", "--bare", str(work), str(remote))
+    remote, work = one_commit_remote(tmp_path)
     lines: list[str] = []
     sock = tempfile_sock(tmp_path)
     g = PushGuard(tmp_path / "relays", "claude/", False, lines.append, sock=sock, max_input_bytes=256 * 1024)

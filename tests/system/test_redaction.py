@@ -19,7 +19,7 @@ import pytest
 from routinely.records import actions, session_log, transcript
 from routinely.storage import keys
 from routinely.secrets.redact import MIN_CHARS, Redactor
-from tests.support import git
+from tests.support import git, one_commit_remote
 from workers.outage import Outage
 from workers.outbox import Outbox
 from workers.pushguard import PushGuard
@@ -85,14 +85,7 @@ def test_the_scanner_names_file_and_line_for_values_and_token_shapes():
 
 @pytest.fixture
 def guard(tmp_path):
-    remote = tmp_path / "remote.git"
-    work = tmp_path / "work"
-    work.mkdir()
-    git("init", "-q", "-b", "main", cwd=work)
-    (work / "f").write_text("f\n")
-    git("add", "f", cwd=work)
-    git("commit", "-qm", "f", cwd=work)
-    git("clone", "-q", "--bare", str(work), str(remote))
+    remote, work = one_commit_remote(tmp_path)
     lines: list[str] = []
     sock = os.path.join(tempfile.mkdtemp(prefix="rly-t-"), "push.sock")
     g = PushGuard(tmp_path / "relays", "claude/", False, lines.append, sock=sock, secrets={"SENTRY_TOKEN": SENTRY})
