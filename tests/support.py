@@ -343,7 +343,9 @@ class PrivateHost:
         import random
 
         self.name = f"rly-{os.getpid()}-{random.randrange(1 << 20)}"
-        net = random.randrange(1, 250)
+        # a /30 no other test process holds now (they run side by side under `pytest -n`)
+        taken = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=30).stdout
+        net = random.choice([n for n in range(1, 250) if f" 10.213.{n}.1/" not in taken])
         self.host_ip, self.ip = f"10.213.{net}.1", f"10.213.{net}.2"
         outside, inside = f"rv{random.randrange(1 << 24):x}", "eth-private"
         self._steps = []
