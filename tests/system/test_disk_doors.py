@@ -107,8 +107,9 @@ def test_many_empty_files_end_the_session_at_disk_inodes(conn, settings, redis_s
     cap = 3000
     catalog.apply(conn, {"accounts": [{"name": "a", "plan": "enterprise"}], "routines": [
         {"name": "files", "account": "a", "prompt": "p", "triggers": [{"api": {}}],
-         # the counting watch stops a writer within a tick or so; at a quarter CPU a busy host's tick is few files
-         "environment": {"limits": {"disk_inodes": cap, "cpus": 0.25}}}]}, time.time())
+         # the counting watch stops a writer within a tick or so; at a tenth of a CPU even a busy
+         # host's late tick (four test processes on two cores) is few files
+         "environment": {"limits": {"disk_inodes": cap, "cpus": 0.1}}}]}, time.time())
     sid = fire_one(settings, conn, "files", Firing(kind="manual"))["id"]
     env = {"PATH": os.environ["PATH"], "HOME": str(base), "REDIS_URL": redis_server.url, "ROUTINELY_DATA_DIR": str(base / "data"),
            "ROUTINELY_AGENT": f"{SYSTEM_PYTHON} {base / 'agents' / 'files.py'}", "ROUTINELY_SANDBOX_PATHS": str(base / "agents"),
