@@ -243,6 +243,20 @@ def git(*args: str, cwd: Path | str | None = None) -> str:
     return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
+def run_in_sandbox(box: Any, argv: list[str], env: dict[str, str], cwd: Path, home: Path,
+                   timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run one command in a workers.sandbox.Sandbox to its end, as its session user when it has
+    one, and close the door descriptors the command was given (they are the caller's to close)."""
+    cmd = box.command(argv, env, cwd, home)
+    ids = {"user": cmd.user, "group": cmd.user, "extra_groups": []} if cmd.user is not None else {}
+    try:
+        return subprocess.run(cmd.argv, env=cmd.env, cwd=cmd.cwd, pass_fds=cmd.pass_fds, capture_output=True,
+                              text=True, timeout=timeout, **ids)
+    finally:
+        for fd in cmd.pass_fds:
+            os.close(fd)
+
+
 def one_commit_remote(base: Path) -> tuple[Path, Path]:
     """A bare repository (base/remote.git) with one commit on main, and the clone it came from
     (base/work): a remote for a push door to forward to."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from routinely.storage import keys
 from routinely.github.github_auth import InstallationTokens
 from routinely.routine_file import ApplyError, GithubPolicy, parse_config
 from tests.fake_github import INSTALLATION_TOKEN
-from tests.support import ConnectorSession, connector_routine, needs_sandbox, tool_text
+from tests.support import ConnectorSession, connector_routine, needs_sandbox, run_in_sandbox, tool_text
 from workers.connector import Connector, Policy
 from workers.sandbox import Sandbox
 
@@ -253,13 +252,7 @@ def test_claude_codes_own_mcp_client_connects_through_the_door(conn, fake_github
             (project / ".mcp.json").write_text(json.dumps({"mcpServers": {"github": entry}}))
             box.share(project, writable=True)
             box.share(home, writable=True)
-            cmd = box.command([CLAUDE, "mcp", "list"], env, project, home)
-            try:
-                done = subprocess.run(cmd.argv, cwd=cmd.cwd, env=cmd.env, pass_fds=cmd.pass_fds, capture_output=True,
-                                      text=True, timeout=60)
-            finally:
-                for fd in cmd.pass_fds:
-                    os.close(fd)
+            done = run_in_sandbox(box, [CLAUDE, "mcp", "list"], env, project, home)
             said[name] = done.stdout + done.stderr
     finally:
         connector.close()

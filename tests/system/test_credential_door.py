@@ -4,9 +4,7 @@ test through ROUTINELY_SERVICES_ALLOW_HOSTS, as an operator would) sees the head
 session never does. The first test runs the caller in a real sandbox (network none)."""
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 import urllib.error
 import urllib.request
 
@@ -17,7 +15,7 @@ from workers.credentials.server import MAX_CONNECTIONS
 from workers.credentials.session import ServiceError
 from workers.sandbox import Sandbox
 from tests.fake_service import VALUE, FakeService
-from tests.support import SYSTEM_PYTHON, needs_sandbox
+from tests.support import SYSTEM_PYTHON, needs_sandbox, run_in_sandbox
 
 
 @pytest.fixture
@@ -71,13 +69,7 @@ def test_a_sandboxed_session_reaches_the_service_through_its_door_and_never_hold
     box.share(tmp_path)
     try:
         assert set(env) == {"SENTRY_URL"} and env["SENTRY_URL"].startswith("http://127.0.0.1:")
-        cmd = box.command([SYSTEM_PYTHON, str(probe)], {"PATH": "/usr/bin:/bin", **env}, tmp_path, tmp_path)
-        try:
-            done = subprocess.run(cmd.argv, cwd=cmd.cwd, env=cmd.env, pass_fds=cmd.pass_fds, capture_output=True,
-                                  text=True, timeout=60)
-        finally:
-            for fd in cmd.pass_fds:
-                os.close(fd)
+        done = run_in_sandbox(box, [SYSTEM_PYTHON, str(probe)], {"PATH": "/usr/bin:/bin", **env}, tmp_path, tmp_path)
     finally:
         doors.close()
         box.close()

@@ -1,7 +1,6 @@
 """Doors: a unix socket the worker serves, reached from inside the session at 127.0.0.1:PORT."""
 from __future__ import annotations
 
-import os
 import shutil
 import socketserver
 import stat
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from workers.sandbox import Sandbox
-from tests.support import SYSTEM_PYTHON, needs_root
+from tests.support import SYSTEM_PYTHON, needs_root, run_in_sandbox
 
 
 DIAL = """
@@ -48,14 +47,7 @@ def environment(network: str) -> dict:
 
 def run(box: Sandbox, argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     box.share(cwd, writable=True)
-    cmd = box.command(argv, {"PATH": "/usr/bin:/bin"}, cwd, cwd)
-    ids = {"user": cmd.user, "group": cmd.user, "extra_groups": []} if cmd.user is not None else {}
-    try:
-        return subprocess.run(cmd.argv, env=cmd.env, cwd=cmd.cwd, pass_fds=cmd.pass_fds, capture_output=True,
-                              text=True, timeout=60, **ids)
-    finally:
-        for fd in cmd.pass_fds:
-            os.close(fd)
+    return run_in_sandbox(box, argv, {"PATH": "/usr/bin:/bin"}, cwd, cwd)
 
 
 @pytest.fixture
